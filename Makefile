@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SPEC ?= sweeps/default.yaml
+OUT ?= results/default
+# Bound the slow step so CI always finishes (seconds).
+SLOW_TIMEOUT ?= 1800
+
+.PHONY: install run test test-fast test-slow lint bench clean
+
+install: $(STAMP)
+
+# torch is pinned to 2.13.0 and installed first, so a CPU machine takes the CPU wheel.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/sgsweep run $(SPEC) --out $(OUT)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow" -q
+	timeout $(SLOW_TIMEOUT) $(BIN)/python -m pytest -m slow -q
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: install
+	timeout $(SLOW_TIMEOUT) $(BIN)/python -m pytest -m slow -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/bench_expert.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

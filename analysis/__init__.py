@@ -1,0 +1,1 @@
+"""Analysis: statistics and the paper's figures, per task, from the Parquet results."""

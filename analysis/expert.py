@@ -1,0 +1,84 @@
+"""E1 report: MSE per estimator, BP/SG ratio with a paired bootstrap CI, ratio-vs-d figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.reports import varying, write_table  # noqa: E402
+from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
+
+BOOTSTRAP_RESAMPLES = 500
+
+
+def estimator_columns(final: pd.DataFrame) -> list[str]:
+    """sqerr_bp, sqerr_sg, then the λ-mixtures in decreasing λ."""
+    lams = sorted((c for c in final.columns if c.startswith("sqerr_lam_")),
+                  key=lambda c: -float(c.removeprefix("sqerr_lam_")))
+    return [c for c in ("sqerr_bp", "sqerr_sg") if c in final] + lams
+
+
+def ratio_table(final: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    keys = [p for p in varying(final, params) if p != "lams"]
+    for needed in ("case", "d", "k", "n"):
+        if needed not in keys:
+            keys.append(needed)
+    estimators = estimator_columns(final)
+    rows = []
+    for key, group in final.groupby(keys, sort=True):
+        row = dict(zip(keys, key, strict=True))
+        row["seeds"] = len(group)
+        for col in estimators:
+            name = col.removeprefix("sqerr_")
+            row[f"mse_{name}"], row[f"se_{name}"] = mean_se(group[col].to_numpy())
+        ratio, low, high = paired_bootstrap_ratio(
+            group.sqerr_bp.to_numpy(), group.sqerr_sg.to_numpy(), BOOTSTRAP_RESAMPLES)
+        row.update(ratio_bp_sg=ratio, ci_low=low, ci_high=high,
+                   theory=2.0 ** (row["d"] - row["k"]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ratio_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
+    """Per case (and per value of other swept params): ratio vs d at the smallest n."""
+    panel_keys = [c for c in table.columns[: table.columns.get_loc("seeds")]
+                  if c not in ("d", "k", "n")]
+    files = []
+    for panel, frame in table.groupby(panel_keys, sort=True):
+        panel = panel if isinstance(panel, tuple) else (panel,)
+        n = 1 if (frame.n == 1).any() else int(frame.n.min())
+        frame = frame[frame.n == n]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for i, (k, line) in enumerate(frame.groupby("k", sort=True)):
+            line = line.sort_values("d")
+            color = f"C{i}"
+            err = np.vstack([line.ratio_bp_sg - line.ci_low, line.ci_high - line.ratio_bp_sg])
+            ax.errorbar(line.d, line.ratio_bp_sg, yerr=err, marker="o", color=color,
+                        capsize=3, label=f"k = {k}")
+            ax.plot(line.d, 2.0 ** (line.d - k), "--", color=color, alpha=0.7)
+        ax.set_yscale("log")
+        ax.set_xlabel("d (hypercube dimension)")
+        ax.set_ylabel("MSE_BP / MSE_SG")
+        label = ", ".join(f"{k}={v}" for k, v in zip(panel_keys, panel, strict=True))
+        ax.set_title(f"E1 {label}, n = {n} (dashed: $2^{{d-k}}$)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        stem = "_".join(f"{k}-{v}" for k, v in zip(panel_keys, panel, strict=True))
+        path = folder / f"ratio_vs_d_{stem}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def report(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
+           folder: Path) -> list[Path]:
+    table = ratio_table(final, params)
+    return write_table(table, folder, "e1_ratios") + ratio_figures(table, folder)

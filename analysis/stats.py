@@ -1,0 +1,42 @@
+"""Small, exact statistics used by every report."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mean_se(values: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error (sample std / √n; 0 for a single value)."""
+    values = np.asarray(values, dtype=float)
+    n = values.size
+    if n == 0:
+        return float("nan"), float("nan")
+    se = values.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+    return float(values.mean()), float(se)
+
+
+def paired_bootstrap_ratio(
+    numerator: np.ndarray, denominator: np.ndarray, resamples: int = 500, seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Ratio of means with a paired percentile-bootstrap CI (pairs resampled together).
+
+    Pairs are e.g. the two estimators' squared errors on the same seed, so the resampling
+    keeps their correlation. Returns (ratio, low, high).
+    """
+    num = np.asarray(numerator, dtype=float)
+    den = np.asarray(denominator, dtype=float)
+    if num.shape != den.shape or num.ndim != 1 or num.size == 0:
+        raise ValueError("expected two 1-d arrays of equal, non-zero length")
+    ratio = _safe_ratio(num.mean(), den.mean())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num.size, size=(resamples, num.size))
+    boot = _safe_ratio(num[idx].mean(1), den[idx].mean(1))
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(boot, [alpha, 1 - alpha])
+    return float(ratio), float(low), float(high)
+
+
+def _safe_ratio(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b == 0, np.where(a == 0, 1.0, np.inf), a / np.where(b == 0, 1, b))

@@ -1,0 +1,100 @@
+"""Feedback rules: what feedback a node learns from.
+
+A node sees two candidate feedbacks for its output:
+- the realised feedback `g` that backprop delivers for this sample (unbiased, noisy), and
+- the prediction `ĝ(x)` of a local synthetic-gradient model (pooled over samples, maybe biased).
+
+Every rule is a λ-mixture `λ·g + (1−λ)·ĝ`, with λ per neuron in [0, 1].
+Convention everywhere: λ = 1 is pure backprop, λ = 0 is pure synthetic gradient.
+E1 (expert simulation), E2 (bandit) and E3 (RL) all mix through `FeedbackRule.mix`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def mix(lam: float | Tensor, realised: Tensor, predicted: Tensor) -> Tensor:
+    """λ·realised + (1−λ)·predicted, exact at the edges (λ=1 returns `realised` itself)."""
+    if isinstance(lam, (int, float)):
+        if lam == 1.0:
+            return realised
+        if lam == 0.0:
+            return predicted
+    return lam * realised + (1.0 - lam) * predicted
+
+
+@dataclass(frozen=True)
+class FeedbackRule:
+    """A named feedback rule with a fixed λ (adaptive rules start from `lam`)."""
+
+    name: str
+    lam: float
+    adaptive: bool = False
+    momentum: float = 0.9
+
+    @property
+    def uses_predictor(self) -> bool:
+        """Whether the rule needs a synthetic-gradient predictor at all."""
+        return self.adaptive or self.lam < 1.0
+
+    def mix(self, realised: Tensor, predicted: Tensor, lam: float | Tensor | None = None) -> Tensor:
+        """The feedback this rule learns from; `lam` overrides λ (adaptive state)."""
+        return mix(self.lam if lam is None else lam, realised, predicted)
+
+
+def backprop() -> FeedbackRule:
+    return FeedbackRule("backprop", 1.0)
+
+
+def synthetic() -> FeedbackRule:
+    return FeedbackRule("synthetic", 0.0)
+
+
+def lambda_mixture(lam: float) -> FeedbackRule:
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must be in [0, 1], got {lam}")
+    return FeedbackRule(f"lam_{lam:g}", float(lam))
+
+
+def adaptive_lambda(init: float = 0.9, momentum: float = 0.9) -> FeedbackRule:
+    if not 0.0 <= init <= 1.0:
+        raise ValueError(f"initial lambda must be in [0, 1], got {init}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"lambda momentum must be in [0, 1), got {momentum}")
+    return FeedbackRule("adaptive", float(init), adaptive=True, momentum=float(momentum))
+
+
+def optimal_lambda(
+    realised: Tensor, predicted: Tensor, previous: Tensor, eps: float = 1e-6
+) -> Tensor:
+    """The batch estimate of the MSE-optimal λ per neuron (PAPER.md §1, adaptive λ).
+
+    `realised` and `predicted` hold, per sample b and neuron, the parameter-gradient
+    contribution of the BP feedback w_b and of the SG feedback ŵ_b: shape (B, N, P).
+    With u_b = ŵ_b − w_b the mixed mean is w̄ + (1−λ)ū; if BP is unbiased its MSE is
+    Var(w̄) + 2(1−λ)Cov(w̄, ū) + (1−λ)²(Var(ū) + |E ū|²), minimised at
+    λ = 1 + Cov/(Var + bias²), clipped to [0, 1]. Where Var + bias² ≤ eps the batch says
+    nothing and `previous` (shape (N,)) is kept.
+    """
+    batch = realised.shape[0]
+    if batch < 2:
+        return previous.clone()
+    u = predicted - realised
+    u_mean = u.mean(0)
+    w_mean = realised.mean(0)
+    u_mean_sq = (u_mean * u_mean).sum(-1)
+    var = ((u * u).sum(-1).mean(0) - u_mean_sq) / (batch - 1)
+    cov = ((realised * u).sum(-1).mean(0) - (w_mean * u_mean).sum(-1)) / (batch - 1)
+    bias_sq = torch.clamp(u_mean_sq - var, min=0.0)
+    denom = var + bias_sq
+    lam = torch.clamp(1.0 + cov / denom.clamp(min=eps), 0.0, 1.0)
+    return torch.where(denom > eps, lam, previous)
+
+
+def ema(previous: Tensor, current: Tensor, momentum: float) -> Tensor:
+    """Exponential moving average used to smooth adaptive λ across batches."""
+    return momentum * previous + (1.0 - momentum) * current

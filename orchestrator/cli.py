@@ -1,0 +1,142 @@
+"""`sgsweep` command line: run, report, validate.
+
+User mistakes (bad spec, missing directory, busy directory) print one line starting with
+`error:` and exit with code 2; nothing is written before the spec has been validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sgsweep",
+        description="Seeded sweeps of feedback rules on Ray, recorded in Parquet and MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) every trial of a sweep file")
+    run.add_argument("spec", type=Path, help="sweep file (YAML)")
+    run.add_argument("--out", type=Path, required=True, help="results directory")
+    run.add_argument("--tracking-uri", default=None,
+                     help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db; 'none' to skip)")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster address (default: start an embedded local Ray)")
+    run.add_argument("--num-cpus", type=_positive_int, default=None,
+                     help="CPUs for the embedded Ray (default: all)")
+    run.add_argument("--block-size", type=_positive_int, default=None,
+                     help="seeds per block (default: the spec's, else automatic)")
+    run.add_argument("--max-retries", type=_non_negative_int, default=3,
+                     help="retries of a chunk whose Ray worker or node died (default 3)")
+    run.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
+    run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+
+    validate = sub.add_parser("validate", help="check a sweep file and print its size")
+    validate.add_argument("spec", type=Path)
+
+    report = sub.add_parser("report", help="tables and figures for a results directory")
+    report.add_argument("out", type=Path, help="results directory")
+    report.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI to log the report to (default: OUT's store)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from orchestrator.spec import SpecError
+
+    try:
+        return {"run": cmd_run, "validate": cmd_validate, "report": cmd_report}[args.command](args)
+    except (SpecError, UserError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"{args.spec}: ok — sweep {spec.name!r}, task {spec.task!r}, "
+          f"{len(spec.configs)} configs x {len(spec.seeds)} seeds = {spec.num_trials} trials")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.runner import RunError, RunOptions, run_sweep
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(args.spec)  # raises SpecError before anything is written
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a directory")
+    tracking = "" if args.tracking_uri in ("none", "") else args.tracking_uri
+    options = RunOptions(
+        out_dir=args.out, tracking_uri=tracking, address=args.address, num_cpus=args.num_cpus,
+        block_size=args.block_size, max_retries=args.max_retries,
+        retry_failed=args.retry_failed, spec_path=args.spec,
+    )
+    try:
+        summary = run_sweep(spec, options)
+    except RunError as exc:
+        raise UserError(str(exc)) from None
+    print(f"{spec.name}: {summary.ok} ok, {summary.failed} failed, {summary.skipped} already "
+          f"recorded, of {summary.total} trials in {summary.wall_s:.1f}s")
+    for line in summary.first_errors:
+        print(f"  failed: {line}")
+    print(f"results: {args.out.resolve()}/trials and {args.out.resolve()}/metrics (Parquet)")
+    if summary.tracking_uri:
+        print(f"mlflow:  {summary.tracking_uri}"
+              + (f" (not logged: {summary.tracking_error})" if summary.tracking_error else ""))
+    if not args.no_report:
+        from orchestrator.report import write_report
+
+        report = write_report(args.out, tracking_uri=summary.tracking_uri or "")
+        if report is not None:
+            print(f"report:  {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import write_report
+
+    if not (args.out / "trials").is_dir():
+        raise UserError(f"{args.out}: no results here (expected {args.out}/trials from "
+                        "`sgsweep run`)")
+    tracking = "" if args.tracking_uri in ("none", "") else args.tracking_uri
+    path = write_report(args.out, tracking_uri=tracking)
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Run blocks of trials in the current process (a Ray worker, or the driver in a plain loop).
+
+This is the one trial execution path: `sgsweep run`, the benchmarks and (later) tuning all
+come through `run_blocks`. A block goes to its task as one call; if that raises, each seed
+is re-run alone so one bad seed cannot sink its neighbours. Non-finite metrics fail the
+trial. Errors are kept as their first line plus the exception type.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.plan import Block
+from tasks import MetricLog, get_task
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    config_id: str
+    seed: int
+    status: str  # "ok" | "failed"
+    error: str | None
+    duration_s: float
+    finished_at: float
+    metrics: MetricLog = field(default_factory=MetricLog)
+
+
+def describe_error(exc: BaseException) -> str:
+    lines = traceback.format_exception_only(type(exc), exc)
+    return " ".join(line.strip() for line in lines)[:2000]
+
+
+def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu") -> list[TrialRecord]:
+    task = get_task(task_name)
+    records: list[TrialRecord] = []
+    for block in blocks:
+        config = task.config_type(**_from_json(block.config))
+        start = time.perf_counter()
+        try:
+            logs = task.run_block(config, block.seeds, device)
+            if len(logs) != len(block.trials):
+                raise RuntimeError(
+                    f"task {task_name!r} returned {len(logs)} results for {len(block.trials)} seeds"
+                )
+            per_trial = (time.perf_counter() - start) / len(block.trials)
+            outcomes: list[tuple[MetricLog | None, str | None, float]] = [
+                (log, None, per_trial) for log in logs
+            ]
+        except Exception:  # noqa: BLE001 - isolate the failing seed(s)
+            outcomes = [_run_alone(task, config, seed, device) for seed in block.seeds]
+        now = time.time()
+        for trial, (log, error, duration) in zip(block.trials, outcomes, strict=True):
+            if log is not None and error is None:
+                bad = log.non_finite()
+                if bad is not None:
+                    error = f"non-finite metric: {bad}"
+            ok = error is None
+            records.append(TrialRecord(
+                trial.trial_id, trial.config_id, trial.seed, "ok" if ok else "failed", error,
+                duration, now, log if ok and log is not None else MetricLog(),
+            ))
+    return records
+
+
+def _run_alone(task: Any, config: Any, seed: int, device: str):
+    start = time.perf_counter()
+    try:
+        (log,) = task.run_block(config, [seed], device)
+        return log, None, time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001 - recorded as the trial's error
+        return None, describe_error(exc), time.perf_counter() - start
+
+
+def _from_json(values: dict[str, Any]) -> dict[str, Any]:
+    # Parquet/JSON hold lists; config dataclasses hold tuples (hashable, immutable).
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}

@@ -1,0 +1,68 @@
+"""`sgsweep report DIR`: load results, hand each sweep to its task's analysis, log to MLflow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from orchestrator.record import ResultStore
+from orchestrator.tracking import ROLE_TAG, client_for, default_tracking_uri
+
+
+def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, metrics): the latest attempt of each trial, and its metrics (long form)."""
+    store = ResultStore(out_dir)
+    trials_table = store.read_trials()
+    if trials_table is None:
+        return pd.DataFrame(), pd.DataFrame(columns=["trial_id", "step", "metric", "value"])
+    trials = trials_table.to_pandas()
+    trials = trials.sort_values("finished_at").drop_duplicates("trial_id", keep="last")
+    metrics_table = store.read_metrics()
+    metrics = (metrics_table.to_pandas() if metrics_table is not None
+               else pd.DataFrame(columns=["trial_id", "step", "metric", "value"]))
+    metrics = metrics[metrics.trial_id.isin(trials.trial_id)]
+    return trials.reset_index(drop=True), metrics.reset_index(drop=True)
+
+
+def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path | None:
+    """Write DIR/report/<sweep>/ for every sweep in DIR; returns the report folder."""
+    from analysis import reports
+
+    out_dir = Path(out_dir)
+    trials, metrics = load_results(out_dir)
+    if trials.empty:
+        return None
+    root = out_dir / "report"
+    for sweep, sweep_trials in trials.groupby("sweep"):
+        task = sweep_trials.task.iloc[0]
+        folder = root / str(sweep)
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_metrics = metrics[metrics.trial_id.isin(sweep_trials.trial_id)]
+        params = sorted(json.loads(sweep_trials.config.iloc[0]))
+        files = reports.write(str(task), sweep_trials, sweep_metrics, params, folder)
+        uri = default_tracking_uri(out_dir) if tracking_uri is None else tracking_uri
+        if uri and files:
+            _log_artifacts(uri, str(sweep), files)
+    return root
+
+
+def _log_artifacts(tracking_uri: str, sweep: str, files: list[Path]) -> None:
+    """Attach report files to the sweep's most recent parent run."""
+    try:
+        client = client_for(tracking_uri)
+        experiment = client.get_experiment_by_name(sweep)
+        if experiment is None:
+            return
+        runs = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'parent'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            return
+        for path in files:
+            client.log_artifact(runs[0].info.run_id, str(path), artifact_path="report")
+    except Exception as exc:  # noqa: BLE001 - the report on disk is what matters
+        print(f"warning: report not logged to MLflow ({type(exc).__name__}: {exc})",
+              file=sys.stderr)

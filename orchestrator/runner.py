@@ -1,0 +1,211 @@
+"""`sgsweep run`: plan → schedule on Ray → record to Parquet and MLflow, resumably.
+
+The driver is the only writer: Ray tasks return records, the driver appends them to the
+Parquet store as each chunk finishes and hands them to the MLflow writer thread. Trials
+already recorded in the output directory are skipped, so re-running the same command
+after any stop runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import plan, schedule
+from orchestrator.execute import TrialRecord
+from orchestrator.record import ResultStore
+from orchestrator.spec import SweepSpec
+from orchestrator.tracking import TrackingWriter, default_tracking_uri
+from tasks import get_task
+
+
+class RunError(RuntimeError):
+    """An operational problem the user can fix (busy directory, unreachable cluster)."""
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    tracking_uri: str | None = None  # None: SQLite store in out_dir; "" disables MLflow
+    address: str | None = None  # None: embedded local Ray
+    num_cpus: int | None = None
+    block_size: int | None = None  # overrides the spec's
+    max_retries: int = 3
+    retry_failed: bool = False
+    spec_path: Path | None = None
+    progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+
+@dataclass
+class RunSummary:
+    total: int
+    skipped: int
+    ok: int
+    failed: int
+    wall_s: float
+    tracking_uri: str | None
+    parent_run_id: str | None
+    tracking_error: str | None
+    first_errors: list[str]
+
+
+@contextmanager
+def directory_lock(out_dir: Path):
+    """One `sgsweep run` per output directory at a time."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(out_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunError(f"{out_dir}: another sgsweep run is using this directory; wait for it "
+                       "or choose another --out") from None
+    try:
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
+    task = get_task(spec.task)
+    out_dir = options.out_dir
+    started = time.perf_counter()
+    with directory_lock(out_dir):
+        store = ResultStore(out_dir)
+        store.prepare()
+        if options.spec_path is not None:
+            (out_dir / "specs").mkdir(exist_ok=True)
+            shutil.copyfile(options.spec_path, out_dir / "specs" / f"{spec.name}.yaml")
+
+        blocks = plan.expand(spec)
+        configs = {b.config_id: b.config for b in blocks}
+        recorded = store.recorded()
+        done = {tid for tid, status in recorded.items()
+                if status == "ok" or (status == "failed" and not options.retry_failed)}
+        pending = [plan.Block(b.config_id, b.config,
+                              tuple(t for t in b.trials if t.trial_id not in done))
+                   for b in blocks]
+        pending = [b for b in pending if b.trials]
+        num_pending = sum(len(b.trials) for b in pending)
+        skipped = spec.num_trials - num_pending
+        invocation = uuid.uuid4().hex[:12]
+
+        tracking_uri = (default_tracking_uri(out_dir) if options.tracking_uri is None
+                        else options.tracking_uri or None)
+        writer = None
+        if tracking_uri and num_pending:
+            writer = TrackingWriter(
+                tracking_uri, spec.name, artifact_root=out_dir / "mlartifacts"
+                if tracking_uri.startswith("sqlite") else None,
+                parent_tags={"sgsweep.invocation": invocation, "sgsweep.task": spec.task,
+                             "sgsweep.out_dir": str(out_dir.resolve())},
+                parent_params={"task": spec.task, "num_trials": spec.num_trials,
+                               "num_pending": num_pending, "num_configs": len(spec.configs),
+                               "seeds": list(spec.seeds), "description": spec.description},
+                artifacts=[options.spec_path] if options.spec_path else [],
+            )
+
+        ok = failed = 0
+        first_errors: list[str] = []
+        if num_pending:
+            options.progress(
+                f"{spec.name}: {num_pending} trials to run ({skipped} already recorded), "
+                f"{len(pending)} configs")
+            schedule.connect(options.address, options.num_cpus)
+            try:
+                ok, failed, first_errors = _run_pending(
+                    spec, task, pending, configs, store, writer, invocation, options)
+            except KeyboardInterrupt:
+                if writer is not None:
+                    writer.close({"trials_ok": ok, "trials_failed": failed}, status="KILLED")
+                options.progress(
+                    f"interrupted: completed trials are saved in {out_dir}; run the same "
+                    "command again to resume")
+                raise
+            finally:
+                if options.address is None:
+                    schedule.shutdown()
+        else:
+            options.progress(f"{spec.name}: all {spec.num_trials} trials already recorded")
+        if writer is not None:
+            writer.close({"trials_ok": ok, "trials_failed": failed})
+        return RunSummary(
+            total=spec.num_trials, skipped=skipped, ok=ok, failed=failed,
+            wall_s=time.perf_counter() - started, tracking_uri=tracking_uri,
+            parent_run_id=writer.parent_run_id if writer else None,
+            tracking_error=writer.error if writer else None, first_errors=first_errors,
+        )
+
+
+def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict[str, Any],
+                 store: ResultStore, writer: TrackingWriter | None, invocation: str,
+                 options: RunOptions) -> tuple[int, int, list[str]]:
+    import ray
+
+    width = schedule.parallelism(spec.resources)
+    num_pending = sum(len(b.trials) for b in pending)
+    block_size = options.block_size or spec.block_size or plan.auto_block_size(
+        num_pending, len(pending), width)
+    blocks = plan.split_blocks(pending, block_size)
+    # Enough chunks to keep every worker busy (and progress smooth), few enough that
+    # per-task overhead stays small next to tiny trials.
+    per_chunk = max(block_size, min(256, num_pending // (8 * width) or 1))
+    chunks = plan.pack(blocks, per_chunk)
+    futures = {schedule.submit(spec.task, chunk, spec.resources, options.max_retries): chunk
+               for chunk in chunks}
+    ok = failed = 0
+    first_errors: list[str] = []
+    last_report = time.monotonic()
+    start = time.monotonic()
+    remaining = list(futures)
+    while remaining:
+        ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+        for ref in ready:
+            chunk = futures.pop(ref)
+            try:
+                records: list[TrialRecord] = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                records = _lost_chunk(chunk, exc)
+            store.write(records, sweep=spec.name, task=task, configs=configs,
+                        invocation=invocation)
+            if writer is not None:
+                writer.submit(records, configs)
+            for r in records:
+                if r.status == "ok":
+                    ok += 1
+                else:
+                    failed += 1
+                    if len(first_errors) < 5:
+                        first_errors.append(f"seed {r.seed} ({r.trial_id}): {r.error}")
+        now = time.monotonic()
+        if now - last_report >= 5 or not remaining:
+            last_report = now
+            done = ok + failed
+            rate = done / max(now - start, 1e-9)
+            eta = (num_pending - done) / rate if rate > 0 else float("inf")
+            options.progress(f"  {done}/{num_pending} done ({failed} failed), "
+                             f"{rate:.1f} trials/s, eta {eta:.0f}s")
+    return ok, failed, first_errors
+
+
+def _lost_chunk(chunk: list[plan.Block], exc: BaseException) -> list[TrialRecord]:
+    """Ray gave up on a chunk (worker/node died past max_retries): record its trials failed."""
+    from orchestrator.execute import describe_error
+    from tasks import MetricLog
+
+    now = time.time()
+    error = f"lost by Ray after retries: {describe_error(exc).splitlines()[0][:500]}"
+    return [TrialRecord(t.trial_id, t.config_id, t.seed, "failed", error, 0.0, now, MetricLog())
+            for block in chunk for t in block.trials]

@@ -1,0 +1,72 @@
+"""Ray side of the engine: connect (embedded local Ray by default), run chunks as tasks."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from orchestrator.execute import TrialRecord, run_blocks
+from orchestrator.plan import Block
+from orchestrator.spec import Resources
+
+
+def connect(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False, "logging_level": "WARNING", "configure_logging": True,
+        "log_to_driver": True,
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+
+
+def parallelism(resources: Resources) -> int:
+    """How many chunks the cluster can run at once."""
+    import ray
+
+    total = ray.cluster_resources()
+    by_cpu = total.get("CPU", 1) / max(resources.num_cpus, 1e-3)
+    if resources.num_gpus > 0:
+        return max(1, int(min(by_cpu, total.get("GPU", 0) / resources.num_gpus)))
+    return max(1, int(by_cpu))
+
+
+def _run_chunk(task_name: str, blocks: list[Block]) -> list[TrialRecord]:
+    import ray
+
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    return run_blocks(task_name, blocks, device)
+
+
+def submit(task_name: str, blocks: list[Block], resources: Resources, max_retries: int):
+
+    options: dict[str, Any] = {
+        "num_cpus": resources.num_cpus,
+        "num_gpus": resources.num_gpus,
+        "max_retries": max_retries,  # retried when a worker or node dies
+        "retry_exceptions": False,  # a trial's own exception is a result, not a retry
+    }
+    if resources.memory_gb:
+        options["memory"] = int(resources.memory_gb * 2**30)
+    return _remote_run_chunk().options(**options).remote(task_name, blocks)
+
+
+@functools.cache
+def _remote_run_chunk():
+    import ray
+
+    return ray.remote(_run_chunk)
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,170 @@
+"""MLflow view of a sweep: an experiment per sweep, a parent run per invocation, a child
+run per trial with its params, final metrics and metric history.
+
+One writer thread owns every MLflow call and sends each child's data in `log_batch`
+calls within MLflow's limits. Parquet is the source of truth: if the tracking store
+fails, the writer says so once, stops logging, and the sweep goes on (`sgsweep
+mlflow-sync` rebuilds the view later).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.execute import TrialRecord
+
+MAX_METRICS = 1000
+MAX_PARAMS = 100
+MAX_PARAM_CHARS = 6000
+ROLE_TAG = "sgsweep.role"
+
+
+def default_tracking_uri(out_dir: str | Path) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def quiet_mlflow_logs() -> None:
+    for name in ("alembic", "mlflow", "mlflow.store", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def client_for(tracking_uri: str):
+    quiet_mlflow_logs()
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(client, name: str, artifact_root: Path | None) -> str:
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def log_trial(client, exp_id: str, parent_id: str, record: TrialRecord,
+              config: dict[str, Any], sweep: str) -> str:
+    """One child run for one trial: params, full metric history, status."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    start_ms = int((record.finished_at - record.duration_s) * 1000)
+    end_ms = int(record.finished_at * 1000)
+    run = client.create_run(
+        exp_id, start_time=start_ms, run_name=f"{record.config_id[:8]}-seed{record.seed}",
+        tags={"mlflow.parentRunId": parent_id, ROLE_TAG: "trial", "sgsweep.sweep": sweep,
+              "sgsweep.trial_id": record.trial_id, "sgsweep.status": record.status},
+    )
+    run_id = run.info.run_id
+    params = [Param(k, _param_value(v)) for k, v in sorted(config.items())]
+    params.append(Param("seed", str(record.seed)))
+    m = record.metrics
+    metrics = [Metric(n, v, end_ms, s) for n, s, v in zip(m.names, m.steps, m.values, strict=True)]
+    tags = [RunTag("sgsweep.error", record.error[:5000])] if record.error else []
+    for i, batch in enumerate(_chunks(params, MAX_PARAMS)):
+        client.log_batch(run_id, params=batch, tags=tags if i == 0 else ())
+    for batch in _chunks(metrics, MAX_METRICS):
+        client.log_batch(run_id, metrics=batch)
+    client.set_terminated(run_id, "FINISHED" if record.status == "ok" else "FAILED", end_ms)
+    return run_id
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:MAX_PARAM_CHARS]
+
+
+class TrackingWriter:
+    """Background writer for one invocation's parent run and its trial runs."""
+
+    def __init__(self, tracking_uri: str, sweep: str, artifact_root: Path | None,
+                 parent_tags: dict[str, str], parent_params: dict[str, Any],
+                 artifacts: Sequence[Path] = ()) -> None:
+        self.tracking_uri = tracking_uri
+        self.sweep = sweep
+        self.error: str | None = None
+        self.logged = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._parent_id: str | None = None
+        self._exp_id: str | None = None
+        self._thread = threading.Thread(
+            target=self._work,
+            args=(artifact_root, parent_tags, parent_params, list(artifacts)),
+            name="mlflow-writer", daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self._parent_id
+
+    def submit(self, records: list[TrialRecord], configs: dict[str, dict[str, Any]]) -> None:
+        self._queue.put((records, configs))
+
+    def close(self, summary: dict[str, float], status: str = "FINISHED") -> None:
+        self._queue.put(("close", summary, status))
+        self._thread.join()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"warning: MLflow logging stopped ({self.error}); results are safe in "
+                  "Parquet, run `sgsweep mlflow-sync DIR` later", file=sys.stderr)
+
+    def _work(self, artifact_root, parent_tags, parent_params, artifacts) -> None:
+        client = None
+        try:
+            client = client_for(self.tracking_uri)
+            self._exp_id = experiment_id(client, self.sweep, artifact_root)
+            run = client.create_run(
+                self._exp_id, run_name=f"{self.sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
+                tags={ROLE_TAG: "parent", "sgsweep.sweep": self.sweep, **parent_tags},
+            )
+            self._parent_id = run.info.run_id
+            from mlflow.entities import Param
+
+            params = [Param(k, _param_value(v)) for k, v in sorted(parent_params.items())]
+            for batch in _chunks(params, MAX_PARAMS):
+                client.log_batch(self._parent_id, params=batch)
+            for path in artifacts:
+                client.log_artifact(self._parent_id, str(path))
+        except Exception as exc:  # noqa: BLE001 - tracking must not fail the sweep
+            self._fail(exc)
+        while True:
+            item = self._queue.get()
+            if item[0] == "close":
+                _, summary, status = item
+                if self.error is None and client is not None and self._parent_id:
+                    try:
+                        from mlflow.entities import Metric
+
+                        now = int(time.time() * 1000)
+                        client.log_batch(self._parent_id, metrics=[
+                            Metric(k, float(v), now, 0) for k, v in summary.items()])
+                        client.set_terminated(self._parent_id, status)
+                    except Exception as exc:  # noqa: BLE001
+                        self._fail(exc)
+                return
+            if self.error is not None or client is None:
+                continue
+            records, configs = item
+            try:
+                for record in records:
+                    log_trial(client, self._exp_id, self._parent_id, record,
+                              configs[record.config_id], self.sweep)
+                    self.logged += 1
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)

@@ -1,0 +1,15 @@
+"""Registered tasks. Each task module exposes `TASK`; the orchestrator looks tasks up by name."""
+
+from __future__ import annotations
+
+from tasks.base import ConfigError, MetricLog, Task
+from tasks.expert import TASK as EXPERT
+
+REGISTRY: dict[str, Task] = {task.name: task for task in (EXPERT,)}
+
+
+def get_task(name: str) -> Task:
+    return REGISTRY[name]
+
+
+__all__ = ["REGISTRY", "ConfigError", "MetricLog", "Task", "get_task"]

@@ -1,0 +1,79 @@
+"""What every task provides: a typed config, a seeded block runner, and a metric log.
+
+Tasks know nothing of Ray, MLflow or Parquet. A task receives one resolved config and a
+block of seeds and returns one `MetricLog` per seed; the orchestrator does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is invalid. `field` names the offending parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class MetricLog:
+    """Long-form metric record of one trial: (name, step, value) triples."""
+
+    names: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def log(self, name: str, value: float, step: int = 0) -> None:
+        self.names.append(name)
+        self.steps.append(int(step))
+        self.values.append(float(value))
+
+    def log_dict(self, metrics: dict[str, float], step: int = 0) -> None:
+        for name, value in metrics.items():
+            self.log(name, value, step)
+
+    def final(self) -> dict[str, float]:
+        """Each metric's value at its largest step."""
+        last: dict[str, tuple[int, float]] = {}
+        for name, step, value in zip(self.names, self.steps, self.values, strict=True):
+            if name not in last or step >= last[name][0]:
+                last[name] = (step, value)
+        return {name: value for name, (_, value) in last.items()}
+
+    def non_finite(self) -> str | None:
+        """Name and step of the first NaN/inf value, if any."""
+        for name, step, value in zip(self.names, self.steps, self.values, strict=True):
+            if not math.isfinite(value):
+                return f"{name} is {value} at step {step}"
+        return None
+
+
+# A block runner: (config, seeds, device) -> one MetricLog per seed, in seed order.
+BlockRunner = Callable[[Any, Sequence[int], str], list[MetricLog]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task.
+
+    `config_type` is a dataclass; fields without defaults are required in a sweep. Its
+    optional `validate()` method raises `ConfigError` for cross-field problems.
+    `batched` says whether `run_block` computes many seeds as one batched computation;
+    either way, each seed's result must equal running that seed alone.
+    """
+
+    name: str
+    config_type: type
+    run_block: BlockRunner
+    description: str = ""
+    batched: bool = False
+
+    def config_fields(self) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(self.config_type)}
