@@ -249,7 +249,7 @@ def _coerce(value: Any, hint: Any, field: str, fail) -> Any:
     if origin in (tuple, list):
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
-            raise fail(field, f"expected a list of {_type_name(args[0])}, got {_kind(value)}")
+            raise fail(field, f"expected a list of {_plural(args[0])}, got {_kind(value)}")
         items = [_coerce(v, args[0], f"{field}[{i}]", fail) for i, v in enumerate(value)]
         return tuple(items)
     if hint is bool:
@@ -284,11 +284,16 @@ def _type_name(hint: Any) -> str:
     if origin is Literal:
         return f"one of {list(typing.get_args(hint))}"
     if origin in (tuple, list):
-        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+        return f"a list of {_plural(typing.get_args(hint)[0])}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
     return {int: "an integer", float: "a number", str: "text", bool: "true or false",
             type(None): "null"}.get(hint, str(hint))
+
+
+def _plural(hint: Any) -> str:
+    return {int: "integers", float: "numbers", str: "texts", bool: "booleans"}.get(
+        hint, _type_name(hint))
 
 
 def _seeds(value: Any, fail) -> tuple[int, ...]:

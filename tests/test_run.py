@@ -1,0 +1,121 @@
+"""`sgsweep run` end to end on the embedded Ray: Parquet schema, MLflow runs, resume, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from orchestrator import plan
+from orchestrator.report import load_results, write_report
+from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.spec import parse_spec
+from orchestrator.tracking import client_for, default_tracking_uri
+
+SPEC = {
+    "name": "it", "task": "expert", "params": {"lams": [0.5]},
+    "grid": {"d": [4, 6], "k": [2, 3], "case": ["noisy", "activation"]}, "seeds": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def finished(ray_cluster, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("run")
+    spec = parse_spec(SPEC)
+    summary = run_sweep(spec, RunOptions(out_dir=out, address="auto", progress=lambda _: None))
+    return out, summary
+
+
+def test_every_trial_recorded_once_and_ok(finished) -> None:
+    out, summary = finished
+    assert (summary.ok, summary.failed, summary.total) == (32, 0, 32)
+    trials = ds.dataset(out / "trials").to_table().to_pandas()
+    assert len(trials) == 32 and trials.trial_id.is_unique
+    expected = {t.trial_id for b in plan.expand(parse_spec(SPEC)) for t in b.trials}
+    assert set(trials.trial_id) == expected
+    assert (trials.status == "ok").all() and trials.error.isna().all()
+
+
+def test_trials_schema_has_fixed_columns_and_one_column_per_param(finished) -> None:
+    out, _ = finished
+    schema = ds.dataset(out / "trials").schema
+    for name, kind in [("trial_id", pa.string()), ("sweep", pa.string()), ("task", pa.string()),
+                       ("seed", pa.int64()), ("status", pa.string()), ("error", pa.string()),
+                       ("duration_s", pa.float64()), ("config", pa.string()),
+                       ("d", pa.int64()), ("k", pa.int64()), ("case", pa.string()),
+                       ("sigma", pa.float64()), ("lams", pa.string())]:
+        assert schema.field(name).type == kind, name
+    row = ds.dataset(out / "trials").to_table().slice(0, 1).to_pylist()[0]
+    config = json.loads(row["config"])
+    assert config["d"] == row["d"] and config["case"] == row["case"]
+    assert json.loads(row["lams"]) == [0.5] and row["sweep"] == "it"
+
+
+def test_metrics_long_form_readable_by_pyarrow_and_duckdb(finished) -> None:
+    import duckdb
+
+    out, _ = finished
+    metrics = ds.dataset(out / "metrics")
+    assert metrics.schema.names == ["trial_id", "step", "metric", "value"]
+    table = metrics.to_table().to_pandas()
+    assert set(table.metric) == {"sqerr_bp", "sqerr_sg", "sqerr_lam_0.5", "truth_sqnorm"}
+    assert len(table) == 32 * 4
+    con = duckdb.connect()
+    rows = con.execute(
+        f"SELECT t.d, avg(m.value) FROM read_parquet('{out}/metrics/*.parquet') m "
+        f"JOIN read_parquet('{out}/trials/*.parquet') t USING (trial_id) "
+        "WHERE m.metric = 'sqerr_bp' GROUP BY t.d ORDER BY t.d").fetchall()
+    assert [r[0] for r in rows] == [4, 6] and rows[0][1] > rows[1][1] > 0
+
+
+def test_mlflow_has_parent_and_one_child_per_trial(finished) -> None:
+    out, summary = finished
+    client = client_for(default_tracking_uri(out))
+    experiment = client.get_experiment_by_name("it")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sgsweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sgsweep.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.run_id == summary.parent_run_id
+    assert len(children) == 32
+    assert all(c.data.tags["mlflow.parentRunId"] == summary.parent_run_id for c in children)
+    child = children[0]
+    assert {"d", "k", "case", "seed"} <= set(child.data.params)
+    assert {"sqerr_bp", "sqerr_sg"} <= set(child.data.metrics)
+    assert parents[0].data.metrics["trials_ok"] == 32
+
+
+def test_rerun_skips_recorded_trials(finished, ray_cluster) -> None:
+    out, _ = finished
+    again = run_sweep(parse_spec(SPEC), RunOptions(out_dir=out, address="auto",
+                                                   progress=lambda _: None))
+    assert (again.ok, again.skipped) == (0, 32)
+    grown = dict(SPEC, seeds=5)
+    more = run_sweep(parse_spec(grown), RunOptions(out_dir=out, address="auto",
+                                                   progress=lambda _: None))
+    assert (more.ok, more.skipped) == (8, 32)
+    trials, _ = load_results(out)
+    assert len(trials) == 40 and trials.trial_id.is_unique
+
+
+def test_report_writes_table_figures_and_logs_them(finished) -> None:
+    out, _ = finished
+    folder = write_report(out) / "it"
+    names = {p.name for p in folder.iterdir()}
+    assert {"e1_ratios.csv", "e1_ratios.md", "ratio_vs_d_case-noisy.png",
+            "ratio_vs_d_case-activation.png"} <= names
+    import pandas as pd
+
+    table = pd.read_csv(folder / "e1_ratios.csv")
+    assert {"mse_bp", "se_bp", "mse_sg", "ratio_bp_sg", "ci_low", "ci_high", "theory"} <= set(
+        table.columns)
+    assert (table.ci_low <= table.ratio_bp_sg).all() and (table.ratio_bp_sg <= table.ci_high).all()
+    client = client_for(default_tracking_uri(out))
+    experiment = client.get_experiment_by_name("it")
+    parent = client.search_runs([experiment.experiment_id],
+                                filter_string="tags.`sgsweep.role` = 'parent'",
+                                order_by=["attributes.start_time DESC"])[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/e1_ratios.csv" in logged and "report/ratio_vs_d_case-noisy.png" in logged
