@@ -140,6 +140,9 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
         else:
             options.progress(f"{spec.name}: all {spec.num_trials} trials already recorded")
         if writer is not None:
+            if writer.backlog:
+                options.progress(f"  logging {writer.backlog} trials to MLflow "
+                                 f"({tracking_uri}); Parquet results are complete")
             writer.close({"trials_ok": ok, "trials_failed": failed})
         return RunSummary(
             total=spec.num_trials, skipped=skipped, ok=ok, failed=failed,

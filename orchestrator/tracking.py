@@ -97,6 +97,7 @@ class TrackingWriter:
         self.sweep = sweep
         self.error: str | None = None
         self.logged = 0
+        self.submitted = 0
         self._queue: queue.Queue = queue.Queue()
         self._parent_id: str | None = None
         self._exp_id: str | None = None
@@ -112,7 +113,13 @@ class TrackingWriter:
         return self._parent_id
 
     def submit(self, records: list[TrialRecord], configs: dict[str, dict[str, Any]]) -> None:
+        self.submitted += len(records)
         self._queue.put((records, configs))
+
+    @property
+    def backlog(self) -> int:
+        """Trials handed over but not yet logged (0 once logging has stopped on an error)."""
+        return 0 if self.error else self.submitted - self.logged
 
     def close(self, summary: dict[str, float], status: str = "FINISHED") -> None:
         self._queue.put(("close", summary, status))
