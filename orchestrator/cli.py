@@ -37,6 +37,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sgsweep",
@@ -58,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-retries", type=_non_negative_int, default=3,
                      help="retries of a chunk whose Ray worker or node died (default 3)")
     run.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
+    run.add_argument("--trial-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                     help="fail a trial that runs longer (default: the spec's timeout_s)")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+
+    status = sub.add_parser("status", help="done / failed / pending trials per sweep")
+    status.add_argument("out", type=Path, help="results directory")
 
     validate = sub.add_parser("validate", help="check a sweep file and print its size")
     validate.add_argument("spec", type=Path)
@@ -75,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.spec import SpecError
 
     try:
-        return {"run": cmd_run, "validate": cmd_validate, "report": cmd_report}[args.command](args)
+        commands = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report,
+                    "status": cmd_status}
+        return commands[args.command](args)
     except (SpecError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out_dir=args.out, tracking_uri=tracking, address=args.address, num_cpus=args.num_cpus,
         block_size=args.block_size, max_retries=args.max_retries,
         retry_failed=args.retry_failed, spec_path=args.spec,
+        trial_timeout_s=args.trial_timeout,
     )
     try:
         summary = run_sweep(spec, options)
@@ -123,6 +141,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = write_report(args.out, tracking_uri=summary.tracking_uri or "")
         if report is not None:
             print(f"report:  {report}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.status import format_status, sweep_status
+
+    if not (args.out / "trials").is_dir():
+        raise UserError(f"{args.out}: no results here (expected {args.out}/trials from "
+                        "`sgsweep run`)")
+    print(format_status(sweep_status(args.out)))
     return 0
 
 

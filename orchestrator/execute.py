@@ -1,17 +1,27 @@
 """Run blocks of trials in the current process (a Ray worker, or the driver in a plain loop).
 
-This is the one trial execution path: `sgsweep run`, the benchmarks and (later) tuning all
-come through `run_blocks`. A block goes to its task as one call; if that raises, each seed
-is re-run alone so one bad seed cannot sink its neighbours. Non-finite metrics fail the
-trial. Errors are kept as their first line plus the exception type.
+This is the one trial execution path: `sgsweep run`, the benchmarks and tuning all come
+through `run_blocks`. A block goes to its task as one call; if that raises or runs out
+of time, each seed is re-run alone so one bad seed cannot sink its neighbours.
+Non-finite metrics fail the trial. Errors are kept as their first line plus the
+exception type.
+
+The per-trial timeout is a SIGALRM timer (a block of S seeds gets S times the budget),
+so it interrupts Python code at its next bytecode; a single native call that never
+returns is out of its reach.
 """
 
 from __future__ import annotations
 
+import signal
+import socket
+import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.plan import Block
 from tasks import MetricLog, get_task
@@ -27,6 +37,37 @@ class TrialRecord:
     duration_s: float
     finished_at: float
     metrics: MetricLog = field(default_factory=MetricLog)
+    node: str = ""
+
+
+class TrialTimeout(Exception):
+    pass
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TrialTimeout(f"timed out after {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _timed(fn: Callable[[], T], seconds: float | None) -> T:
+    with _deadline(seconds):
+        return fn()
 
 
 def describe_error(exc: BaseException) -> str:
@@ -34,14 +75,18 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(line.strip() for line in lines)[:2000]
 
 
-def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu") -> list[TrialRecord]:
+def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu",
+               timeout_s: float | None = None, node: str = "") -> list[TrialRecord]:
     task = get_task(task_name)
+    node = node or socket.gethostname()
     records: list[TrialRecord] = []
     for block in blocks:
         config = task.config_type(**_from_json(block.config))
         start = time.perf_counter()
+        budget = timeout_s * len(block.trials) if timeout_s else None
         try:
-            logs = task.run_block(config, block.seeds, device)
+            logs = _timed(lambda config=config, block=block: task.run_block(
+                config, block.seeds, device), budget)
             if len(logs) != len(block.trials):
                 raise RuntimeError(
                     f"task {task_name!r} returned {len(logs)} results for {len(block.trials)} seeds"
@@ -51,7 +96,7 @@ def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu") -> list
                 (log, None, per_trial) for log in logs
             ]
         except Exception:  # noqa: BLE001 - isolate the failing seed(s)
-            outcomes = [_run_alone(task, config, seed, device) for seed in block.seeds]
+            outcomes = [_run_alone(task, config, seed, device, timeout_s) for seed in block.seeds]
         now = time.time()
         for trial, (log, error, duration) in zip(block.trials, outcomes, strict=True):
             if log is not None and error is None:
@@ -61,15 +106,15 @@ def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu") -> list
             ok = error is None
             records.append(TrialRecord(
                 trial.trial_id, trial.config_id, trial.seed, "ok" if ok else "failed", error,
-                duration, now, log if ok and log is not None else MetricLog(),
+                duration, now, log if ok and log is not None else MetricLog(), node,
             ))
     return records
 
 
-def _run_alone(task: Any, config: Any, seed: int, device: str):
+def _run_alone(task: Any, config: Any, seed: int, device: str, timeout_s: float | None):
     start = time.perf_counter()
     try:
-        (log,) = task.run_block(config, [seed], device)
+        (log,) = _timed(lambda: task.run_block(config, [seed], device), timeout_s)
         return log, None, time.perf_counter() - start
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's error
         return None, describe_error(exc), time.perf_counter() - start

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -40,6 +41,7 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("duration_s", pa.float64()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
     ("invocation", pa.string()),
+    ("node", pa.string()),
     ("tags", pa.string()),
     ("config", pa.string()),
 ]
@@ -95,7 +97,7 @@ class ResultStore:
                 "trial_id": r.trial_id, "sweep": sweep, "task": task.name,
                 "config_id": r.config_id, "seed": r.seed, "status": r.status, "error": r.error,
                 "duration_s": r.duration_s, "finished_at": int(r.finished_at * 1000),
-                "invocation": invocation, "tags": tags_json,
+                "invocation": invocation, "node": r.node, "tags": tags_json,
                 "config": json.dumps(config, sort_keys=True),
             }
             for f in schema:
@@ -132,6 +134,38 @@ class ResultStore:
             if tid not in latest or at >= latest[tid][0]:
                 latest[tid] = (at, status)
         return {tid: status for tid, (_, status) in latest.items()}
+
+    def compact(self) -> int:
+        """Drop superseded attempts (e.g. a failed trial later re-run) from older parts.
+
+        Each part is rewritten atomically; returns the number of rows dropped. Readers
+        that take the latest attempt per trial are right before and after.
+        """
+        parts = sorted(self.trials_dir.glob("part-*.parquet"))
+        latest: dict[str, tuple[int, str]] = {}
+        per_part: dict[str, list[tuple[str, int]]] = {}
+        for part in parts:
+            table = pq.read_table(part, columns=["trial_id", "finished_at"])
+            ids = table.column("trial_id").to_pylist()
+            times = table.column("finished_at").cast(pa.int64()).to_pylist()
+            per_part[part.name] = list(zip(ids, times, strict=True))
+            for tid, at in per_part[part.name]:
+                if tid not in latest or (at, part.name) >= latest[tid]:
+                    latest[tid] = (at, part.name)
+        dropped = 0
+        for name, rows in per_part.items():
+            stale = {tid for tid, _ in rows if latest[tid][1] != name}
+            if not stale:
+                continue
+            for folder in (self.metrics_dir, self.trials_dir):
+                path = folder / name
+                if path.exists():
+                    table = pq.read_table(path)
+                    keep = pa.compute.invert(pa.compute.is_in(
+                        table.column("trial_id"), value_set=pa.array(sorted(stale))))
+                    _atomic_write(table.filter(keep), path)
+            dropped += sum(tid in stale for tid, _ in rows)
+        return dropped
 
     def read_trials(self, columns: list[str] | None = None) -> pa.Table | None:
         return _read_dataset(self.trials_dir, columns)

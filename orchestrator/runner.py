@@ -41,6 +41,7 @@ class RunOptions:
     block_size: int | None = None  # overrides the spec's
     max_retries: int = 3
     retry_failed: bool = False
+    trial_timeout_s: float | None = None  # overrides the spec's timeout_s
     spec_path: Path | None = None
     progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
@@ -139,6 +140,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                     schedule.shutdown()
         else:
             options.progress(f"{spec.name}: all {spec.num_trials} trials already recorded")
+        store.compact()
         if writer is not None:
             if writer.backlog:
                 options.progress(f"  logging {writer.backlog} trials to MLflow "
@@ -166,8 +168,9 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
     # per-task overhead stays small next to tiny trials.
     per_chunk = max(block_size, min(256, num_pending // (8 * width) or 1))
     chunks = plan.pack(blocks, per_chunk)
-    futures = {schedule.submit(spec.task, chunk, spec.resources, options.max_retries): chunk
-               for chunk in chunks}
+    timeout_s = options.trial_timeout_s or spec.timeout_s
+    futures = {schedule.submit(spec.task, chunk, spec.resources, options.max_retries, timeout_s):
+               chunk for chunk in chunks}
     ok = failed = 0
     first_errors: list[str] = []
     last_report = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from typing import Any
 
 from orchestrator.execute import TrialRecord, run_blocks
@@ -38,14 +39,16 @@ def parallelism(resources: Resources) -> int:
     return max(1, int(by_cpu))
 
 
-def _run_chunk(task_name: str, blocks: list[Block]) -> list[TrialRecord]:
+def _run_chunk(task_name: str, blocks: list[Block], timeout_s: float | None) -> list[TrialRecord]:
     import ray
 
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    return run_blocks(task_name, blocks, device)
+    node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
+    return run_blocks(task_name, blocks, device, timeout_s=timeout_s, node=node)
 
 
-def submit(task_name: str, blocks: list[Block], resources: Resources, max_retries: int):
+def submit(task_name: str, blocks: list[Block], resources: Resources, max_retries: int,
+           timeout_s: float | None = None):
 
     options: dict[str, Any] = {
         "num_cpus": resources.num_cpus,
@@ -55,7 +58,7 @@ def submit(task_name: str, blocks: list[Block], resources: Resources, max_retrie
     }
     if resources.memory_gb:
         options["memory"] = int(resources.memory_gb * 2**30)
-    return _remote_run_chunk().options(**options).remote(task_name, blocks)
+    return _remote_run_chunk().options(**options).remote(task_name, blocks, timeout_s)
 
 
 @functools.cache

@@ -13,6 +13,7 @@ A sweep file is YAML:
     seeds: 20                       # int N: seeds 0..N-1, or an explicit list
     block_size: auto                # seeds run as one block (int or auto)
     resources: {num_cpus: 1, num_gpus: 0}   # per block, mapped to Ray resources
+    timeout_s: 600                  # per trial; a trial past it is recorded as failed
 
 Every problem raises `SpecError` with one line naming the file, the field and what was
 expected.
@@ -36,12 +37,12 @@ from tasks import REGISTRY, ConfigError, Task
 
 TOP_LEVEL_KEYS = {
     "name", "task", "description", "params", "grid", "variants", "seeds", "block_size",
-    "resources",
+    "resources", "timeout_s",
 }
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory_gb"}
 RESERVED_COLUMNS = {
     "trial_id", "sweep", "task", "seed", "status", "error", "duration_s", "config",
-    "config_id", "attempt", "finished_at",
+    "config_id", "finished_at", "invocation", "node", "tags",
 }
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -67,6 +68,7 @@ class SweepSpec:
     resources: Resources
     description: str = ""
     source: str = ""
+    timeout_s: float | None = None
 
     @property
     def num_trials(self) -> int:
@@ -173,9 +175,14 @@ def parse_spec(raw: Any, where: str = "<spec>") -> SweepSpec:
     seeds = _seeds(raw["seeds"], fail)
     block_size = _block_size(raw.get("block_size", "auto"), fail)
     resources = _resources(raw.get("resources", {}), fail)
+    timeout_s = raw.get("timeout_s")
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(
+            timeout_s, (int, float)) or timeout_s <= 0):
+        raise fail("timeout_s", f"expected a number of seconds > 0, got {timeout_s!r}")
     return SweepSpec(
         name=name, task=task.name, configs=tuple(configs), seeds=seeds, block_size=block_size,
         resources=resources, description=description, source=where,
+        timeout_s=float(timeout_s) if timeout_s is not None else None,
     )
 
 

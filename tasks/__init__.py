@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from tasks.base import ConfigError, MetricLog, Task
 from tasks.expert import TASK as EXPERT
+from tasks.probe import TASK as PROBE
 
-REGISTRY: dict[str, Task] = {task.name: task for task in (EXPERT,)}
+REGISTRY: dict[str, Task] = {task.name: task for task in (EXPERT, PROBE)}
 
 
 def get_task(name: str) -> Task:

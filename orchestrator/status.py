@@ -1,0 +1,75 @@
+"""`sgsweep status DIR`: done / failed / pending per sweep, with the failures' first errors.
+
+Pending counts come from the spec copy `sgsweep run` keeps in DIR/specs/, expanded
+exactly as `run` expands it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import plan
+from orchestrator.record import ResultStore
+from orchestrator.spec import SpecError, load_spec
+
+
+@dataclass
+class SweepStatus:
+    sweep: str
+    total: int | None  # None when the spec copy is missing
+    ok: int
+    failed: int
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (count, first line)
+
+    @property
+    def pending(self) -> int | None:
+        return None if self.total is None else self.total - self.ok - self.failed
+
+
+def sweep_status(out_dir: str | Path) -> list[SweepStatus]:
+    out_dir = Path(out_dir)
+    table = ResultStore(out_dir).read_trials(
+        columns=["trial_id", "sweep", "status", "error", "finished_at"])
+    latest: dict[str, dict] = {}
+    if table is not None:
+        for row in sorted(table.to_pylist(), key=lambda r: r["finished_at"]):
+            latest[row["trial_id"]] = row
+    by_sweep: dict[str, list[dict]] = {}
+    for row in latest.values():
+        by_sweep.setdefault(row["sweep"], []).append(row)
+    specs = {p.stem: p for p in sorted((out_dir / "specs").glob("*.yaml"))}
+    statuses = []
+    for sweep in sorted(set(by_sweep) | set(specs)):
+        rows = by_sweep.get(sweep, [])
+        expected: set[str] | None = None
+        if sweep in specs:
+            try:
+                spec = load_spec(specs[sweep])
+                expected = {t.trial_id for b in plan.expand(spec) for t in b.trials}
+            except SpecError:
+                expected = None
+        if expected is not None:
+            rows = [r for r in rows if r["trial_id"] in expected]
+        ok = sum(r["status"] == "ok" for r in rows)
+        failed_rows = [r for r in rows if r["status"] != "ok"]
+        errors = Counter((r["error"] or "").splitlines()[0][:200] if r["error"] else "?"
+                         for r in failed_rows)
+        statuses.append(SweepStatus(
+            sweep, len(expected) if expected is not None else None, ok, len(failed_rows),
+            [(count, line) for line, count in errors.most_common(5)],
+        ))
+    return statuses
+
+
+def format_status(statuses: list[SweepStatus]) -> str:
+    lines = []
+    for s in statuses:
+        pending = "?" if s.pending is None else str(s.pending)
+        total = "?" if s.total is None else str(s.total)
+        lines.append(f"{s.sweep}: {s.ok} done, {s.failed} failed, {pending} pending "
+                     f"(of {total})")
+        for count, error in s.errors:
+            lines.append(f"  {count} x {error}")
+    return "\n".join(lines)
