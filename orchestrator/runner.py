@@ -22,6 +22,7 @@ from typing import Any
 
 from orchestrator import plan, schedule
 from orchestrator.execute import TrialRecord
+from orchestrator.progress import Progress
 from orchestrator.record import ResultStore
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import TrackingWriter, default_tracking_uri
@@ -42,6 +43,7 @@ class RunOptions:
     max_retries: int = 3
     retry_failed: bool = False
     trial_timeout_s: float | None = None  # overrides the spec's timeout_s
+    live: bool | None = None  # progress bar; None: when stderr is a terminal
     spec_path: Path | None = None
     progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
@@ -118,7 +120,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                 artifacts=[options.spec_path] if options.spec_path else [],
             )
 
-        ok = failed = 0
+        progress = Progress(num_pending, live=options.live)
         first_errors: list[str] = []
         if num_pending:
             options.progress(
@@ -126,11 +128,12 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                 f"{len(pending)} configs")
             schedule.connect(options.address, options.num_cpus)
             try:
-                ok, failed, first_errors = _run_pending(
-                    spec, task, pending, configs, store, writer, invocation, options)
+                _run_pending(spec, task, pending, configs, store, writer, invocation, options,
+                             progress, first_errors)
             except KeyboardInterrupt:
                 if writer is not None:
-                    writer.close({"trials_ok": ok, "trials_failed": failed}, status="KILLED")
+                    writer.close({"trials_ok": progress.ok, "trials_failed": progress.failed},
+                                 status="KILLED")
                 options.progress(
                     f"interrupted: completed trials are saved in {out_dir}; run the same "
                     "command again to resume")
@@ -145,9 +148,9 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
             if writer.backlog:
                 options.progress(f"  logging {writer.backlog} trials to MLflow "
                                  f"({tracking_uri}); Parquet results are complete")
-            writer.close({"trials_ok": ok, "trials_failed": failed})
+            writer.close({"trials_ok": progress.ok, "trials_failed": progress.failed})
         return RunSummary(
-            total=spec.num_trials, skipped=skipped, ok=ok, failed=failed,
+            total=spec.num_trials, skipped=skipped, ok=progress.ok, failed=progress.failed,
             wall_s=time.perf_counter() - started, tracking_uri=tracking_uri,
             parent_run_id=writer.parent_run_id if writer else None,
             tracking_error=writer.error if writer else None, first_errors=first_errors,
@@ -156,7 +159,8 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
 
 def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict[str, Any],
                  store: ResultStore, writer: TrackingWriter | None, invocation: str,
-                 options: RunOptions) -> tuple[int, int, list[str]]:
+                 options: RunOptions, progress: Progress, first_errors: list[str]) -> None:
+    """Schedule every pending block; record each chunk as it finishes."""
     import ray
 
     width = schedule.parallelism(spec.resources)
@@ -171,39 +175,38 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
     timeout_s = options.trial_timeout_s or spec.timeout_s
     futures = {schedule.submit(spec.task, chunk, spec.resources, options.max_retries, timeout_s):
                chunk for chunk in chunks}
-    ok = failed = 0
-    first_errors: list[str] = []
-    last_report = time.monotonic()
-    start = time.monotonic()
     remaining = list(futures)
-    while remaining:
-        ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
-        for ref in ready:
-            chunk = futures.pop(ref)
-            try:
-                records: list[TrialRecord] = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                records = _lost_chunk(chunk, exc)
-            store.write(records, sweep=spec.name, task=task, configs=configs,
-                        invocation=invocation)
-            if writer is not None:
-                writer.submit(records, configs)
-            for r in records:
-                if r.status == "ok":
-                    ok += 1
-                else:
-                    failed += 1
-                    if len(first_errors) < 5:
-                        first_errors.append(f"seed {r.seed} ({r.trial_id}): {r.error}")
-        now = time.monotonic()
-        if now - last_report >= 5 or not remaining:
-            last_report = now
-            done = ok + failed
-            rate = done / max(now - start, 1e-9)
-            eta = (num_pending - done) / rate if rate > 0 else float("inf")
-            options.progress(f"  {done}/{num_pending} done ({failed} failed), "
-                             f"{rate:.1f} trials/s, eta {eta:.0f}s")
-    return ok, failed, first_errors
+    in_flight = num_pending
+    try:
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+            ok = failed = 0
+            for ref in ready:
+                chunk = futures.pop(ref)
+                try:
+                    records: list[TrialRecord] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    records = _lost_chunk(chunk, exc)
+                store.write(records, sweep=spec.name, task=task, configs=configs,
+                            invocation=invocation)
+                if writer is not None:
+                    writer.submit(records, configs)
+                in_flight -= len(records)
+                for r in records:
+                    if r.status == "ok":
+                        ok += 1
+                    else:
+                        failed += 1
+                        if len(first_errors) < 5:
+                            first_errors.append(f"seed {r.seed} ({r.trial_id}): {r.error}")
+            running = min(in_flight, width * per_chunk)
+            progress.update(ok, failed, in_flight=running)
+    except KeyboardInterrupt:
+        for ref in remaining:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        progress.close()
 
 
 def _lost_chunk(chunk: list[plan.Block], exc: BaseException) -> list[TrialRecord]:
