@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="done / failed / pending trials per sweep")
     status.add_argument("out", type=Path, help="results directory")
 
+    sync = sub.add_parser("mlflow-sync", help="rebuild / repair the MLflow view from Parquet")
+    sync.add_argument("out", type=Path, help="results directory")
+    sync.add_argument("--tracking-uri", default=None,
+                      help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)")
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for a results directory")
+    ui.add_argument("out", type=Path, help="results directory")
+    ui.add_argument("--port", type=_positive_int, default=5000)
+
     validate = sub.add_parser("validate", help="check a sweep file and print its size")
     validate.add_argument("spec", type=Path)
 
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report,
-                    "status": cmd_status}
+                    "status": cmd_status, "mlflow-sync": cmd_sync, "ui": cmd_ui}
         return commands[args.command](args)
     except (SpecError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -147,19 +156,54 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.status import format_status, sweep_status
 
-    if not (args.out / "trials").is_dir():
-        raise UserError(f"{args.out}: no results here (expected {args.out}/trials from "
-                        "`sgsweep run`)")
+    _require_results(args.out)
     print(format_status(sweep_status(args.out)))
     return 0
+
+
+def _require_results(out: Path) -> None:
+    if not (out / "trials").is_dir():
+        raise UserError(f"{out}: no results here (expected {out}/trials from `sgsweep run`)")
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from orchestrator.sync import mlflow_sync
+    from orchestrator.tracking import default_tracking_uri
+
+    _require_results(args.out)
+    uri = args.tracking_uri or default_tracking_uri(args.out)
+    try:
+        summary = mlflow_sync(args.out, uri)
+    except Exception as exc:  # noqa: BLE001 - an unreachable server is the user's to fix
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"--tracking-uri {uri}: {type(exc).__name__}: {first}") from None
+    print(f"mlflow-sync: logged {summary.logged} trial runs ({summary.present} already "
+          f"present, {summary.parents_created} parent runs created) to {uri}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from orchestrator.tracking import default_tracking_uri
+
+    db = args.out / "mlflow.db"
+    if not db.is_file():
+        raise UserError(f"{args.out}: no MLflow store here (expected {db})")
+    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    command = [mlflow, "ui", "--backend-store-uri", default_tracking_uri(args.out),
+               "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI for {args.out} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
+          flush=True)
+    os.execv(command[0], command)
+    return 0  # not reached
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import write_report
 
-    if not (args.out / "trials").is_dir():
-        raise UserError(f"{args.out}: no results here (expected {args.out}/trials from "
-                        "`sgsweep run`)")
+    _require_results(args.out)
     tracking = "" if args.tracking_uri in ("none", "") else args.tracking_uri
     path = write_report(args.out, tracking_uri=tracking)
     print(f"report: {path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -38,6 +39,11 @@ def quiet_mlflow_logs() -> None:
 
 def client_for(tracking_uri: str):
     quiet_mlflow_logs()
+    # A tracking server that is down must cost seconds, not MLflow's default minutes of
+    # retries: Parquet holds the results and `sgsweep mlflow-sync` catches up later.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -85,6 +91,32 @@ def log_trial(client, exp_id: str, parent_id: str, record: TrialRecord,
 def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text[:MAX_PARAM_CHARS]
+
+
+def create_parent(client, exp_id: str, sweep: str, tags: dict[str, str],
+                  params: dict[str, Any], run_name: str | None = None) -> str:
+    from mlflow.entities import Param
+
+    run = client.create_run(
+        exp_id, run_name=run_name or f"{sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={ROLE_TAG: "parent", "sgsweep.sweep": sweep, **tags},
+    )
+    batch = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+    for chunk in _chunks(batch, MAX_PARAMS):
+        client.log_batch(run.info.run_id, params=chunk)
+    return run.info.run_id
+
+
+def search_all(client, exp_id: str, filter_string: str) -> list:
+    """Every run matching the filter (search_runs is paged)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string=filter_string, max_results=1000,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 class TrackingWriter:
@@ -136,16 +168,8 @@ class TrackingWriter:
         try:
             client = client_for(self.tracking_uri)
             self._exp_id = experiment_id(client, self.sweep, artifact_root)
-            run = client.create_run(
-                self._exp_id, run_name=f"{self.sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
-                tags={ROLE_TAG: "parent", "sgsweep.sweep": self.sweep, **parent_tags},
-            )
-            self._parent_id = run.info.run_id
-            from mlflow.entities import Param
-
-            params = [Param(k, _param_value(v)) for k, v in sorted(parent_params.items())]
-            for batch in _chunks(params, MAX_PARAMS):
-                client.log_batch(self._parent_id, params=batch)
+            self._parent_id = create_parent(client, self._exp_id, self.sweep, parent_tags,
+                                            parent_params)
             for path in artifacts:
                 client.log_artifact(self._parent_id, str(path))
         except Exception as exc:  # noqa: BLE001 - tracking must not fail the sweep
