@@ -1,0 +1,281 @@
+"""Reliability with real processes: kill -9, Ctrl-C, worker crashes, node loss, timeouts,
+a tracking server that is down, two runs on one directory. Loopback only, bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from orchestrator.runner import RunOptions, directory_lock, run_sweep
+from orchestrator.spec import parse_spec
+from orchestrator.sync import mlflow_sync
+from orchestrator.tracking import client_for
+
+BIN = Path(sys.executable).parent
+SGSWEEP = str(BIN / "sgsweep")
+ISOLATED = ["unshare", "--net", "--pid", "--fork", "--mount-proc"]  # loopback-only, own PIDs
+
+
+def probe_spec(tmp: Path, name: str = "probe", seeds: int = 10, **params) -> Path:
+    spec = tmp / f"{name}.yaml"
+    values = ", ".join(f"{k}: {v}" for k, v in params.items())
+    spec.write_text(f"name: {name}\ntask: probe\nparams: {{{values}}}\n"
+                    f"grid: {{label: [a, b, c, d]}}\nseeds: {seeds}\n")
+    return spec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trials_of(out: Path):
+    return ds.dataset(out / "trials").to_table().to_pandas()
+
+
+def quiet(**kwargs) -> RunOptions:
+    return RunOptions(address="auto", progress=lambda _: None, live=False, **kwargs)
+
+
+def isolated_env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def isolated(command: list[str]) -> list[str]:
+    # In a fresh network namespace loopback must be brought up first.
+    script = "ip link set lo up && exec " + " ".join(f"'{c}'" for c in command)
+    return [*ISOLATED, "sh", "-c", script]
+
+
+def test_crashed_worker_is_retried_and_its_trials_recorded_once(ray_cluster, tmp_path) -> None:
+    spec = parse_spec({"name": "crash", "task": "probe", "seeds": 6,
+                       "params": {"crash_seeds": [2], "crash_once_dir": str(tmp_path / "m")},
+                       "grid": {"label": ["a", "b"]}})
+    summary = run_sweep(spec, quiet(out_dir=tmp_path / "out", tracking_uri=""))
+    assert (summary.ok, summary.failed) == (12, 0)
+    assert len(list((tmp_path / "m").iterdir())) == 1  # the crash did happen, once
+    trials = trials_of(tmp_path / "out")
+    assert len(trials) == 12 and trials.trial_id.is_unique
+
+
+def test_worker_lost_past_max_retries_is_recorded_failed(ray_cluster, tmp_path) -> None:
+    spec = parse_spec({"name": "crash", "task": "probe", "seeds": 3,
+                       "params": {"crash_seeds": [1]}, "block_size": 1})
+    summary = run_sweep(spec, quiet(out_dir=tmp_path, tracking_uri="", max_retries=0))
+    assert (summary.ok, summary.failed) == (2, 1)
+    failed = trials_of(tmp_path).query("status == 'failed'")
+    assert failed.seed.tolist() == [1] and "lost by Ray" in failed.error.iloc[0]
+
+
+def test_exceptions_nans_and_timeouts_fail_only_their_trials(ray_cluster, tmp_path) -> None:
+    spec = parse_spec({"name": "faults", "task": "probe", "seeds": 6, "timeout_s": 1,
+                       "params": {"fail_seeds": [1], "nan_seeds": [2], "hang_seeds": [3]}})
+    summary = run_sweep(spec, quiet(out_dir=tmp_path, tracking_uri=""))
+    assert (summary.ok, summary.failed) == (3, 3)
+    errors = trials_of(tmp_path).set_index("seed").error
+    assert "RuntimeError: probe: seed 1 fails on purpose" in errors[1]
+    assert "non-finite metric: value is nan" in errors[2]
+    assert "timed out after 1s" in errors[3]
+    assert errors[[0, 4, 5]].isna().all()
+    # --retry-failed re-runs exactly the failed ones and keeps one row per trial.
+    again = run_sweep(spec, quiet(out_dir=tmp_path, tracking_uri="", retry_failed=True))
+    assert (again.ok, again.failed, again.skipped) == (0, 3, 3)
+    trials = trials_of(tmp_path)
+    assert len(trials) == 6 and trials.trial_id.is_unique
+
+
+def test_second_run_on_a_busy_directory_is_refused(tmp_path) -> None:
+    spec = probe_spec(tmp_path)
+    out = tmp_path / "out"
+    with directory_lock(out):
+        result = subprocess.run([SGSWEEP, "run", str(spec), "--out", str(out)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {out}: another sgsweep run is using this "
+                                     "directory; wait for it or choose another --out")
+    assert not (out / "trials").exists()
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_one_wins_no_corruption(tmp_path) -> None:
+    spec = probe_spec(tmp_path, work_ms=50, seeds=20)
+    out = tmp_path / "out"
+    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--tracking-uri", "none",
+               "--no-report", "--num-cpus", "1"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (out / ".lock").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    first_out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0 and "80 ok" in first_out
+    assert second.returncode == 2 and "another sgsweep run" in second.stderr
+    trials = trials_of(out)
+    assert len(trials) == 80 and trials.trial_id.is_unique
+
+
+@pytest.mark.slow
+def test_kill_9_of_driver_and_its_ray_then_resume_records_each_trial_once(tmp_path) -> None:
+    spec = probe_spec(tmp_path, work_ms=150, steps=3, seeds=40)  # 160 trials, ~15 s
+    out = tmp_path / "out"
+    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--tracking-uri", "none",
+               "--no-report", "--num-cpus", "2", "--block-size", "1"]
+    # The driver is PID 1 of its own namespace: kill -9 takes the embedded Ray with it,
+    # as a reboot would.
+    wrapper = subprocess.Popen(isolated(command), env=isolated_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        parts = list((out / "trials").glob("part-*.parquet")) if (out / "trials").exists() else []
+        if len(parts) >= 3:
+            break
+        time.sleep(0.1)
+    driver = subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True,
+                            text=True).stdout.split()
+    os.kill(int(driver[0]), signal.SIGKILL)
+    wrapper.wait(timeout=60)
+    partial = trials_of(out)
+    assert 0 < len(partial) < 160
+    resumed = subprocess.run(isolated(command), env=isolated_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{160 - len(partial)} ok, 0 failed, {len(partial)} already recorded" in resumed.stdout
+    trials = trials_of(out)
+    assert len(trials) == 160 and trials.trial_id.is_unique and (trials.status == "ok").all()
+    metrics = ds.dataset(out / "metrics").to_table().to_pandas()
+    assert len(metrics) == 160 * 3
+    assert not metrics.duplicated(["trial_id", "step", "metric"]).any()
+    assert not list((out / "trials").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path) -> None:
+    spec = probe_spec(tmp_path, work_ms=200, seeds=30)
+    out = tmp_path / "out"
+    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--tracking-uri", "none",
+               "--no-report", "--num-cpus", "2", "--block-size", "1"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=isolated_env())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((out / "trials").glob("part-*")
+                                                   if (out / "trials").exists() else []):
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130
+    assert "interrupted: completed trials are saved" in err and "again to resume" in err
+    done = len(trials_of(out))
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0
+    trials = trials_of(out)
+    assert len(trials) == 120 and trials.trial_id.is_unique
+    assert f"{done} already recorded" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_node_loss_on_a_two_node_loopback_cluster(tmp_path) -> None:
+    script = Path(__file__).with_name("two_node_sweep.py")
+    result = subprocess.run(isolated([sys.executable, str(script), str(tmp_path / "out")]),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["returncode"] == 0, summary["output_tail"]
+    assert summary["killed_while_running"]
+    assert len(summary["nodes_before_kill"]) == 2  # trials were placed on both nodes
+    assert summary["rows"] == summary["unique"] == summary["ok"] == 60
+
+
+def start_mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", server)
+    return server
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "server exited"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_tracking_server_down_then_mlflow_sync_and_a_live_server(ray_cluster, tmp_path) -> None:
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    spec = parse_spec({"name": "srv", "task": "probe", "seeds": 5,
+                       "params": {"steps": 4}, "grid": {"label": ["a", "b"]}})
+    out = tmp_path / "out"
+    down = run_sweep(spec, quiet(out_dir=out, tracking_uri=uri))
+    assert (down.ok, down.failed) == (10, 0) and down.tracking_error is not None
+    server = start_mlflow_server(tmp_path, port)
+    try:
+        synced = mlflow_sync(out, uri)
+        assert (synced.logged, synced.present, synced.parents_created) == (10, 0, 1)
+        assert mlflow_sync(out, uri).logged == 0  # idempotent
+        client = client_for(uri)
+        experiment = client.get_experiment_by_name("srv")
+        runs = client.search_runs([experiment.experiment_id],
+                                  filter_string="tags.`sgsweep.role` = 'trial'")
+        assert len(runs) == 10
+        history = client.get_metric_history(runs[0].info.run_id, "value")
+        assert [m.step for m in history] == [0, 1, 2, 3]
+        # A sweep logging straight to the live server.
+        live_spec = parse_spec({"name": "srv-live", "task": "probe", "seeds": 3})
+        live = run_sweep(live_spec, quiet(out_dir=tmp_path / "live", tracking_uri=uri))
+        assert live.tracking_error is None and live.parent_run_id
+        exp = client.get_experiment_by_name("srv-live")
+        children = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{live.parent_run_id}'")
+        assert len(children) == 3
+    finally:
+        stop(server)
+
+
+@pytest.mark.slow
+def test_ui_serves_the_directory_store_on_loopback(ray_cluster, tmp_path) -> None:
+    spec = parse_spec({"name": "ui", "task": "probe", "seeds": 2})
+    run_sweep(spec, quiet(out_dir=tmp_path))
+    port = free_port()
+    ui = subprocess.Popen([SGSWEEP, "ui", str(tmp_path), "--port", str(port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", ui)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert b'"name": "ui"' in response.read().replace(b'":"', b'": "')
+    finally:
+        stop(ui)
+

@@ -1,0 +1,106 @@
+"""A sweep on a real two-node Ray cluster whose second node dies mid-sweep.
+
+Run by tests/test_reliability.py inside `unshare --net --pid --fork --mount-proc`: the
+network namespace has only loopback, so Ray binds 127.0.0.1 and nothing leaves the
+machine; the PID namespace ends every Ray process when this script exits.
+
+    python tests/two_node_sweep.py OUT_DIR   -> prints a JSON summary on its last line
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+BIN = Path(sys.executable).parent
+SPEC = """\
+name: two-node
+task: probe
+params: {work_ms: 400, steps: 3}
+grid: {label: [a, b, c, d, e, f, g, h, i, j]}
+seeds: 6
+block_size: 1
+"""
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def ray_start(args: list[str], env: dict[str, str]) -> None:
+    ports = free_ports(6)
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+         "--disable-usage-stats", f"--dashboard-agent-listen-port={ports[0]}",
+         f"--dashboard-agent-grpc-port={ports[1]}", f"--metrics-export-port={ports[2]}",
+         f"--runtime-env-agent-port={ports[3]}", f"--object-manager-port={ports[4]}", *args],
+        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
+    )
+
+
+def nodes_seen(out: Path) -> set[str]:
+    try:
+        return set(ds.dataset(out / "trials").to_table(columns=["node"]).column("node")
+                   .to_pylist())
+    except (FileNotFoundError, OSError, ValueError):
+        return set()
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = tempfile.mkdtemp(prefix="sgs", dir="/tmp")
+    head_port, head_nm, second_nm = free_ports(3)
+    ray_start(["--head", f"--port={head_port}", "--include-dashboard=false",
+               f"--temp-dir={temp}", f"--node-manager-port={head_nm}",
+               f"--ray-client-server-port={free_ports(1)[0]}"], env)
+    ray_start([f"--address=127.0.0.1:{head_port}", f"--node-manager-port={second_nm}"], env)
+
+    spec = Path(temp) / "two-node.yaml"
+    spec.write_text(SPEC)
+    driver = subprocess.Popen(
+        [str(BIN / "sgsweep"), "run", str(spec), "--out", str(out), "--address",
+         f"127.0.0.1:{head_port}", "--tracking-uri", "none", "--no-report",
+         "--max-retries", "5"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 180
+    before_kill: set[str] = set()
+    while time.monotonic() < deadline and driver.poll() is None:
+        before_kill = nodes_seen(out)
+        if len(before_kill) >= 2:
+            break
+        time.sleep(0.3)
+    # Kill the second node: its raylet, and with it the workers running its trials.
+    raylet = subprocess.run(["pgrep", "-f", f"node_manager_port={second_nm}"],
+                            capture_output=True, text=True).stdout.split()
+    for pid in raylet:
+        os.kill(int(pid), 9)
+    killed_while_running = driver.poll() is None and bool(raylet)
+    output, _ = driver.communicate(timeout=400)
+    table = ds.dataset(out / "trials").to_table().to_pandas()
+    print(json.dumps({
+        "returncode": driver.returncode, "killed_while_running": killed_while_running,
+        "nodes_before_kill": sorted(before_kill), "rows": len(table),
+        "unique": int(table.trial_id.nunique()), "ok": int((table.status == "ok").sum()),
+        "nodes": sorted(set(table.node)), "output_tail": output[-1500:],
+    }))
+
+
+if __name__ == "__main__":
+    main()
