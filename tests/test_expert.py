@@ -185,3 +185,11 @@ def test_invalid_configs_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(expert.ConfigError) as info:
         ExpertConfig(**kwargs).validate()
     assert info.value.field == field
+
+
+def test_results_do_not_depend_on_how_seeds_are_batched(monkeypatch) -> None:
+    cfg = ExpertConfig(d=5, k=2, case="noisy", lams=(0.5,))
+    whole = expert.run_block(cfg, list(range(7)))
+    monkeypatch.setattr(expert, "MAX_BLOCK_ELEMENTS", 3 * 2**5 * 25)  # batches of 3 seeds
+    split = expert.run_block(cfg, list(range(7)))
+    assert [log.values for log in whole] == [log.values for log in split]

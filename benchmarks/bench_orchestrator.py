@@ -1,0 +1,126 @@
+"""Orchestration overhead, side by side in one run, on 2,000 tiny E1 trials (d 4-5).
+
+(a) sgsweep's engine (Ray already up, Parquet on, MLflow off and on) vs the same trials
+    in a plain Python loop in this process;
+(b) the same trials through Ray Tune (`Tuner` with a grid), end to end;
+(c) seed-block vectorisation: blocks of 20 seeds vs one seed at a time (in process).
+
+    .venv/bin/python benchmarks/bench_orchestrator.py [--num-cpus 2] [--tune-trials 200]
+
+Ray Tune is timed on the first --tune-trials trials and compared per trial (its cost per
+trial is flat: scheduling, a trial actor, checkpoint and result bookkeeping); pass
+--tune-trials 2000 for the full set (over an hour on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from orchestrator import plan, schedule  # noqa: E402
+from orchestrator.execute import run_blocks  # noqa: E402
+from orchestrator.runner import RunOptions, run_sweep  # noqa: E402
+from orchestrator.spec import config_dict, parse_spec  # noqa: E402
+from tasks import expert  # noqa: E402
+
+SPEC = {
+    "name": "bench", "task": "expert", "params": {"case": "noisy"},
+    "grid": {"d": [4, 5], "k": [1, 2], "n": [1, 2, 3, 4, 5],
+             "sigma": [0.1, 0.25, 0.5, 0.75, 1.0]},
+    "seeds": 20,
+}  # 100 configs x 20 seeds = 2,000 trials
+
+
+def plain_loop(spec) -> float:
+    start = time.perf_counter()
+    for config in spec.configs:
+        for seed in spec.seeds:
+            expert.run_trial(config, seed)
+    return time.perf_counter() - start
+
+
+def engine(spec, tracking: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        options = RunOptions(out_dir=Path(tmp), tracking_uri=None if tracking else "",
+                             address="auto", progress=lambda _: None, live=False)
+        start = time.perf_counter()
+        summary = run_sweep(spec, options)
+        elapsed = time.perf_counter() - start
+        assert summary.ok == spec.num_trials, summary
+    return elapsed
+
+
+def ray_tune(spec, num_trials: int) -> float:
+    from ray import tune
+
+    configs = [config_dict(c) for c in spec.configs]
+    points = [(i, s) for i in range(len(configs)) for s in spec.seeds][:num_trials]
+
+    def trainable(params: dict) -> dict:
+        from tasks.expert import ExpertConfig, run_trial
+
+        cfg = ExpertConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in configs[params["point"][0]].items()})
+        return run_trial(cfg, params["point"][1]).final()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"point": tune.grid_search(points)},
+            run_config=tune.RunConfig(storage_path=tmp, name="bench", verbose=0),
+        )
+        results = tuner.fit()
+        elapsed = time.perf_counter() - start
+        assert len(results) == len(points) and not results.errors
+    return elapsed
+
+
+def blocks_in_process(spec, block_size: int) -> float:
+    blocks = plan.split_blocks(plan.expand(spec), block_size)
+    start = time.perf_counter()
+    run_blocks("expert", blocks)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--num-cpus", type=int, default=2)
+    # Tune costs seconds per trial here; 200 trials time it well (scaled per trial).
+    parser.add_argument("--tune-trials", type=int, default=200)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    spec = parse_spec(SPEC)
+    n = spec.num_trials
+    schedule.connect(None, args.num_cpus)
+    engine(spec, tracking=False)  # warm the workers (imports), as in a long sweep
+
+    loop = plain_loop(spec)
+    ours = engine(spec, tracking=False)
+    ours_mlflow = engine(spec, tracking=True)
+    one = blocks_in_process(spec, 1)
+    twenty = blocks_in_process(spec, 20)
+    tune_s = ray_tune(spec, args.tune_trials) if args.tune_trials else float("nan")
+    tune_per_trial = tune_s / args.tune_trials if args.tune_trials else float("nan")
+    schedule.shutdown()
+
+    print(f"{n} E1 trials, {args.num_cpus} CPUs")
+    print(f"(a) plain loop in process           {loop:8.2f} s   1.00x")
+    print(f"    sgsweep engine (Parquet)        {ours:8.2f} s   {ours / loop:.2f}x of the loop")
+    print(f"    sgsweep engine (Parquet+MLflow) {ours_mlflow:8.2f} s   "
+          f"{ours_mlflow / loop:.2f}x of the loop")
+    print(f"(b) Ray Tune, {args.tune_trials} trials          {tune_s:8.2f} s   "
+          f"{tune_per_trial * n / ours:.1f}x slower than sgsweep (per-trial, scaled to {n})")
+    print(f"(c) one seed at a time              {one:8.2f} s")
+    print(f"    blocks of 20 seeds              {twenty:8.2f} s   {one / twenty:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
