@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from tasks.bandit import TASK as BANDIT
 from tasks.base import ConfigError, MetricLog, Task
 from tasks.expert import TASK as EXPERT
 
-REGISTRY: dict[str, Task] = {task.name: task for task in (EXPERT,)}
+REGISTRY: dict[str, Task] = {task.name: task for task in (EXPERT, BANDIT)}
 
 
 def get_task(name: str) -> Task:
