@@ -149,8 +149,24 @@ def outer_moments(ew: Tensor, eu: Tensor, x: Tensor | None) -> tuple[Tensor, ...
     return u_sq, (u_bar * u_bar).sum(-1), wu, (w_bar * u_bar).sum(-1)
 
 
-def layer_lambda(lt: LayerTrace, realised: Tensor, predicted: Tensor, previous: Tensor,
-                 normalise: bool = True) -> Tensor:
+def local_errors(lt: LayerTrace, layer: int, feedback: Tensor) -> tuple[Tensor, Tensor]:
+    """Pull feedback on h_l (..., S, B, N, K) back to (scores, pre) of the same neuron.
+
+    The closed form of the layer's own backward pass (leading dims broadcast, so several
+    feedbacks go through at once); tests check it against autograd.
+    """
+    d_mixed = feedback
+    if layer > 0:
+        d_mixed = feedback * (1.0 - torch.tanh(lt.mixed.detach()) ** 2)
+    routing, act = lt.routing.detach(), lt.act.detach()
+    d_pre = d_mixed.unsqueeze(-2) * routing.unsqueeze(-1) * (1.0 - act * act)
+    d_routing = (d_mixed.unsqueeze(-2) * act).sum(-1)
+    d_scores = routing * (d_routing - (routing * d_routing).sum(-1, keepdim=True))
+    return d_scores, d_pre
+
+
+def layer_lambda(lt: LayerTrace, layer: int, realised: Tensor, predicted: Tensor,
+                 previous: Tensor, normalise: bool = True) -> Tensor:
     """The batch's MSE-optimal λ per neuron (S, N) for one SparseNet layer.
 
     Each sample's parameter-gradient contribution to neuron n is the sum over its blocks
@@ -159,16 +175,14 @@ def layer_lambda(lt: LayerTrace, realised: Tensor, predicted: Tensor, previous: 
     """
     w = unit(realised) if normalise else realised
     u = (unit(predicted) if normalise else predicted) - w
-    ew_s, ew_p = torch.autograd.grad(lt.out, [lt.scores, lt.pre], grad_outputs=w,
-                                     retain_graph=True)
-    eu_s, eu_p = torch.autograd.grad(lt.out, [lt.scores, lt.pre], grad_outputs=u,
-                                     retain_graph=True)
+    d_scores, d_pre = local_errors(lt, layer, torch.stack([w, u]))
     x = lt.x.detach()
     scale = 1.0 / math.sqrt(x.shape[-1])
+    (ew_s, eu_s), (ew_p, eu_p) = d_scores * scale, d_pre.flatten(-2)
     blocks = (
-        outer_moments(ew_s * scale, eu_s * scale, x),
-        outer_moments(ew_p.flatten(-2), eu_p.flatten(-2), x),
-        outer_moments(ew_p.flatten(-2), eu_p.flatten(-2), None),
+        outer_moments(ew_s, eu_s, x),
+        outer_moments(ew_p, eu_p, x),
+        outer_moments(ew_p, eu_p, None),
     )
     moments = [sum(parts) for parts in zip(*blocks, strict=True)]
     return lambda_from_moments(*moments, batch=realised.shape[1], previous=previous)
@@ -271,7 +285,7 @@ class SGProp:
             p.grad = g
         if self.rule.adaptive:
             for layer, lt in enumerate(trace.layers):
-                estimate = layer_lambda(lt, prop.realised[layer], predicted[layer],
+                estimate = layer_lambda(lt, layer, prop.realised[layer], predicted[layer],
                                         self.lams[layer], self.normalise)
                 self.lams[layer] = ema(self.lams[layer], estimate, self.rule.momentum)
         return stats

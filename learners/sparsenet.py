@@ -62,6 +62,8 @@ class LayerTrace:
     scores: Tensor  # (S, B, N, M) routing logits x K^T / √D
     routing: Tensor  # (S, B, N, M) softmax(scores)
     pre: Tensor  # (S, B, N, M, K) A_m x + b_m
+    act: Tensor  # (S, B, N, M, K) tanh(pre)
+    mixed: Tensor  # (S, B, N, K) Σ_m w_m act_m
     out: Tensor  # (S, B, N, K) h_l
 
 
@@ -144,10 +146,10 @@ class SparseNet(nn.Module):
         scores = torch.einsum("sbnd,snmd->sbnm", x, keys) / math.sqrt(x.shape[-1])
         routing = torch.softmax(scores, dim=-1)
         pre = torch.einsum("sbnd,snmkd->sbnmk", x, weights) + biases.unsqueeze(1)
-        out = torch.einsum("sbnm,sbnmk->sbnk", routing, torch.tanh(pre))
-        if layer > 0:
-            out = torch.tanh(out) + inputs
-        return LayerTrace(inputs, x, scores, routing, pre, out)
+        act = torch.tanh(pre)
+        mixed = torch.einsum("sbnm,sbnmk->sbnk", routing, act)
+        out = torch.tanh(mixed) + inputs if layer > 0 else mixed
+        return LayerTrace(inputs, x, scores, routing, pre, act, mixed, out)
 
     def readout(self, top: Tensor) -> Tensor:
         flat = top.flatten(2)
