@@ -122,7 +122,7 @@ def load_mnist(data_dir: str | Path) -> Dataset:
             raise DatasetError(f"MNIST {name}: label {int(labels.max())} outside 0..9")
 
     def images(raw: np.ndarray) -> Tensor:
-        x = torch.as_tensor(raw.reshape(raw.shape[0], -1), dtype=torch.float32) / 255.0
+        x = torch.from_numpy(raw.reshape(raw.shape[0], -1).astype(np.float32)) / 255.0
         return (x - MNIST_MEAN) / MNIST_STD
 
     def labels(raw: np.ndarray) -> Tensor:
