@@ -183,12 +183,17 @@ def sample_actions(probs: Tensor, uniforms: Tensor) -> Tensor:
 class BanditBlock:
     """One config and a block of seeds, trained as one batched computation."""
 
-    def __init__(self, cfg: BanditConfig, seeds: Sequence[int], device: str = "cpu") -> None:
+    def __init__(self, cfg: BanditConfig, seeds: Sequence[int], device: str = "cpu",
+                 data: datasets.Dataset | None = None) -> None:
+        """`data` replaces the configured dataset (benchmarks use synthetic contexts)."""
         cfg.validate()
         self.cfg = cfg
         self.seeds = list(seeds)
         self.device = torch.device(device)
-        data, self.classes = bandit_data(cfg)
+        if data is None:
+            data, self.classes = bandit_data(cfg)
+        else:
+            data, self.classes = data.without_classes(cfg.exclude)
         self.actions = len(self.classes)
         self.train_x = data.train_x.to(self.device)
         self.train_y = data.train_y.to(self.device)
