@@ -70,9 +70,9 @@ def generic(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
 
 def write(task: str, trials: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
           folder: Path) -> list[Path]:
-    from analysis import expert
+    from analysis import bandit, expert
 
-    reporters: dict[str, Reporter] = {"expert": expert.report}
+    reporters: dict[str, Reporter] = {"expert": expert.report, "bandit": bandit.report}
     final = final_metrics(trials, metrics)
     files = generic(final, metrics, params, folder)
     if task in reporters and not final.empty:

@@ -98,3 +98,29 @@ def optimal_lambda(
 def ema(previous: Tensor, current: Tensor, momentum: float) -> Tensor:
     """Exponential moving average used to smooth adaptive λ across batches."""
     return momentum * previous + (1.0 - momentum) * current
+
+
+def lambda_from_moments(
+    u_sq_mean: Tensor,
+    u_mean_sq: Tensor,
+    wu_mean: Tensor,
+    w_mean_u_mean: Tensor,
+    batch: int,
+    previous: Tensor,
+    eps: float = 1e-6,
+) -> Tensor:
+    """`optimal_lambda` from its four batch moments, for when (B, N, P) is too big to hold.
+
+    The moments, per neuron: mean_b ‖u_b‖², ‖ū‖², mean_b ⟨w_b, u_b⟩ and ⟨w̄, ū⟩ (u = ŵ − w).
+    When each sample's contribution is an outer product e_b ⊗ x_b (a linear layer's
+    parameter gradient), all four follow from the factors without forming e_b ⊗ x_b.
+    Same formula, same clipping and the same `previous` fallback as `optimal_lambda`.
+    """
+    if batch < 2:
+        return previous.clone()
+    var = (u_sq_mean - u_mean_sq) / (batch - 1)
+    cov = (wu_mean - w_mean_u_mean) / (batch - 1)
+    bias_sq = torch.clamp(u_mean_sq - var, min=0.0)
+    denom = var + bias_sq
+    lam = torch.clamp(1.0 + cov / denom.clamp(min=eps), 0.0, 1.0)
+    return torch.where(denom > eps, lam, previous)

@@ -1,0 +1,259 @@
+"""E2 report: the paper's six bandit figures (mean ± SEM over seeds) and the gradient MSE.
+
+Each figure is drawn when the sweep varies what it needs:
+- `final_reward_vs_<lr|p_flip|parents>.png`: final eval reward vs that parameter, a line
+  per method (drawn when the parameter takes several values within a method);
+- `reward_curves.png`: eval reward over training per method, a panel per p_flip (the
+  paper's curves at p_flip 0.4, and the λ-ablation curves when the sweep varies λ);
+- `lambda_traces.png`: layer-averaged adaptive λ over training, a line per p_flip;
+- `grad_mse_vs_pflip.png`, `grad_mse_ratio_vs_pflip.png`, `grad_mse_layers.png`,
+  `grad_mse_over_training.png`: the gradient-estimation MSE of each rule (see
+  tasks/bandit.py for the metric names), with MSE_BP / MSE_rule ratios and paired
+  bootstrap 95% CIs over seeds;
+- tables `e2_final_rewards` and `e2_grad_mse` (.csv and .md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.reports import write_table  # noqa: E402
+from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
+
+RULES = {"bp": "backprop", "mix": "sgprop mixture", "sg": "pure SG"}
+CONDITIONS = ("lr", "p_flip", "parents")
+
+
+def method_label(row: pd.Series) -> str:
+    model = "MLP" if row.get("model") == "mlp" else "SparseNet"
+    if row.get("learner") != "sgprop":
+        return f"{model} BP"
+    if bool(row.get("adaptive")):
+        return f"{model} sgprop adaptive λ"
+    return f"{model} sgprop λ={float(row.get('lam')):g}"
+
+
+def _varies(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and bool((frame.groupby("method")[column].nunique() > 1).any())
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def final_reward_table(final: pd.DataFrame) -> pd.DataFrame:
+    keys = ["method"] + [c for c in CONDITIONS if _varies(final, c)]
+    rows = []
+    for key, group in final.groupby(keys, sort=True):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        row["seeds"] = len(group)
+        for metric in ("eval_reward", "eval_expected_reward"):
+            if metric in group:
+                row[f"{metric}_mean"], row[f"{metric}_se"] = mean_se(group[metric].to_numpy())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def final_vs(final: pd.DataFrame, column: str, folder: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method, group in final.groupby("method", sort=True):
+        stats = group.groupby(column)["eval_reward"].apply(lambda v: mean_se(v.to_numpy()))
+        xs = np.array(stats.index, dtype=float)
+        mean = np.array([m for m, _ in stats])
+        se = np.array([s for _, s in stats])
+        ax.errorbar(xs, mean, yerr=se, marker="o", capsize=3, label=method)
+    if column == "lr":
+        ax.set_xscale("log")
+    ax.set_xlabel({"lr": "policy learning rate", "p_flip": "reward flip probability",
+                   "parents": "parents per neuron"}[column])
+    ax.set_ylabel("final eval reward (noise-free)")
+    ax.set_title(f"E2: final reward vs {column} (mean ± SEM)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, folder / f"final_reward_vs_{column}.png")
+
+
+def curves(metrics: pd.DataFrame, info: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean and SEM over seeds of `metric` per (method, p_flip, step)."""
+    rows = metrics[metrics.metric == metric].merge(info, on="trial_id")
+    if rows.empty:
+        return rows
+    grouped = rows.groupby(["method", "p_flip", "step"]).value
+    out = grouped.agg(["mean", "count", "std"]).reset_index()
+    out["se"] = (out["std"] / np.sqrt(out["count"])).fillna(0.0)
+    return out
+
+
+def reward_curves(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Path | None:
+    data = curves(metrics, info, "eval_reward")
+    if data.empty:
+        return None
+    flips = sorted(data.p_flip.unique())
+    fig, axes = plt.subplots(1, len(flips), figsize=(4.5 * len(flips), 3.8), squeeze=False)
+    for ax, p in zip(axes[0], flips, strict=True):
+        for method, line in data[data.p_flip == p].groupby("method", sort=True):
+            ax.plot(line.step, line["mean"], label=method)
+            ax.fill_between(line.step, line["mean"] - line.se, line["mean"] + line.se, alpha=0.2)
+        ax.set_title(f"p_flip = {p:g}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("eval reward (noise-free)")
+        ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, folder / "reward_curves.png")
+
+
+def lambda_traces(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Path | None:
+    adaptive = info[info.method.str.contains("adaptive")]
+    data = curves(metrics, adaptive, "lambda_mean")
+    if data.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for (method, p), line in data.groupby(["method", "p_flip"], sort=True):
+        ax.plot(line.step, line["mean"], label=f"{method}, p_flip {p:g}")
+        ax.fill_between(line.step, line["mean"] - line.se, line["mean"] + line.se, alpha=0.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("layer-averaged λ (1 = BP, 0 = SG)")
+    ax.set_title("E2: adaptive λ over training (mean ± SEM)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, folder / "lambda_traces.png")
+
+
+def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, p_flip, layer group) at the last checkpoint: MSE per rule and ratios."""
+    names = metrics.metric.unique()
+    groups = sorted({n.split("/")[2] for n in names if n.startswith("grad_mse/")},
+                    key=lambda g: (g in ("hidden", "all", "head"), g))
+    rules = [r for r in RULES if any(n.startswith(f"grad_mse/{r}/") for n in names)]
+    last = metrics[metrics.metric.str.startswith("grad_")]
+    last = last[last.step == last.groupby("trial_id").step.transform("max")]
+    wide = last.pivot_table(index="trial_id", columns="metric", values="value")
+    frame = final[["trial_id", "method", "p_flip"]].merge(wide, left_on="trial_id",
+                                                         right_index=True)
+    rows = []
+    for (method, p), group in frame.groupby(["method", "p_flip"], sort=True):
+        for layer in groups:
+            row = {"method": method, "p_flip": p, "group": layer, "seeds": len(group)}
+            truth = group[f"grad_truth_sq/{layer}"].to_numpy()
+            for rule in rules:
+                mse = group[f"grad_mse/{rule}/{layer}"].to_numpy()
+                row[f"rel_mse_{rule}"] = float(np.mean(mse / truth))
+                row[f"bias2_{rule}"] = float(group[f"grad_bias2/{rule}/{layer}"].mean())
+                row[f"var_{rule}"] = float(group[f"grad_var/{rule}/{layer}"].mean())
+                row[f"cos_{rule}"] = float(group[f"grad_cos/{rule}/{layer}"].mean())
+                if rule != "bp":
+                    ratio, low, high = paired_bootstrap_ratio(
+                        group[f"grad_mse/bp/{layer}"].to_numpy(), mse, 500)
+                    row[f"ratio_bp_{rule}"] = ratio
+                    row[f"ratio_bp_{rule}_low"] = low
+                    row[f"ratio_bp_{rule}_high"] = high
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
+                 folder: Path) -> list[Path]:
+    files = []
+    hidden = table[table.group == "hidden"]
+    methods = sorted(hidden.method.unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        rows = hidden[hidden.method == method].sort_values("p_flip")
+        for rule, name in RULES.items():
+            if f"rel_mse_{rule}" in rows:
+                ax.plot(rows.p_flip, rows[f"rel_mse_{rule}"], marker="o", label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("reward flip probability")
+        ax.set_ylabel("MSE / ‖true gradient‖² (hidden layers)")
+        ax.set_title(method, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    files.append(_save(fig, folder / "grad_mse_vs_pflip.png"))
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        rows = hidden[hidden.method == method].sort_values("p_flip")
+        for rule in ("mix", "sg"):
+            if f"ratio_bp_{rule}" in rows:
+                err = np.vstack([rows[f"ratio_bp_{rule}"] - rows[f"ratio_bp_{rule}_low"],
+                                 rows[f"ratio_bp_{rule}_high"] - rows[f"ratio_bp_{rule}"]])
+                ax.errorbar(rows.p_flip, rows[f"ratio_bp_{rule}"], yerr=err, marker="o",
+                            capsize=3, label=f"MSE_BP / MSE_{RULES[rule]}")
+        ax.axhline(1.0, color="k", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("reward flip probability")
+        ax.set_ylabel("MSE ratio (> 1: rule beats BP)")
+        ax.set_title(method, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    files.append(_save(fig, folder / "grad_mse_ratio_vs_pflip.png"))
+
+    top = table[(table.p_flip == table.p_flip.max())
+                & ~table.group.isin(["hidden", "all"])]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        rows = top[top.method == method]
+        xs = np.arange(len(rows))
+        for i, rule in enumerate(r for r in RULES if f"rel_mse_{r}" in rows):
+            ax.bar(xs + 0.27 * (i - 1), rows[f"rel_mse_{rule}"], width=0.27, label=RULES[rule])
+        ax.set_xticks(xs, rows.group)
+        ax.set_yscale("log")
+        ax.set_ylabel("MSE / ‖true gradient‖²")
+        ax.set_title(f"{method}, p_flip {table.p_flip.max():g}, last checkpoint", fontsize=9)
+        ax.legend(fontsize=7)
+    files.append(_save(fig, folder / "grad_mse_layers.png"))
+
+    rows = metrics[metrics.metric.str.match(r"grad_(mse/\w+|truth_sq)/hidden$")]
+    rows = rows.merge(info, on="trial_id")
+    rows = rows[rows.p_flip == rows.p_flip.max()]
+    wide = rows.pivot_table(index=["trial_id", "method", "step"], columns="metric",
+                            values="value").reset_index()
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        sub = wide[wide.method == method]
+        for rule, name in RULES.items():
+            col = f"grad_mse/{rule}/hidden"
+            if col not in sub:
+                continue
+            rel = (sub[col] / sub["grad_truth_sq/hidden"]).groupby(sub.step)
+            mean, se = rel.mean(), rel.std().fillna(0) / np.sqrt(rel.count())
+            ax.errorbar(mean.index, mean, yerr=se, marker="o", capsize=3, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("MSE / ‖true gradient‖² (hidden)")
+        ax.set_title(f"{method}, p_flip {rows.p_flip.max():g}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    files.append(_save(fig, folder / "grad_mse_over_training.png"))
+    return files
+
+
+def report(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
+           folder: Path) -> list[Path]:
+    final = final.copy()
+    final["method"] = final.apply(method_label, axis=1)
+    if "p_flip" not in final:
+        final["p_flip"] = 0.4
+    info = final[["trial_id", "method", "p_flip"]]
+    files = write_table(final_reward_table(final), folder, "e2_final_rewards")
+    for column in CONDITIONS:
+        if _varies(final, column) and "eval_reward" in final:
+            files.append(final_vs(final, column, folder))
+    if not any(_varies(final, c) for c in ("lr", "parents")):
+        files += [f for f in (reward_curves(metrics, info, folder),
+                              lambda_traces(metrics, info, folder)) if f is not None]
+    if metrics.metric.str.startswith("grad_mse/").any():
+        table = grad_table(final, metrics)
+        files += write_table(table, folder, "e2_grad_mse")
+        files += grad_figures(table, metrics, info, folder)
+    return files

@@ -1,0 +1,90 @@
+"""Time per E2 training step at the paper's sizes, and the gain from batching seeds.
+
+Contexts are synthetic 784-pixel images (MNIST's shape, 9 actions after dropping a
+class), so no dataset is needed; a step is the full training step of the task (sample a
+batch, forward, sample actions and noisy rewards, learner backward, Adam step).
+
+    python benchmarks/bench_bandit.py                 # paper sizes, 6 seeds
+    python benchmarks/bench_bandit.py --small         # the digits sweeps' sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from tasks.bandit import BanditBlock, BanditConfig
+from tasks.datasets import Dataset
+
+CASES = {
+    "SparseNet sgprop (adaptive λ)": dict(learner="sgprop", adaptive=True),
+    "SparseNet sgprop (fixed λ=0.5)": dict(learner="sgprop", adaptive=False, lam=0.5),
+    "SparseNet backprop": dict(learner="backprop"),
+    "MLP backprop": dict(learner="backprop", model="mlp"),
+}
+SMALL = dict(width=32, dim=4, fan_in=16, slots=3, mlp_width=100)
+
+
+def synthetic(pixels: int, n: int = 2048) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, pixels, generator=g)
+    y = torch.randint(10, (n,), generator=g)
+    return Dataset(x, y, x[:256], y[:256])
+
+
+def time_steps(cfg: BanditConfig, seeds: list[int], data: Dataset, warmup: int, steps: int,
+               device: str) -> float:
+    """Seconds per training step of one block of `seeds`."""
+    block = BanditBlock(cfg, seeds, device, data=data)
+    for _ in range(warmup):
+        block.train_step()
+    if device != "cpu":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        block.train_step()
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="digits-sweep sizes")
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--no-batching", action="store_true", help="skip the seed-block test")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = SMALL if args.small else {}
+    data = synthetic(64 if args.small else 784)
+    print(f"device {args.device}, {torch.get_num_threads()} threads, "
+          f"{'digits-sweep' if args.small else 'paper'} sizes, batch 64")
+    single = {}
+    for name, case in CASES.items():
+        cfg = BanditConfig(**sizes, **case)
+        single[name] = time_steps(cfg, [0], data, args.warmup, args.steps, args.device)
+    base = single["SparseNet backprop"]
+    print(f"\n{'one seed':34s} {'ms/step':>9s} {'x SparseNet BP':>15s}")
+    for name, seconds in single.items():
+        print(f"{name:34s} {1000 * seconds:9.1f} {seconds / base:15.2f}")
+    if args.no_batching:
+        return
+    seeds = list(range(args.seeds))
+    print(f"\n{f'{args.seeds} seeds':34s} {'block ms':>9s} {'sequential ms':>14s} {'speedup':>8s}")
+    for name, case in CASES.items():
+        cfg = BanditConfig(**sizes, **case)
+        block = time_steps(cfg, seeds, data, args.warmup, args.steps, args.device)
+        sequential = args.seeds * single[name]
+        print(f"{name:34s} {1000 * block:9.1f} {1000 * sequential:14.1f} "
+              f"{sequential / block:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Policy-gradient learners for the bandit: backprop and sgprop (λ-mixed propagation).
+
+Objective: REINFORCE without baseline, loss = −mean_b r_b log π(a_b|x_b) per seed (seeds are
+summed, which leaves each seed's gradient its own).
+
+Units: `g_l` below is the gradient of the *batch-mean* loss w.r.t. h_l (what backprop
+delivers). The synthetic-gradient predictor learns the per-sample feedback, B·g_l, so its
+targets do not shrink with the batch size; it enters the mixture as ĝ_l / B.
+
+sgprop, per training step (PAPER.md §1), on one batch and one forward pass:
+1. SG update. Targets by the bootstrapped recursion, top-down with the current predictor:
+   t_L = g_L,  t_{l−1} = (∂h_l/∂h_{l−1})^T [λ_l t_l + (1−λ_l) ĝ_l]; one Adam step on
+   Σ_l mean (ĝ_l(x_l) − B·t_l)² (targets detached).
+2. Policy update with the just-updated predictor:
+   g̃_l = λ_l g_l + (1−λ_l) ĝ_l,  θ_l-gradient = (∂h_l/∂θ_l)^T g̃_l,
+   g_{l−1} = (∂h_l/∂h_{l−1})^T g̃_l (the mixed gradient flows on).
+3. Adaptive λ: from this batch's g_l and ĝ_l (each normalised to a unit vector per sample
+   and neuron, our reading of PAPER.md), the per-neuron MSE-optimal λ of
+   `learners.feedback` — computed from outer-product moments, never materialising the
+   (B, N, P) per-sample parameter gradients — then λ ← EMA(λ, λ̂, momentum). The new λ is
+   used from the next step on, so a batch never chooses its own mixing weight.
+
+λ = 1 reproduces backprop's parameter gradients bit for bit (`mix` returns g itself);
+λ = 0 makes every hidden layer learn from its own local prediction ĝ_l(x_l) only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
+from learners.sparsenet import MLP, LayerTrace, SparseNet, SparseNetShape, Trace
+
+Model = SparseNet | MLP
+Lam = float | Tensor  # a fixed λ, or per neuron (S, N)
+
+
+@dataclass
+class Logits:
+    """The forward pass of a model without hidden-layer structure (the MLP)."""
+
+    logits: Tensor
+
+
+def reinforce_loss(logits: Tensor, actions: Tensor, rewards: Tensor) -> Tensor:
+    """Σ_s −mean_b r log π(a|x); logits (S, B, A), actions and rewards (S, B)."""
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    return -(rewards * logp).mean(1).sum()
+
+
+def parameters_of(model: Model) -> list[nn.Parameter]:
+    """The model's parameters in `layer_parameters` order (layer l0 .. head)."""
+    return [p for _, group in model.layer_parameters() for p in group]
+
+
+class SyntheticGradients(nn.Module):
+    """Per-neuron SG predictors ĝ(x) = Σ_m w_m(x) (G_m x + c_m) for every SparseNet layer.
+
+    w is the neuron's own routing (detached: the SG optimiser does not train it) and x its
+    local input: no label, no reward. Zero-initialised, so λ-mixtures start at λ·g.
+    """
+
+    def __init__(self, shape: SparseNetShape, seeds: int) -> None:
+        super().__init__()
+        self.layers = shape.layers
+        n, m, k = shape.width, shape.slots, shape.dim
+        for layer in range(shape.layers):
+            d = shape.input_dim(layer)
+            setattr(self, f"G{layer}", nn.Parameter(torch.zeros(seeds, n, m, k, d)))
+            setattr(self, f"c{layer}", nn.Parameter(torch.zeros(seeds, n, m, k)))
+
+    def predict(self, layer: int, trace: LayerTrace) -> Tensor:
+        """Predicted per-sample feedback for h_l: (S, B, N, K)."""
+        routing = trace.routing.detach()
+        x = trace.x.detach()
+        slot_x = torch.einsum("sbnm,sbnd->sbnmd", routing, x)
+        linear = torch.einsum("sbnmd,snmkd->sbnk", slot_x, getattr(self, f"G{layer}"))
+        return linear + torch.einsum("sbnm,snmk->sbnk", routing, getattr(self, f"c{layer}"))
+
+
+@dataclass
+class Propagation:
+    realised: list[Tensor]  # g_l arriving at layer l (mean-loss units), bottom-up order
+    grads: list[Tensor] = field(default_factory=list)  # per parameter, `parameters_of` order
+
+
+def propagate(
+    model: SparseNet,
+    trace: Trace,
+    top_grad: Tensor,
+    lams: Sequence[Lam],
+    predicted: Sequence[Tensor | None],
+    params: bool,
+) -> Propagation:
+    """Top-down λ-mixed propagation; `predicted[l]` in mean-loss units (None: pure BP).
+
+    With `params`, also the hidden layers' parameter gradients (the head's comes from the
+    loss directly and is not included).
+    """
+    layers = model.layer_parameters()
+    realised: list[Tensor] = [top_grad] * len(trace.layers)
+    grads: list[list[Tensor]] = [[] for _ in trace.layers]
+    g = top_grad
+    for layer in reversed(range(len(trace.layers))):
+        lt = trace.layers[layer]
+        realised[layer] = g
+        mixed = g if predicted[layer] is None else mix(lams[layer], g, predicted[layer])
+        wrt = list(layers[layer][1]) if params else []
+        if layer > 0:
+            wrt.append(lt.inputs)
+        if not wrt:
+            continue
+        out = torch.autograd.grad(lt.out, wrt, grad_outputs=mixed, retain_graph=True)
+        if layer > 0:
+            g = out[-1]
+            out = out[:-1]
+        grads[layer] = list(out)
+    return Propagation(realised, [t for group in grads for t in group])
+
+
+def unit(v: Tensor) -> Tensor:
+    """v / ‖v‖ over the last dim; zero vectors stay zero."""
+    return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def outer_moments(ew: Tensor, eu: Tensor, x: Tensor | None) -> tuple[Tensor, ...]:
+    """The four λ moments per (S, N) of per-sample contributions e_b ⊗ x_b.
+
+    ew, eu: (S, B, N, Q) local errors of the BP and difference feedbacks; x: (S, B, N, D),
+    or None for a bias (x = 1).
+    """
+    batch = ew.shape[1]
+    if x is None:
+        u_sq = (eu * eu).sum(-1).mean(1)
+        wu = (ew * eu).sum(-1).mean(1)
+        u_bar = eu.mean(1)
+        w_bar = ew.mean(1)
+    else:
+        x_sq = (x * x).sum(-1)
+        u_sq = ((eu * eu).sum(-1) * x_sq).mean(1)
+        wu = ((ew * eu).sum(-1) * x_sq).mean(1)
+        u_bar = torch.einsum("sbnq,sbnd->snqd", eu, x).flatten(-2) / batch
+        w_bar = torch.einsum("sbnq,sbnd->snqd", ew, x).flatten(-2) / batch
+    return u_sq, (u_bar * u_bar).sum(-1), wu, (w_bar * u_bar).sum(-1)
+
+
+def local_errors(lt: LayerTrace, layer: int, feedback: Tensor) -> tuple[Tensor, Tensor]:
+    """Pull feedback on h_l (..., S, B, N, K) back to (scores, pre) of the same neuron.
+
+    The closed form of the layer's own backward pass (leading dims broadcast, so several
+    feedbacks go through at once); tests check it against autograd.
+    """
+    d_mixed = feedback
+    if layer > 0:
+        d_mixed = feedback * (1.0 - torch.tanh(lt.mixed.detach()) ** 2)
+    routing, act = lt.routing.detach(), lt.act.detach()
+    d_pre = d_mixed.unsqueeze(-2) * routing.unsqueeze(-1) * (1.0 - act * act)
+    d_routing = (d_mixed.unsqueeze(-2) * act).sum(-1)
+    d_scores = routing * (d_routing - (routing * d_routing).sum(-1, keepdim=True))
+    return d_scores, d_pre
+
+
+def layer_lambda(lt: LayerTrace, layer: int, realised: Tensor, predicted: Tensor,
+                 previous: Tensor, normalise: bool = True) -> Tensor:
+    """The batch's MSE-optimal λ per neuron (S, N) for one SparseNet layer.
+
+    Each sample's parameter-gradient contribution to neuron n is the sum over its blocks
+    (routing keys K, slot weights A, slot biases b) of e_b ⊗ x_b, with e_b the feedback
+    pulled back to `scores` / `pre`; the moments are summed over blocks.
+    """
+    w = unit(realised) if normalise else realised
+    u = (unit(predicted) if normalise else predicted) - w
+    d_scores, d_pre = local_errors(lt, layer, torch.stack([w, u]))
+    x = lt.x.detach()
+    scale = 1.0 / math.sqrt(x.shape[-1])
+    (ew_s, eu_s), (ew_p, eu_p) = d_scores * scale, d_pre.flatten(-2)
+    blocks = (
+        outer_moments(ew_s, eu_s, x),
+        outer_moments(ew_p, eu_p, x),
+        outer_moments(ew_p, eu_p, None),
+    )
+    moments = [sum(parts) for parts in zip(*blocks, strict=True)]
+    return lambda_from_moments(*moments, batch=realised.shape[1], previous=previous)
+
+
+class Backprop:
+    """Plain autograd through the whole network (SparseNet or MLP)."""
+
+    rule = FeedbackRule("backprop", 1.0)
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def forward(self, images: Tensor) -> Trace | Logits:
+        if isinstance(self.model, SparseNet):
+            return self.model(images)
+        return Logits(self.model.logits(images))
+
+    def backward(self, trace: Trace | Logits, actions: Tensor, rewards: Tensor,
+                 ) -> dict[str, Tensor]:
+        """Set .grad of every model parameter; returns per-seed statistics."""
+        loss = reinforce_loss(trace.logits, actions, rewards)
+        grads = torch.autograd.grad(loss, parameters_of(self.model))
+        for p, g in zip(parameters_of(self.model), grads, strict=True):
+            p.grad = g
+        return {}
+
+    def rule_gradients(self, images: Tensor, actions: Tensor, rewards: Tensor,
+                       ) -> dict[str, list[Tensor]]:
+        """Per-parameter gradient estimates of each rule this learner can form."""
+        loss = reinforce_loss(self.forward(images).logits, actions, rewards)
+        return {"bp": list(torch.autograd.grad(loss, parameters_of(self.model)))}
+
+
+class SGProp:
+    """sgprop on a SparseNet with per-neuron SG predictors and fixed or adaptive λ."""
+
+    def __init__(self, model: SparseNet, rule: FeedbackRule, sg_lr: float,
+                 normalise: bool = True) -> None:
+        self.model = model
+        self.rule = rule
+        self.normalise = normalise
+        shape = model.shape
+        self.sg = SyntheticGradients(shape, model.seeds).to(model.head.device)
+        self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr)
+        self.lams = [torch.full((model.seeds, shape.width), rule.lam, device=model.head.device)
+                     for _ in range(shape.layers)]
+
+    def mixing(self, layer: int) -> Lam:
+        """λ of a layer as `mix` wants it: a float if fixed, (S, 1, N, 1) if adaptive."""
+        if not self.rule.adaptive:
+            return self.rule.lam
+        lam = self.lams[layer]
+        return lam.view(lam.shape[0], 1, lam.shape[1], 1)
+
+    def forward(self, images: Tensor) -> Trace:
+        return self.model(images, cut=True)
+
+    def predictions(self, trace: Trace, batch: int) -> list[Tensor | None]:
+        """Current SG predictions in mean-loss units (None where no predictor is needed)."""
+        if not self.rule.uses_predictor:
+            return [None] * len(trace.layers)
+        with torch.no_grad():
+            return [self.sg.predict(layer, lt) / batch for layer, lt in enumerate(trace.layers)]
+
+    def top(self, trace: Trace, actions: Tensor, rewards: Tensor) -> tuple[Tensor, Tensor]:
+        """(head gradient, g_L) of the REINFORCE loss; touches only the head's graph."""
+        loss = reinforce_loss(trace.logits, actions, rewards)
+        head, top = torch.autograd.grad(loss, [self.model.head, trace.top])
+        return head, top
+
+    def update_synthetic(self, trace: Trace, top_grad: Tensor) -> Tensor:
+        """One SG step on bootstrapped targets; returns the per-seed SG loss (S,)."""
+        batch = top_grad.shape[1]
+        lams = [self.mixing(layer) for layer in range(len(trace.layers))]
+        preds = [self.sg.predict(layer, lt) for layer, lt in enumerate(trace.layers)]
+        targets = propagate(self.model, trace, top_grad, lams,
+                            [p.detach() / batch for p in preds], params=False).realised
+        per_seed = sum(
+            ((p - batch * t.detach()) ** 2).mean((1, 2, 3))
+            for p, t in zip(preds, targets, strict=True)
+        )
+        self.sg_optimizer.zero_grad(set_to_none=True)
+        per_seed.sum().backward()
+        self.sg_optimizer.step()
+        return per_seed.detach()
+
+    def backward(self, trace: Trace, actions: Tensor, rewards: Tensor) -> dict[str, Tensor]:
+        """SG update, then set .grad of the policy with the updated SG; adapt λ."""
+        head, top_grad = self.top(trace, actions, rewards)
+        stats: dict[str, Tensor] = {}
+        if self.rule.uses_predictor:
+            stats["sg_loss"] = self.update_synthetic(trace, top_grad)
+        batch = top_grad.shape[1]
+        lams = [self.mixing(layer) for layer in range(len(trace.layers))]
+        predicted = self.predictions(trace, batch)
+        prop = propagate(self.model, trace, top_grad, lams, predicted, params=True)
+        params = parameters_of(self.model)
+        for p, g in zip(params, [*prop.grads, head], strict=True):
+            p.grad = g
+        if self.rule.adaptive:
+            for layer, lt in enumerate(trace.layers):
+                estimate = layer_lambda(lt, layer, prop.realised[layer], predicted[layer],
+                                        self.lams[layer], self.normalise)
+                self.lams[layer] = ema(self.lams[layer], estimate, self.rule.momentum)
+        return stats
+
+    def rule_gradients(self, images: Tensor, actions: Tensor, rewards: Tensor,
+                       ) -> dict[str, list[Tensor]]:
+        """Gradient estimates of backprop (λ=1), the current mixture and pure SG (λ=0)."""
+        trace = self.forward(images)
+        head, top_grad = self.top(trace, actions, rewards)
+        batch = top_grad.shape[1]
+        with torch.no_grad():
+            predicted = [self.sg.predict(layer, lt) / batch
+                         for layer, lt in enumerate(trace.layers)]
+        layers = range(len(trace.layers))
+        settings: dict[str, list[Lam]] = {
+            "bp": [1.0 for _ in layers],
+            "mix": [self.mixing(layer) for layer in layers],
+            "sg": [0.0 for _ in layers],
+        }
+        return {
+            name: [*propagate(self.model, trace, top_grad, lams, predicted, params=True).grads,
+                   head]
+            for name, lams in settings.items()
+        }
+
+    def lambda_means(self) -> list[Tensor]:
+        """Per layer, the mean λ over neurons, per seed: (S,) each."""
+        return [lam.mean(1) for lam in self.lams]

@@ -1,0 +1,409 @@
+"""E2: the noisy contextual bandit (PAPER.md §2 E2), and the gradient MSE of each rule.
+
+Classification becomes a bandit: the context is an image, the actions are the classes that
+are not excluded (the paper drops digit 2), the reward is 1[a = label] flipped with
+probability `p_flip`. The policy (SparseNet or MLP) is trained by REINFORCE without a
+baseline, batch 64, Adam, by `backprop` or `sgprop` (fixed λ, or adaptive λ from λ₀).
+Evaluation: held-out images, actions sampled from the policy, noise-free reward.
+
+Metrics (step = number of policy updates so far):
+- at `eval_points` evenly spaced steps (the last one = `steps`):
+  `eval_reward` (sampled actions, noise-free reward: the paper's metric),
+  `eval_expected_reward` (mean π(label|x): the same quantity without sampling noise),
+  `train_reward` (mean observed noisy reward since the previous evaluation),
+  sgprop only: `sg_loss` (mean SG regression loss since the previous evaluation),
+  `lambda/l<i>` (mean λ over layer i's neurons) and `lambda_mean` (over all layers).
+- every `mse_every` steps (0: never), beyond the paper: with the policy, the SG predictor
+  and λ frozen, R = `mse_batches` fresh batches, for each rule's parameter-gradient
+  estimate ĝ_r against the exact population gradient g* of the expected noisy loss
+  (−mean over training contexts of Σ_a π(a|x) E[r|x,a], E[r|x,a] = p + (1−2p)·1[a=y]):
+    `grad_mse/<rule>/<group>`   mean_r ‖ĝ_r − g*‖²
+    `grad_bias2/<rule>/<group>` ‖mean_r ĝ_r − g*‖²
+    `grad_var/<rule>/<group>`   mean_r ‖ĝ_r − mean ĝ‖²   (mse = bias2 + var)
+    `grad_cos/<rule>/<group>`   mean_r cos(ĝ_r, g*)
+    `grad_truth_sq/<group>`     ‖g*‖²
+  rules: `bp` (backprop), and for sgprop `mix` (the current λ-mixture) and `sg` (λ = 0);
+  groups: `l0`..`l<L−1>` (hidden layers), `head`, `hidden` (all hidden layers), `all`.
+  All rules see the same batches (paired). The head's estimate is the same for every rule.
+
+Randomness: each seed has four independent streams (init, train, eval, mse), so turning
+evaluation or MSE checkpoints on or off never changes a training trajectory.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from learners.feedback import FeedbackRule, adaptive_lambda, lambda_mixture
+from learners.sgprop import Backprop, SGProp, parameters_of
+from learners.sparsenet import MLP, SparseNet, SparseNetShape
+from tasks import datasets
+from tasks.base import ConfigError, MetricLog, Task
+
+# Policy learning rates of the paper, used when `lr` is not given.
+PAPER_LR = {("sparsenet", "sgprop"): 5e-3, ("sparsenet", "backprop"): 1e-3,
+            ("mlp", "backprop"): 2e-5}
+STREAMS = {"init": 0, "train": 1, "eval": 2, "mse": 3}
+CHUNK = 256  # images per forward pass in evaluation and exact gradients (fixed: results
+# must not depend on how many seeds share a block)
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    learner: Literal["backprop", "sgprop"] = "sgprop"
+    model: Literal["sparsenet", "mlp"] = "sparsenet"
+    dataset: Literal["digits", "mnist"] = "digits"
+    data_dir: str | None = None  # mnist: folder with the four IDX files
+    exclude: tuple[int, ...] = (2,)  # classes dropped from the bandit
+    p_flip: float = 0.4  # probability that the reward is flipped
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float | None = None  # policy Adam LR; None: the paper's for this model/learner
+    sg_lr: float = 5e-3  # SG predictor Adam LR
+    lam: float = 0.9  # sgprop: fixed λ, or λ₀ if adaptive (1 = backprop, 0 = pure SG)
+    adaptive: bool = True  # sgprop: adapt λ per neuron
+    lam_momentum: float = 0.9  # EMA momentum of adaptive λ
+    lam_normalise: bool = True  # adaptive λ from unit-normalised feedback directions
+    layers: int = 5  # SparseNet
+    width: int = 200
+    dim: int = 10
+    fan_in: int = 50
+    parents: int = 5
+    slots: int = 5
+    mlp_width: int = 745
+    mlp_layers: int = 5
+    eval_points: int = 20
+    eval_size: int = 4000  # held-out images per evaluation (at most the test set)
+    mse_every: int = 0  # gradient-MSE checkpoint period in steps; 0: none
+    mse_batches: int = 32  # R fresh batches per checkpoint
+
+    def validate(self) -> None:
+        if self.dataset == "mnist":
+            if self.data_dir is None:
+                raise ConfigError("data_dir", "dataset mnist needs a folder of IDX files")
+            try:
+                datasets.mnist_paths(self.data_dir)
+            except datasets.DatasetError as exc:
+                raise ConfigError("data_dir", str(exc)) from None
+        elif self.data_dir is not None:
+            raise ConfigError("data_dir", "only used with dataset mnist")
+        if any(not 0 <= c <= 9 for c in self.exclude):
+            raise ConfigError("exclude", f"expected classes in 0..9, got {list(self.exclude)}")
+        if len(set(self.exclude)) != len(self.exclude) or len(self.exclude) > 8:
+            raise ConfigError("exclude", "expected distinct classes leaving at least two")
+        if not 0.0 <= self.p_flip <= 1.0:
+            raise ConfigError("p_flip", f"expected a probability in [0, 1], got {self.p_flip}")
+        positive = {"steps": self.steps, "layers": self.layers, "width": self.width,
+                    "dim": self.dim, "fan_in": self.fan_in, "parents": self.parents,
+                    "slots": self.slots, "mlp_width": self.mlp_width,
+                    "mlp_layers": self.mlp_layers, "eval_points": self.eval_points,
+                    "eval_size": self.eval_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(name, f"expected a positive integer, got {value}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size", f"expected at least 2, got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError("lr", f"expected a positive learning rate, got {self.lr}")
+        if not self.sg_lr > 0:
+            raise ConfigError("sg_lr", f"expected a positive learning rate, got {self.sg_lr}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError("lam", f"expected λ in [0, 1], got {self.lam}")
+        if not 0.0 <= self.lam_momentum < 1.0:
+            raise ConfigError("lam_momentum", f"expected [0, 1), got {self.lam_momentum}")
+        if self.fan_in > datasets.PIXELS[self.dataset]:
+            raise ConfigError("fan_in", f"{self.dataset} has only "
+                                        f"{datasets.PIXELS[self.dataset]} pixels")
+        if self.parents > self.width:
+            raise ConfigError("parents", f"expected at most width = {self.width}")
+        if self.eval_points > self.steps:
+            raise ConfigError("eval_points", f"expected at most steps = {self.steps}")
+        if self.mse_every < 0:
+            raise ConfigError("mse_every", f"expected >= 0, got {self.mse_every}")
+        if self.mse_batches < 2:
+            raise ConfigError("mse_batches", f"expected at least 2, got {self.mse_batches}")
+        if self.learner == "sgprop" and self.model != "sparsenet":
+            raise ConfigError("learner", "sgprop needs model sparsenet (the MLP is BP only)")
+
+    @property
+    def policy_lr(self) -> float:
+        return self.lr if self.lr is not None else PAPER_LR[(self.model, self.learner)]
+
+    def rule(self) -> FeedbackRule:
+        if self.learner == "backprop":
+            return FeedbackRule("backprop", 1.0)
+        if self.adaptive:
+            return adaptive_lambda(self.lam, self.lam_momentum)
+        return lambda_mixture(self.lam)
+
+    def eval_steps(self) -> list[int]:
+        return sorted({round(k * self.steps / self.eval_points)
+                       for k in range(1, self.eval_points + 1)})
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, data_dir: str | None) -> datasets.Dataset:
+    return datasets.load(name, data_dir)
+
+
+def bandit_data(cfg: BanditConfig) -> tuple[datasets.Dataset, list[int]]:
+    """The dataset with excluded classes dropped; DatasetError becomes a ConfigError."""
+    try:
+        data = _load(cfg.dataset, str(Path(cfg.data_dir)) if cfg.data_dir else None)
+    except datasets.DatasetError as exc:
+        raise ConfigError("data_dir", str(exc)) from None
+    return data.without_classes(cfg.exclude)
+
+
+def stream(seed: int, name: str) -> torch.Generator:
+    state = np.random.SeedSequence([seed, STREAMS[name]]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def expected_rewards(labels: Tensor, actions: int, p_flip: float) -> Tensor:
+    """E[r | x, a] for every action: p + (1 − 2p)·1[a = y]; labels (...,) → (..., A)."""
+    onehot = torch.nn.functional.one_hot(labels, actions).to(torch.float32)
+    return p_flip + (1.0 - 2.0 * p_flip) * onehot
+
+
+def sample_actions(probs: Tensor, uniforms: Tensor) -> Tensor:
+    """Inverse-CDF sampling: probs (S, B, A), uniforms (S, B) → actions (S, B)."""
+    cdf = probs.cumsum(-1)
+    return (cdf < uniforms.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+class BanditBlock:
+    """One config and a block of seeds, trained as one batched computation."""
+
+    def __init__(self, cfg: BanditConfig, seeds: Sequence[int], device: str = "cpu",
+                 data: datasets.Dataset | None = None) -> None:
+        """`data` replaces the configured dataset (benchmarks use synthetic contexts)."""
+        cfg.validate()
+        self.cfg = cfg
+        self.seeds = list(seeds)
+        self.device = torch.device(device)
+        if data is None:
+            data, self.classes = bandit_data(cfg)
+        else:
+            data, self.classes = data.without_classes(cfg.exclude)
+        self.actions = len(self.classes)
+        self.train_x = data.train_x.to(self.device)
+        self.train_y = data.train_y.to(self.device)
+        self.test_x = data.test_x[: cfg.eval_size].to(self.device)
+        self.test_y = data.test_y[: cfg.eval_size].to(self.device)
+        self.gens = {name: [stream(s, name) for s in self.seeds] for name in STREAMS}
+        self.model = build_model(cfg, data.pixels, self.actions, self.gens["init"]).to(self.device)
+        self.learner: Backprop | SGProp
+        if cfg.learner == "sgprop":
+            assert isinstance(self.model, SparseNet)
+            self.learner = SGProp(self.model, cfg.rule(), cfg.sg_lr, cfg.lam_normalise)
+        else:
+            self.learner = Backprop(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.policy_lr)
+
+    @property
+    def num_seeds(self) -> int:
+        return len(self.seeds)
+
+    def _uniform(self, gens: list[torch.Generator], n: int) -> Tensor:
+        return torch.stack([torch.rand(n, generator=g) for g in gens]).to(self.device)
+
+    def sample_batch(self, gens: list[torch.Generator]) -> tuple[Tensor, Tensor]:
+        """Each seed's own batch of training contexts: images (S, B, I), labels (S, B)."""
+        n = self.train_x.shape[0]
+        idx = torch.stack([torch.randint(n, (self.cfg.batch_size,), generator=g)
+                           for g in gens]).to(self.device)
+        return self.train_x[idx], self.train_y[idx]
+
+    def act(self, logits: Tensor, labels: Tensor, gens: list[torch.Generator],
+            ) -> tuple[Tensor, Tensor]:
+        """Sample actions from π and the noisy rewards: (actions, rewards), each (S, B)."""
+        batch = labels.shape[1]
+        probs = torch.softmax(logits.detach(), -1)
+        actions = sample_actions(probs, self._uniform(gens, batch))
+        flips = self._uniform(gens, batch) < self.cfg.p_flip
+        rewards = ((actions == labels) != flips).to(torch.float32)
+        return actions, rewards
+
+    def train_step(self) -> dict[str, Tensor]:
+        gens = self.gens["train"]
+        images, labels = self.sample_batch(gens)
+        trace = self.learner.forward(images)
+        actions, rewards = self.act(trace.logits, labels, gens)
+        stats = self.learner.backward(trace, actions, rewards)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats["train_reward"] = rewards.mean(1)
+        return stats
+
+    def _logits(self, images: Tensor) -> Tensor:
+        return self.model.logits(images.expand(self.num_seeds, *images.shape))
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[Tensor, Tensor]:
+        """(sampled-action reward, expected reward), each (S,), on the held-out images."""
+        sampled, expected = [], []
+        uniforms = self._uniform(self.gens["eval"], self.test_x.shape[0])
+        for start in range(0, self.test_x.shape[0], CHUNK):
+            images = self.test_x[start:start + CHUNK]
+            labels = self.test_y[start:start + CHUNK].expand(self.num_seeds, -1)
+            probs = torch.softmax(self._logits(images), -1)
+            actions = sample_actions(probs, uniforms[:, start:start + CHUNK])
+            sampled.append((actions == labels).to(torch.float32))
+            expected.append(probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1))
+        return torch.cat(sampled, 1).mean(1), torch.cat(expected, 1).mean(1)
+
+    def exact_gradient(self) -> list[Tensor]:
+        """∇θ of −mean_x Σ_a π(a|x) E[r|x,a] over all training contexts, per parameter."""
+        params = parameters_of(self.model)
+        total = [torch.zeros_like(p) for p in params]
+        n = self.train_x.shape[0]
+        for start in range(0, n, CHUNK):
+            images = self.train_x[start:start + CHUNK]
+            means = expected_rewards(self.train_y[start:start + CHUNK], self.actions,
+                                     self.cfg.p_flip)
+            probs = torch.softmax(self._logits(images), -1)
+            loss = -(probs * means).sum((-1, -2)).sum() / n
+            for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
+                acc += g
+        return total
+
+    def grad_mse(self) -> dict[str, Tensor]:
+        """Gradient-estimation statistics of each rule at the current parameters (S,) each."""
+        groups = self._groups()
+        truth = self._flatten(self.exact_gradient(), groups)
+        sums: dict[tuple[str, str], Tensor] = {}
+        sq: dict[tuple[str, str], Tensor] = {}
+        cos: dict[tuple[str, str], Tensor] = {}
+        gens = self.gens["mse"]
+        for _ in range(self.cfg.mse_batches):
+            images, labels = self.sample_batch(gens)
+            with torch.no_grad():
+                logits = self.learner.forward(images).logits
+            actions, rewards = self.act(logits, labels, gens)
+            for rule, grads in self.learner.rule_gradients(images, actions, rewards).items():
+                for group, est in self._flatten(grads, groups).items():
+                    key = (rule, group)
+                    t = truth[group]
+                    err = ((est - t) ** 2).sum(-1)
+                    c = (est * t).sum(-1) / (est.norm(dim=-1) * t.norm(dim=-1)).clamp(min=1e-30)
+                    sums[key] = sums.get(key, 0) + est.detach()
+                    sq[key] = sq.get(key, 0) + err.detach()
+                    cos[key] = cos.get(key, 0) + c.detach()
+        r = self.cfg.mse_batches
+        out: dict[str, Tensor] = {}
+        for (rule, group), total in sums.items():
+            mse = sq[(rule, group)] / r
+            bias2 = ((total / r - truth[group]) ** 2).sum(-1)
+            out[f"grad_mse/{rule}/{group}"] = mse
+            out[f"grad_bias2/{rule}/{group}"] = bias2
+            out[f"grad_var/{rule}/{group}"] = (mse - bias2).clamp(min=0.0)
+            out[f"grad_cos/{rule}/{group}"] = cos[(rule, group)] / r
+        for group, t in truth.items():
+            out[f"grad_truth_sq/{group}"] = (t * t).sum(-1)
+        return out
+
+    def _groups(self) -> list[tuple[str, list[int]]]:
+        """Parameter indices (in `parameters_of` order) of each reported group."""
+        groups, start = [], 0
+        for name, params in self.model.layer_parameters():
+            groups.append((name, list(range(start, start + len(params)))))
+            start += len(params)
+        hidden = [i for name, idx in groups if name != "head" for i in idx]
+        return [*groups, ("hidden", hidden), ("all", list(range(start)))]
+
+    def _flatten(self, grads: list[Tensor], groups: list[tuple[str, list[int]]],
+                 ) -> dict[str, Tensor]:
+        s = self.num_seeds
+        return {name: torch.cat([grads[i].reshape(s, -1) for i in idx], 1)
+                for name, idx in groups}
+
+    def run(self) -> list[MetricLog]:
+        cfg = self.cfg
+        logs = [MetricLog() for _ in self.seeds]
+        eval_steps = set(cfg.eval_steps())
+        window: dict[str, Tensor] = {}
+        count = 0
+
+        def record(metrics: dict[str, Tensor], step: int) -> None:
+            columns = {name: value.tolist() for name, value in metrics.items()}
+            for i, log in enumerate(logs):
+                log.log_dict({name: values[i] for name, values in columns.items()}, step)
+
+        for step in range(1, cfg.steps + 1):
+            for name, value in self.train_step().items():
+                window[name] = window.get(name, 0) + value
+            count += 1
+            if cfg.mse_every and step % cfg.mse_every == 0:
+                record(self.grad_mse(), step)
+            if step in eval_steps:
+                sampled, expected = self.evaluate()
+                metrics = {"eval_reward": sampled, "eval_expected_reward": expected}
+                metrics.update({name: total / count for name, total in window.items()})
+                if isinstance(self.learner, SGProp):
+                    lams = self.learner.lambda_means()
+                    metrics.update({f"lambda/l{i}": lam for i, lam in enumerate(lams)})
+                    metrics["lambda_mean"] = torch.stack(lams).mean(0)
+                record(metrics, step)
+                window, count = {}, 0
+        return logs
+
+
+def build_model(cfg: BanditConfig, pixels: int, actions: int,
+                generators: Sequence[torch.Generator]) -> SparseNet | MLP:
+    if cfg.model == "mlp":
+        return MLP(pixels, actions, cfg.mlp_width, cfg.mlp_layers, generators)
+    shape = SparseNetShape(inputs=pixels, actions=actions, layers=cfg.layers, width=cfg.width,
+                           dim=cfg.dim, fan_in=cfg.fan_in, parents=cfg.parents,
+                           slots=cfg.slots)
+    return SparseNet(shape, generators)
+
+
+# On CPU a seed-batched step only pays off for small models: benchmarks/bench_bandit.py
+# measured 6 batched seeds at 1.1-2.8x the speed of 6 sequential runs at the digits sweeps'
+# sizes, but 0.46-0.9x at the paper's (width 200, dim 10), where the einsums are memory-bound.
+CPU_BATCH_LIMIT = 512  # SparseNet width·dim (or MLP width) up to which CPU blocks are batched
+
+
+def batch_seeds(cfg: BanditConfig, device: str) -> bool:
+    if torch.device(device).type != "cpu":
+        return True
+    size = cfg.mlp_width if cfg.model == "mlp" else cfg.width * cfg.dim
+    return size <= CPU_BATCH_LIMIT
+
+
+def run_block(cfg: BanditConfig, seeds: Sequence[int], device: str = "cpu") -> list[MetricLog]:
+    # Either way each seed's result is bit-identical to running it alone (tested).
+    if batch_seeds(cfg, device):
+        return BanditBlock(cfg, seeds, device).run()
+    return [log for seed in seeds for log in BanditBlock(cfg, [seed], device).run()]
+
+
+def paper_shape(actions: int = 9) -> SparseNetShape:
+    """SparseNet at the paper's MNIST sizes (784 pixels, 9 actions)."""
+    return SparseNetShape(inputs=784, actions=actions)
+
+
+def num_parameters(cfg: BanditConfig, pixels: int, actions: int) -> int:
+    if cfg.model == "mlp":
+        sizes = [pixels] + [cfg.mlp_width] * cfg.mlp_layers + [actions]
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    return SparseNetShape(pixels, actions, cfg.layers, cfg.width, cfg.dim, cfg.fan_in,
+                          cfg.parents, cfg.slots).num_parameters()
+
+
+TASK = Task(
+    name="bandit",
+    config_type=BanditConfig,
+    run_block=run_block,
+    description="E2 noisy contextual bandit: SparseNet sgprop/backprop and MLP, gradient MSE",
+    batched=True,
+)

@@ -1,0 +1,54 @@
+"""E2 report: figures and tables from a tiny sweep's results."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from analysis import reports
+from tasks.bandit import BanditConfig, run_block
+
+TINY = dict(width=6, dim=2, fan_in=8, parents=2, slots=2, layers=2, steps=6, eval_points=2,
+            batch_size=8, eval_size=60, mse_every=3, mse_batches=2)
+
+
+def frames(variants: list[dict], p_flips: list[float], seeds=(0, 1)):
+    trials, metrics = [], []
+    for v in variants:
+        for p in p_flips:
+            cfg = BanditConfig(**{**TINY, **v, "p_flip": p})
+            for seed, log in zip(seeds, run_block(cfg, list(seeds)), strict=True):
+                tid = f"{v}-{p}-{seed}"
+                trials.append({"trial_id": tid, "status": "ok", "seed": seed,
+                               **dataclasses.asdict(cfg)})
+                metrics += [{"trial_id": tid, "step": s, "metric": n, "value": x}
+                            for n, s, x in zip(log.names, log.steps, log.values, strict=True)]
+    return pd.DataFrame(trials), pd.DataFrame(metrics)
+
+
+def test_report_draws_reward_lambda_and_grad_mse_figures(tmp_path):
+    variants = [{"learner": "sgprop"}, {"learner": "sgprop", "adaptive": False, "lam": 0.5}]
+    trials, metrics = frames(variants, [0.0, 0.4])
+    files = reports.write("bandit", trials, metrics, list(BanditConfig.__dataclass_fields__),
+                          tmp_path)
+    names = {f.name for f in files}
+    assert {"e2_final_rewards.csv", "final_reward_vs_p_flip.png", "reward_curves.png",
+            "lambda_traces.png", "e2_grad_mse.csv", "grad_mse_vs_pflip.png",
+            "grad_mse_ratio_vs_pflip.png", "grad_mse_layers.png",
+            "grad_mse_over_training.png"} <= names
+    table = pd.read_csv(tmp_path / "e2_grad_mse.csv")
+    assert set(table.group) >= {"l0", "l1", "head", "hidden", "all"}
+    assert (table.ratio_bp_mix > 0).all()
+    rewards = pd.read_csv(tmp_path / "e2_final_rewards.csv")
+    assert set(rewards.method) == {"SparseNet sgprop adaptive λ", "SparseNet sgprop λ=0.5"}
+
+
+def test_report_draws_final_reward_vs_learning_rate(tmp_path):
+    variants = [{"learner": "backprop", "lr": lr, "mse_every": 0} for lr in (1e-3, 1e-2)]
+    variants += [{"learner": "backprop", "model": "mlp", "mlp_width": 8, "lr": 1e-3,
+                  "mse_every": 0}]
+    trials, metrics = frames(variants, [0.4])
+    files = reports.write("bandit", trials, metrics, list(BanditConfig.__dataclass_fields__),
+                          tmp_path)
+    assert "final_reward_vs_lr.png" in {f.name for f in files}
