@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ray cluster address (default: start an embedded local Ray)")
     run.add_argument("--num-cpus", type=_positive_int, default=None,
                      help="CPUs for the embedded Ray (default: all)")
+    run.add_argument("--num-gpus", type=_non_negative_int, default=None,
+                     help="GPUs for the embedded Ray (default: detected)")
     run.add_argument("--block-size", type=_positive_int, default=None,
                      help="seeds per block (default: the spec's, else automatic)")
     run.add_argument("--max-retries", type=_non_negative_int, default=3,
@@ -128,6 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracking = "" if args.tracking_uri in ("none", "") else args.tracking_uri
     options = RunOptions(
         out_dir=args.out, tracking_uri=tracking, address=args.address, num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
         block_size=args.block_size, max_retries=args.max_retries,
         retry_failed=args.retry_failed, spec_path=args.spec,
         trial_timeout_s=args.trial_timeout,

@@ -38,6 +38,7 @@ class TrialRecord:
     finished_at: float
     metrics: MetricLog = field(default_factory=MetricLog)
     node: str = ""
+    device: str = "cpu"
 
 
 class TrialTimeout(Exception):
@@ -106,7 +107,7 @@ def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu",
             ok = error is None
             records.append(TrialRecord(
                 trial.trial_id, trial.config_id, trial.seed, "ok" if ok else "failed", error,
-                duration, now, log if ok and log is not None else MetricLog(), node,
+                duration, now, log if ok and log is not None else MetricLog(), node, device,
             ))
     return records
 

@@ -42,6 +42,7 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("finished_at", pa.timestamp("ms", tz="UTC")),
     ("invocation", pa.string()),
     ("node", pa.string()),
+    ("device", pa.string()),
     ("tags", pa.string()),
     ("config", pa.string()),
 ]
@@ -97,7 +98,8 @@ class ResultStore:
                 "trial_id": r.trial_id, "sweep": sweep, "task": task.name,
                 "config_id": r.config_id, "seed": r.seed, "status": r.status, "error": r.error,
                 "duration_s": r.duration_s, "finished_at": int(r.finished_at * 1000),
-                "invocation": invocation, "node": r.node, "tags": tags_json,
+                "invocation": invocation, "node": r.node, "device": r.device,
+                "tags": tags_json,
                 "config": json.dumps(config, sort_keys=True),
             }
             for f in schema:

@@ -39,6 +39,7 @@ class RunOptions:
     tracking_uri: str | None = None  # None: SQLite store in out_dir; "" disables MLflow
     address: str | None = None  # None: embedded local Ray
     num_cpus: int | None = None
+    num_gpus: int | None = None  # embedded Ray only; None: detect
     block_size: int | None = None  # overrides the spec's
     max_retries: int = 3
     retry_failed: bool = False
@@ -126,7 +127,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
             options.progress(
                 f"{spec.name}: {num_pending} trials to run ({skipped} already recorded), "
                 f"{len(pending)} configs")
-            schedule.connect(options.address, options.num_cpus)
+            schedule.connect(options.address, options.num_cpus, options.num_gpus)
             try:
                 _run_pending(spec, task, pending, configs, store, writer, invocation, options,
                              progress, first_errors)

@@ -12,7 +12,7 @@ from orchestrator.plan import Block
 from orchestrator.spec import Resources
 
 
-def connect(address: str | None, num_cpus: int | None) -> None:
+def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -25,6 +25,8 @@ def connect(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
 
 

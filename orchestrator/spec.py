@@ -42,7 +42,7 @@ TOP_LEVEL_KEYS = {
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory_gb"}
 RESERVED_COLUMNS = {
     "trial_id", "sweep", "task", "seed", "status", "error", "duration_s", "config",
-    "config_id", "finished_at", "invocation", "node", "tags",
+    "config_id", "finished_at", "invocation", "node", "device", "tags",
 }
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -80,12 +80,23 @@ def log_trial(client, exp_id: str, parent_id: str, record: TrialRecord,
     m = record.metrics
     metrics = [Metric(n, v, end_ms, s) for n, s, v in zip(m.names, m.steps, m.values, strict=True)]
     tags = [RunTag("sgsweep.error", record.error[:5000])] if record.error else []
-    for i, batch in enumerate(_chunks(params, MAX_PARAMS)):
-        client.log_batch(run_id, params=batch, tags=tags if i == 0 else ())
-    for batch in _chunks(metrics, MAX_METRICS):
-        client.log_batch(run_id, metrics=batch)
+    for batch_params, batch_metrics, batch_tags in pack_batches(params, metrics, tags):
+        client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
     client.set_terminated(run_id, "FINISHED" if record.status == "ok" else "FAILED", end_ms)
     return run_id
+
+
+def pack_batches(params: Sequence[Any], metrics: Sequence[Any], tags: Sequence[Any]
+                 ) -> Iterator[tuple[list[Any], list[Any], list[Any]]]:
+    """Fewest `log_batch` calls within MLflow's limits: ≤ 1000 entities per call, of which
+    ≤ 100 params and ≤ 100 tags (each call is one store transaction)."""
+    params, metrics, tags = list(params), list(metrics), list(tags)
+    while params or metrics or tags:
+        batch_params, params = params[:MAX_PARAMS], params[MAX_PARAMS:]
+        batch_tags, tags = tags[:MAX_PARAMS], tags[MAX_PARAMS:]
+        room = MAX_METRICS - len(batch_params) - len(batch_tags)
+        batch_metrics, metrics = metrics[:room], metrics[room:]
+        yield batch_params, batch_metrics, batch_tags
 
 
 def _param_value(value: Any) -> str:

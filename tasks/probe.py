@@ -35,7 +35,7 @@ class ProbeConfig:
             raise ConfigError("steps", f"expected at least one step, got {self.steps}")
 
 
-def run_trial(cfg: ProbeConfig, seed: int) -> MetricLog:
+def run_trial(cfg: ProbeConfig, seed: int, device: str = "cpu") -> MetricLog:
     if seed in cfg.crash_seeds:
         marker = Path(cfg.crash_once_dir) / f"crashed-{seed}" if cfg.crash_once_dir else None
         if marker is None or not marker.exists():
@@ -54,13 +54,14 @@ def run_trial(cfg: ProbeConfig, seed: int) -> MetricLog:
     log = MetricLog()
     for step in range(cfg.steps):
         log.log("value", rng.gauss(0.0, 1.0), step)
+    log.log("on_cuda", float(device.startswith("cuda")))
     if seed in cfg.nan_seeds:
         log.log("value", float("nan"), cfg.steps)
     return log
 
 
 def run_block(cfg: ProbeConfig, seeds: Sequence[int], device: str = "cpu") -> list[MetricLog]:
-    return [run_trial(cfg, seed) for seed in seeds]
+    return [run_trial(cfg, seed, device) for seed in seeds]
 
 
 TASK = Task(name="probe", config_type=ProbeConfig, run_block=run_block,

@@ -279,3 +279,21 @@ def test_ui_serves_the_directory_store_on_loopback(ray_cluster, tmp_path) -> Non
     finally:
         stop(ui)
 
+
+
+@pytest.mark.slow
+def test_gpu_resources_reach_ray_and_the_trial_sees_cuda(tmp_path) -> None:
+    # Ray is told this machine has one GPU (there is none: the probe task never touches
+    # it); a spec asking for half a GPU per chunk must get one and see device "cuda".
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text("name: gpu\ntask: probe\nseeds: 4\nblock_size: 1\n"
+                    "resources: {num_cpus: 0.5, num_gpus: 0.5}\n")
+    out = tmp_path / "out"
+    result = subprocess.run([SGSWEEP, "run", str(spec), "--out", str(out), "--num-cpus", "2",
+                             "--num-gpus", "1", "--tracking-uri", "none", "--no-report"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    trials = trials_of(out)
+    assert (trials.device == "cuda").all() and (trials.status == "ok").all()
+    metrics = ds.dataset(out / "metrics").to_table().to_pandas()
+    assert (metrics.query("metric == 'on_cuda'").value == 1.0).all()

@@ -119,3 +119,16 @@ def test_report_writes_table_figures_and_logs_them(finished) -> None:
                                 order_by=["attributes.start_time DESC"])[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/e1_ratios.csv" in logged and "report/ratio_vs_d_case-noisy.png" in logged
+
+
+def test_mlflow_batches_respect_limits_and_lose_nothing() -> None:
+    from orchestrator.tracking import pack_batches
+
+    params, metrics, tags = list(range(130)), list(range(2500)), ["t"]
+    batches = list(pack_batches(params, metrics, tags))
+    assert all(len(p) <= 100 and len(t) <= 100 and len(p) + len(m) + len(t) <= 1000
+               for p, m, t in batches)
+    assert sum((p for p, _, _ in batches), []) == params
+    assert sum((m for _, m, _ in batches), []) == metrics
+    assert len(batches) == 3  # 100+1+899, 30+970, 631
+    assert list(pack_batches([1], [2], [])) == [([1], [2], [])]
