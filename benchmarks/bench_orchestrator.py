@@ -47,7 +47,8 @@ def plain_loop(spec) -> float:
 def engine(spec, tracking: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         options = RunOptions(out_dir=Path(tmp), tracking_uri=None if tracking else "",
-                             address="auto", progress=lambda _: None, live=False)
+                             address="auto", progress=lambda _: None, live=False,
+                             show_progress=False)
         start = time.perf_counter()
         summary = run_sweep(spec, options)
         elapsed = time.perf_counter() - start
@@ -116,8 +117,10 @@ def main() -> None:
     print(f"    sgsweep engine (Parquet)        {ours:8.2f} s   {ours / loop:.2f}x of the loop")
     print(f"    sgsweep engine (Parquet+MLflow) {ours_mlflow:8.2f} s   "
           f"{ours_mlflow / loop:.2f}x of the loop")
-    print(f"(b) Ray Tune, {args.tune_trials} trials          {tune_s:8.2f} s   "
-          f"{tune_per_trial * n / ours:.1f}x slower than sgsweep (per-trial, scaled to {n})")
+    if args.tune_trials:
+        print(f"(b) Ray Tune, {args.tune_trials} trials          {tune_s:8.2f} s   "
+              f"{tune_per_trial * n / ours:.1f}x slower than sgsweep (per trial, scaled "
+              f"to {n})")
     print(f"(c) one seed at a time              {one:8.2f} s")
     print(f"    blocks of 20 seeds              {twenty:8.2f} s   {one / twenty:.2f}x faster")
 

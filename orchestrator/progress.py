@@ -10,7 +10,7 @@ from typing import TextIO
 
 class Progress:
     def __init__(self, total: int, stream: TextIO | None = None, interval_s: float = 10.0,
-                 live: bool | None = None) -> None:
+                 live: bool | None = None, enabled: bool = True) -> None:
         self.total = total
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
@@ -18,6 +18,7 @@ class Progress:
         self.ok = self.failed = self.in_flight = 0
         self.start = time.monotonic()
         self._last = 0.0
+        self.enabled = enabled
 
     @property
     def done(self) -> int:
@@ -44,6 +45,8 @@ class Progress:
                 f"elapsed {_duration(elapsed)}, eta {eta}")
 
     def _draw(self, now: float) -> None:
+        if not self.enabled:
+            return
         text = self.line(now)
         if not self.live:
             print(f"  {text}", file=self.stream, flush=True)
@@ -57,7 +60,7 @@ class Progress:
 
     def close(self) -> None:
         self.update(force=True)
-        if self.live:
+        if self.live and self.enabled:
             self.stream.write("\n")
             self.stream.flush()
 

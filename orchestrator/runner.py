@@ -45,6 +45,7 @@ class RunOptions:
     retry_failed: bool = False
     trial_timeout_s: float | None = None  # overrides the spec's timeout_s
     live: bool | None = None  # progress bar; None: when stderr is a terminal
+    show_progress: bool = True
     spec_path: Path | None = None
     progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
@@ -121,7 +122,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                 artifacts=[options.spec_path] if options.spec_path else [],
             )
 
-        progress = Progress(num_pending, live=options.live)
+        progress = Progress(num_pending, live=options.live, enabled=options.show_progress)
         first_errors: list[str] = []
         if num_pending:
             options.progress(
