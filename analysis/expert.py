@@ -78,7 +78,42 @@ def ratio_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
     return files
 
 
+def lambda_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
+    """MSE of λ·BP + (1−λ)·SG relative to BP vs λ (λ = 1 is BP, 0 is SG), a line per
+    config, a panel per case: where Condition B fails (leak) a mixture wins."""
+    lams = sorted(float(c.removeprefix("mse_lam_")) for c in table.columns
+                  if c.startswith("mse_lam_"))
+    if not lams:
+        return []
+    grid = [0.0, *lams, 1.0]
+    label_keys = [c for c in table.columns[: table.columns.get_loc("seeds")]
+                  if c != "case" and table[c].nunique() > 1]
+    files = []
+    for case, frame in table.groupby("case", sort=True):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for i, values in enumerate(frame.to_dict("records")):
+            mse = [values["mse_sg"], *(values[f"mse_lam_{lam:g}"] for lam in lams),
+                   values["mse_bp"]]
+            rel = np.asarray(mse) / values["mse_bp"]
+            label = ", ".join(f"{k}={values[k]}" for k in label_keys)
+            ax.plot(grid, rel, marker="o", color=f"C{i % 10}", label=label)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("λ (0 = synthetic gradient, 1 = backprop)")
+        ax.set_ylabel("MSE / MSE_BP")
+        ax.set_title(f"E1 case={case}: λ-mixtures", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        path = folder / f"mse_vs_lambda_case-{case}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
 def report(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
            folder: Path) -> list[Path]:
     table = ratio_table(final, params)
-    return write_table(table, folder, "e1_ratios") + ratio_figures(table, folder)
+    return (write_table(table, folder, "e1_ratios") + ratio_figures(table, folder)
+            + lambda_figures(table, folder))

@@ -105,7 +105,7 @@ def test_report_writes_table_figures_and_logs_them(finished) -> None:
     folder = write_report(out) / "it"
     names = {p.name for p in folder.iterdir()}
     assert {"e1_ratios.csv", "e1_ratios.md", "ratio_vs_d_case-noisy.png",
-            "ratio_vs_d_case-activation.png"} <= names
+            "ratio_vs_d_case-activation.png", "mse_vs_lambda_case-noisy.png"} <= names
     import pandas as pd
 
     table = pd.read_csv(folder / "e1_ratios.csv")
