@@ -45,6 +45,13 @@ def ratio_table(final: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def ratio_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
     """Per case (and per value of other swept params): ratio vs d at the smallest n."""
     panel_keys = [c for c in table.columns[: table.columns.get_loc("seeds")]
@@ -70,11 +77,7 @@ def ratio_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         stem = "_".join(f"{k}-{v}" for k, v in zip(panel_keys, panel, strict=True))
-        path = folder / f"ratio_vs_d_{stem}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(save(fig, folder / f"ratio_vs_d_{stem}.png"))
     return files
 
 
@@ -104,11 +107,7 @@ def lambda_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
         ax.set_title(f"E1 case={case}: λ-mixtures", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
-        path = folder / f"mse_vs_lambda_case-{case}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(save(fig, folder / f"mse_vs_lambda_case-{case}.png"))
     return files
 
 

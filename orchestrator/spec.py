@@ -246,12 +246,11 @@ def _coerce(value: Any, hint: Any, field: str, fail) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(hint)):
             return None
-        errors = []
         for arg in args:
             try:
                 return _coerce(value, arg, field, fail)
-            except SpecError as exc:
-                errors.append(str(exc))
+            except SpecError:
+                continue
         raise fail(field, f"expected {_type_name(hint)}, got {value!r}")
     if origin in (tuple, list):
         args = typing.get_args(hint)

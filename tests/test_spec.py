@@ -146,3 +146,19 @@ def test_shipped_sweep_files_are_valid() -> None:
             load_spec(path)
     full = load_spec("sweeps/e1-expert.yaml")
     assert full.num_trials == 9 * 3 * 4 * 3 * 20
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["run", "s.yaml", "--out", "o", "--num-cpus", "0"],
+      "error: sgsweep run: argument --num-cpus: expected a positive integer, got '0'"),
+     (["run", "s.yaml", "--out", "o", "--trial-timeout", "x"],
+      "error: sgsweep run: argument --trial-timeout: expected a number > 0, got 'x'"),
+     (["run", "s.yaml"], "error: sgsweep run: the following arguments are required: --out"),
+     (["frobnicate"], "error: sgsweep: argument command: invalid choice: 'frobnicate'")],
+)
+def test_bad_command_lines_are_one_line_exit_2(argv, expected, capsys, tmp_path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and err.startswith(expected), err
