@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
-from learners.sparsenet import MLP, LayerTrace, SparseNet, SparseNetShape, Trace
+from learners.sparsenet import MLP, LayerTrace, SparseNet, SparseNetShape, Trace, seed_einsum
 
 Model = SparseNet | MLP
 Lam = float | Tensor  # a fixed λ, or per neuron (S, N)
@@ -78,9 +78,11 @@ class SyntheticGradients(nn.Module):
         """Predicted per-sample feedback for h_l: (S, B, N, K)."""
         routing = trace.routing.detach()
         x = trace.x.detach()
-        slot_x = torch.einsum("sbnm,sbnd->sbnmd", routing, x)
-        linear = torch.einsum("sbnmd,snmkd->sbnk", slot_x, getattr(self, f"G{layer}"))
-        return linear + torch.einsum("sbnm,snmk->sbnk", routing, getattr(self, f"c{layer}"))
+        # Σ_m w_m (G_m x + c_m): every slot's affine map first (one bmm over neurons), then
+        # the routing-weighted sum; cheaper than forming w_m·x, which is M times larger.
+        per_slot = seed_einsum("sbnd,snmkd->sbnmk", x, getattr(self, f"G{layer}"))
+        per_slot = per_slot + getattr(self, f"c{layer}").unsqueeze(1)
+        return (routing.unsqueeze(-1) * per_slot).sum(-2)
 
 
 @dataclass
@@ -144,8 +146,8 @@ def outer_moments(ew: Tensor, eu: Tensor, x: Tensor | None) -> tuple[Tensor, ...
         x_sq = (x * x).sum(-1)
         u_sq = ((eu * eu).sum(-1) * x_sq).mean(1)
         wu = ((ew * eu).sum(-1) * x_sq).mean(1)
-        u_bar = torch.einsum("sbnq,sbnd->snqd", eu, x).flatten(-2) / batch
-        w_bar = torch.einsum("sbnq,sbnd->snqd", ew, x).flatten(-2) / batch
+        u_bar = seed_einsum("sbnq,sbnd->snqd", eu, x).flatten(-2) / batch
+        w_bar = seed_einsum("sbnq,sbnd->snqd", ew, x).flatten(-2) / batch
     return u_sq, (u_bar * u_bar).sum(-1), wu, (w_bar * u_bar).sum(-1)
 
 

@@ -31,6 +31,26 @@ import torch
 from torch import Tensor, nn
 
 
+def seed_einsum(equation: str, *operands: Tensor) -> Tensor:
+    """`torch.einsum` over a leading seed dim `s`, computed one seed at a time.
+
+    BLAS picks its kernel (and so its rounding) by the shape of the whole batched call, so
+    one einsum over 3 seeds can differ in the last bit from the same seed alone. Per-seed
+    calls have the same shapes in any block, which keeps every seed bit-identical to its
+    solo run (tests/test_bandit_task.py).
+    """
+    inputs, output = equation.split("->")
+    terms = inputs.split(",")
+    if not all(t.startswith("s") for t in [*terms, output]):
+        raise ValueError(f"every term of {equation!r} must start with the seed index s")
+    per_seed = ",".join(t[1:] for t in terms) + "->" + output[1:]
+    # unbind, not indexing: its backward stacks the slices instead of zero-filling a full
+    # tensor per seed.
+    slices = zip(*(op.unbind(0) for op in operands), strict=True)
+    results = [torch.einsum(per_seed, *ops) for ops in slices]
+    return results[0].unsqueeze(0) if len(results) == 1 else torch.stack(results)
+
+
 @dataclass(frozen=True)
 class SparseNetShape:
     inputs: int  # pixels I
@@ -143,17 +163,17 @@ class SparseNet(nn.Module):
         biases = getattr(self, f"biases{layer}")
         features = inputs.unsqueeze(-1) if layer == 0 else inputs
         x = gather_units(features, getattr(self, f"wiring{layer}"))
-        scores = torch.einsum("sbnd,snmd->sbnm", x, keys) / math.sqrt(x.shape[-1])
+        scores = seed_einsum("sbnd,snmd->sbnm", x, keys) / math.sqrt(x.shape[-1])
         routing = torch.softmax(scores, dim=-1)
-        pre = torch.einsum("sbnd,snmkd->sbnmk", x, weights) + biases.unsqueeze(1)
+        pre = seed_einsum("sbnd,snmkd->sbnmk", x, weights) + biases.unsqueeze(1)
         act = torch.tanh(pre)
-        mixed = torch.einsum("sbnm,sbnmk->sbnk", routing, act)
+        mixed = (routing.unsqueeze(-1) * act).sum(-2)  # elementwise: no BLAS outer products
         out = torch.tanh(mixed) + inputs if layer > 0 else mixed
         return LayerTrace(inputs, x, scores, routing, pre, act, mixed, out)
 
     def readout(self, top: Tensor) -> Tensor:
         flat = top.flatten(2)
-        return torch.einsum("sbj,saj->sba", flat, self.head) / math.sqrt(flat.shape[-1])
+        return seed_einsum("sbj,saj->sba", flat, self.head) / math.sqrt(flat.shape[-1])
 
     def forward(self, images: Tensor, cut: bool = False) -> Trace:
         """images (S, B, I) → Trace. `cut`: each layer reads a detached leaf copy of its input."""
@@ -203,7 +223,8 @@ class MLP(nn.Module):
     def logits(self, images: Tensor) -> Tensor:
         h = images
         for i in range(self.depth):
-            h = torch.baddbmm(getattr(self, f"bias{i}"), h, getattr(self, f"weight{i}"))
+            weight, bias = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
+            h = torch.stack([torch.addmm(bias[s], h[s], weight[s]) for s in range(len(h))])
             if i < self.depth - 1:
                 h = torch.tanh(h)
         return h

@@ -178,8 +178,13 @@ def test_grad_mse_of_the_mixture_equals_backprop_at_lambda_one():
     assert m["grad_mse/mix/hidden"] == m["grad_mse/bp/hidden"]
 
 
-def test_a_seed_gives_the_same_metrics_alone_and_in_a_block():
-    cfg = BanditConfig(**{**SMALL, "mse_every": 6, "mse_batches": 2})
+@pytest.mark.parametrize("variant", [
+    {"learner": "sgprop", "adaptive": True},
+    {"learner": "sgprop", "adaptive": False, "lam": 0.5},
+    {"learner": "backprop", "model": "mlp", "mlp_width": 24},
+])
+def test_a_seed_gives_the_same_metrics_alone_and_in_a_block(variant):
+    cfg = BanditConfig(**{**SMALL, "mse_every": 6, "mse_batches": 2, **variant})
     block = run_block(cfg, [0, 1, 2])
     alone = run_block(cfg, [1])
     assert block[1].names == alone[0].names
