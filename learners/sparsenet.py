@@ -224,7 +224,10 @@ class MLP(nn.Module):
         h = images
         for i in range(self.depth):
             weight, bias = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
-            h = torch.stack([torch.addmm(bias[s], h[s], weight[s]) for s in range(len(h))])
+            # Per seed, for the same reason as `seed_einsum`.
+            rows = [torch.addmm(*ops) for ops in zip(bias.unbind(0), h.unbind(0),
+                                                      weight.unbind(0), strict=True)]
+            h = rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
             if i < self.depth - 1:
                 h = torch.tanh(h)
         return h
