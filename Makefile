@@ -37,8 +37,12 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check .
 
+# Each benchmark prints its ratios measured side by side in one run.
 bench: install
 	$(BIN)/python benchmarks/bench_expert.py
+	$(BIN)/python benchmarks/bench_orchestrator.py
+	$(BIN)/python benchmarks/bench_bandit.py
+	$(BIN)/python benchmarks/bench_bandit.py --small
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
