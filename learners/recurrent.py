@@ -139,8 +139,7 @@ class RecurrentSparseNet(nn.Module):
         return (routing.unsqueeze(-1) * per_slot).sum(-2)
 
     def initial_state(self, batch: int) -> Tensor:
-        return torch.zeros(batch, self.shape.neurons, self.shape.dim,
-                           device=self.biases.device)
+        return self.biases.new_zeros(batch, self.shape.neurons, self.shape.dim)
 
     def step(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One environment step: obs (B, O) → (logits (B, A), new state)."""
@@ -190,7 +189,7 @@ class RecurrentBaseline(nn.Module):
             nn.Linear(actor_width, actions))
 
     def initial_state(self, batch: int) -> Tensor | tuple[Tensor, Tensor]:
-        zeros = torch.zeros(batch, self.hidden, device=self.actor[0].weight.device)
+        zeros = self.actor[0].weight.new_zeros(batch, self.hidden)
         return (zeros, zeros.clone()) if self.kind == "lstm" else zeros
 
     def step(self, obs: Tensor, state):

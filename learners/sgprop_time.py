@@ -170,9 +170,10 @@ class SGPropTime:
         self.rule = rule
         self.entropy_coef = entropy_coef
         self.schedule = schedule
-        self.sg = SyntheticGradientsTime(model.shape).to(model.biases.device)
+        like = {"device": model.biases.device, "dtype": model.biases.dtype}
+        self.sg = SyntheticGradientsTime(model.shape).to(**like)
         self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr)
-        self.lam = torch.full((model.shape.neurons,), rule.lam, device=model.biases.device)
+        self.lam = torch.full((model.shape.neurons,), rule.lam, **like)
 
     # -- pieces -------------------------------------------------------------------------
     def top(self, trace: SequenceTrace, batch: Batch, advantages: Tensor,
