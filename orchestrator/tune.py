@@ -315,7 +315,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
         _atomic_text(info_path, json.dumps({
             "study": spec.name, "task": spec.task, "storage": storage_url or "",
             "objective": vars(spec.objective), "seeds": list(spec.seeds),
-            "search": [d.name for d in spec.search],
+            "search": [d.name for d in spec.search], "pruner": spec.pruner,
             "spec": f"specs/{spec.name}.yaml" if options.spec_path else None,
         }, indent=1))
         retried = recover_orphans(study)
