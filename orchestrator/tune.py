@@ -150,6 +150,21 @@ def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bo
         raise RunError(f"study {spec.name!r}: {str(exc).splitlines()[0]}") from None
 
 
+def repair_journal(path: Path) -> None:
+    """Undo what a kill -9 can leave in DIR's journal: a torn last record (cut back to the
+    last complete line, or the next append would corrupt the log) and Optuna's lock file
+    (stale: we hold DIR's lock, so no other sgsweep writes this study)."""
+    Path(f"{path}.lock").unlink(missing_ok=True)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def load_study(out_dir: Path):
     """The study of a tuning directory (for reports)."""
     import optuna
@@ -311,6 +326,8 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             copy = out_dir / "specs" / f"{spec.name}.yaml"
             shutil.copyfile(options.spec_path, copy)
             artifacts.append(copy)
+        if not storage_url:
+            repair_journal(out_dir / JOURNAL)
         study = open_study(spec, out_dir, storage_url)
         _atomic_text(info_path, json.dumps({
             "study": spec.name, "task": spec.task, "storage": storage_url or "",
