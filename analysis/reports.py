@@ -78,3 +78,13 @@ def write(task: str, trials: pd.DataFrame, metrics: pd.DataFrame, params: list[s
     if task in reporters and not final.empty:
         files += reporters[task](final, metrics, params, folder)
     return files
+
+
+def _expert_tune_reference(final, objective, searched, seeds):
+    from analysis import expert
+
+    return expert.tune_reference(final, objective, searched, seeds)
+
+
+# Closed-form optima a tuning report compares the study against, per task.
+TUNE_REFERENCES = {"expert": _expert_tune_reference}

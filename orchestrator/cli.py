@@ -1,4 +1,4 @@
-"""`sgsweep` command line: run, report, validate.
+"""`sgsweep` command line: run, tune, report, validate.
 
 User mistakes (bad spec, missing directory, busy directory) print one line starting with
 `error:` and exit with code 2; nothing is written before the spec has been validated.
@@ -71,6 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fail a trial that runs longer (default: the spec's timeout_s)")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
 
+    tune = sub.add_parser("tune", help="run (or resume) an Optuna study of a tune file")
+    tune.add_argument("spec", type=Path, help="tune file (YAML: a sweep file with `search`)")
+    tune.add_argument("--out", type=Path, required=True, help="results directory")
+    tune.add_argument("--storage", default=None,
+                      help="Optuna storage URL, e.g. postgresql://... for a cluster "
+                           "(default: a journal file OUT/study.journal)")
+    tune.add_argument("--tracking-uri", default=None,
+                      help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db; 'none' to skip)")
+    tune.add_argument("--address", default=None,
+                      help="Ray cluster address (default: start an embedded local Ray)")
+    tune.add_argument("--num-cpus", type=_positive_int, default=None,
+                      help="CPUs for the embedded Ray (default: all)")
+    tune.add_argument("--num-gpus", type=_non_negative_int, default=None,
+                      help="GPUs for the embedded Ray (default: detected)")
+    tune.add_argument("--n-trials", type=_positive_int, default=None,
+                      help="Optuna trials to finish in total (default: the spec's n_trials)")
+    tune.add_argument("--max-retries", type=_non_negative_int, default=3,
+                      help="retries of a rung whose Ray worker or node died (default 3)")
+    tune.add_argument("--no-report", action="store_true", help="skip the report at the end")
+
     status = sub.add_parser("status", help="done / failed / pending trials per sweep")
     status.add_argument("out", type=Path, help="results directory")
 
@@ -98,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.spec import SpecError
 
     try:
-        commands = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report,
-                    "status": cmd_status, "mlflow-sync": cmd_sync, "ui": cmd_ui}
+        commands = {"run": cmd_run, "tune": cmd_tune, "validate": cmd_validate,
+                    "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
+                    "ui": cmd_ui}
         return commands[args.command](args)
     except (SpecError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -140,6 +161,46 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"recorded, of {summary.total} trials in {summary.wall_s:.1f}s")
     for line in summary.first_errors:
         print(f"  failed: {line}")
+    print(f"results: {args.out.resolve()}/trials and {args.out.resolve()}/metrics (Parquet)")
+    if summary.tracking_uri:
+        print(f"mlflow:  {summary.tracking_uri}"
+              + (f" (not logged: {summary.tracking_error})" if summary.tracking_error else ""))
+    if not args.no_report:
+        from orchestrator.report import write_report
+
+        report = write_report(args.out, tracking_uri=summary.tracking_uri or "")
+        if report is not None:
+            print(f"report:  {report}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from orchestrator.runner import RunError
+    from orchestrator.tune import TuneOptions, tune
+    from orchestrator.tune_spec import load_tune_spec
+
+    spec = load_tune_spec(args.spec)  # raises SpecError before anything is written
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a directory")
+    tracking = "" if args.tracking_uri in ("none", "") else args.tracking_uri
+    options = TuneOptions(
+        out_dir=args.out, storage=args.storage, tracking_uri=tracking, address=args.address,
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_retries=args.max_retries,
+        n_trials=args.n_trials, spec_path=args.spec,
+    )
+    try:
+        summary = tune(spec, options)
+    except RunError as exc:
+        raise UserError(str(exc)) from None
+    print(f"{spec.name}: {summary.ran} Optuna trials run now; study has {summary.complete} "
+          f"complete, {summary.pruned} pruned, {summary.failed} failed "
+          f"(target {summary.n_trials}) in {summary.wall_s:.1f}s")
+    if summary.best_number is not None:
+        params = ", ".join(f"{k}={v!r}" for k, v in summary.best_params.items())
+        print(f"best:    trial {summary.best_number}, {spec.objective.metric} = "
+              f"{summary.best_value:.6g} ({params})")
+        print(f"         re-evaluate on fresh seeds: sgsweep run {summary.best_file} "
+              f"--out {args.out / 'best'}")
     print(f"results: {args.out.resolve()}/trials and {args.out.resolve()}/metrics (Parquet)")
     if summary.tracking_uri:
         print(f"mlflow:  {summary.tracking_uri}"

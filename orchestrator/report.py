@@ -32,6 +32,8 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
     from analysis import reports
 
     out_dir = Path(out_dir)
+    if (out_dir / "tune.json").is_file():
+        return write_tune_report(out_dir, tracking_uri)
     trials, metrics = load_results(out_dir)
     if trials.empty:
         return None
@@ -49,15 +51,32 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
     return root
 
 
-def _log_artifacts(tracking_uri: str, sweep: str, files: list[Path]) -> None:
-    """Attach report files to the sweep's most recent parent run."""
+def write_tune_report(out_dir: Path, tracking_uri: str | None = None) -> Path:
+    """DIR/report/<study>/ for a tuning directory (`sgsweep tune`): the study's trials,
+    history, importances and slice plot, logged to the study's MLflow parent run."""
+    from analysis import reports, tune
+
+    study = json.loads((out_dir / "tune.json").read_text())["study"]
+    folder = out_dir / "report" / study
+    folder.mkdir(parents=True, exist_ok=True)
+    trials, metrics = load_results(out_dir)
+    files = tune.report(out_dir, folder, trials, metrics, reports.TUNE_REFERENCES)
+    uri = default_tracking_uri(out_dir) if tracking_uri is None else tracking_uri
+    if uri and files:
+        _log_artifacts(uri, study, files, role="study")
+    return folder
+
+
+def _log_artifacts(tracking_uri: str, sweep: str, files: list[Path],
+                   role: str = "parent") -> None:
+    """Attach report files to the sweep's most recent parent (or study) run."""
     try:
         client = client_for(tracking_uri)
         experiment = client.get_experiment_by_name(sweep)
         if experiment is None:
             return
         runs = client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'parent'",
+            [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{role}'",
             order_by=["attributes.start_time DESC"], max_results=1)
         if not runs:
             return

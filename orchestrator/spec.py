@@ -77,6 +77,11 @@ class SweepSpec:
 
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
+    return parse_spec(load_yaml(path), str(path))
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file's content; a missing or malformed file is a one-line SpecError."""
     where = str(path)
     if not path.is_file():
         raise SpecError(f"{where}: no such sweep file")
@@ -89,7 +94,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(f"{where}: not valid YAML{at}: {problem}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{where}: not a text file") from None
-    return parse_spec(raw, where)
+    return raw
 
 
 def parse_spec(raw: Any, where: str = "<spec>") -> SweepSpec:
@@ -187,11 +192,18 @@ def parse_spec(raw: Any, where: str = "<spec>") -> SweepSpec:
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    """A config as plain JSON-able values (tuples become lists)."""
-    return {
-        f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
-        for f in dataclasses.fields(config)
-    }
+    """A config as plain JSON-able values (tuples become lists).
+
+    A field a task added after results existed (metadata `added_later`) is left out while
+    at its default, so the configs, and trial ids, of earlier sweeps do not change.
+    """
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("added_later") and value == f.default:
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _build_config(task: Task, values: dict, keys: list, point: tuple, variant: dict, fail):

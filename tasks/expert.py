@@ -17,7 +17,7 @@ is |J^T (Δe A)|² / R² with Δe its feedback error.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -43,6 +43,9 @@ class ExpertConfig:
     tau: float = 0.5  # `partial`: latent std
     leak: float = 0.0  # weight of one coordinate outside S_j in expert j's target
     lams: tuple[float, ...] = ()  # extra λ-mixtures to score
+    # One more λ-mixture, scored as `sqerr_lam`: a scalar to tune (`sgsweep tune`). Added
+    # after results existed, so it is left out of trial ids while unset.
+    lam: float | None = field(default=None, metadata={"added_later": True})
 
     def validate(self) -> None:
         if not 1 <= self.d <= MAX_D:
@@ -68,6 +71,8 @@ class ExpertConfig:
                 raise ConfigError("lams", f"expected values in [0, 1], got {lam}")
         if len(set(self.lams)) != len(self.lams):
             raise ConfigError("lams", f"expected distinct values, got {list(self.lams)}")
+        if self.lam is not None and not 0.0 <= self.lam <= 1.0:
+            raise ConfigError("lam", f"expected λ in [0, 1], got {self.lam}")
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,8 @@ def synthetic_feedback(problem: ExpertProblem, feedback: Tensor) -> Tensor:
 
 
 def rules(cfg: ExpertConfig) -> list[FeedbackRule]:
-    return [backprop(), synthetic(), *(lambda_mixture(lam) for lam in cfg.lams)]
+    extra = [] if cfg.lam is None else [replace(lambda_mixture(cfg.lam), name="lam")]
+    return [backprop(), synthetic(), *(lambda_mixture(lam) for lam in cfg.lams), *extra]
 
 
 def metric_name(rule: FeedbackRule) -> str:

@@ -1,0 +1,522 @@
+"""`sgsweep tune`: Optuna asks, Ray evaluates each trial's seeds, Parquet and MLflow record.
+
+The driver holds the study and is its only writer. Up to `parallelism` Optuna trials are in
+flight at once (ask/tell). A trial's seeds run in rungs: each rung is one seed block sent
+through the same execution path as `sgsweep run` (`schedule.submit` → `execute.run_blocks`
+on a Ray worker). After a rung the trial reports every seed's value to Optuna (step = the
+seed's index in `seeds`, the same in every trial, so trials are paired) and the pruner may
+stop it. A finished trial's seed records go to the Parquet datasets of `run`, tagged with
+the study, the Optuna trial number and its final state, and to MLflow as a child of the
+study's parent run.
+
+Resume: the study lives in Optuna storage (a journal file in DIR by default). Re-running
+the same command loads it; trials left RUNNING by a crash are marked FAIL (user attribute
+`orphaned`) and their parameters enqueued again, so they are retried first; the study runs
+until `n_trials` trials have finished (complete, pruned, or failed by their own error).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator import plan, schedule
+from orchestrator.execute import TrialRecord
+from orchestrator.record import ResultStore
+from orchestrator.runner import RunError, _lost_chunk, directory_lock
+from orchestrator.spec import SpecError, load_spec
+from orchestrator.tracking import ROLE_TAG, client_for, default_tracking_uri, experiment_id
+from orchestrator.tune_spec import Objective, TuneSpec, dump_sweep
+from tasks import MetricLog, get_task
+
+STUDY_FILE = "tune.json"  # marks a tuning directory; says where its study lives
+JOURNAL = "study.journal"
+
+
+@dataclass
+class TuneOptions:
+    out_dir: Path
+    storage: str | None = None  # Optuna storage URL; None: a journal file in out_dir
+    tracking_uri: str | None = None  # None: SQLite store in out_dir; "" disables MLflow
+    address: str | None = None  # None: embedded local Ray
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    max_retries: int = 3
+    n_trials: int | None = None  # overrides the spec's
+    spec_path: Path | None = None
+    progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+
+@dataclass
+class TuneSummary:
+    study: str
+    n_trials: int
+    ran: int  # trials finished by this invocation
+    complete: int  # in the whole study
+    pruned: int
+    failed: int
+    retried: int  # orphaned trials re-enqueued by this invocation
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_file: Path | None
+    wall_s: float
+    tracking_uri: str | None
+    tracking_error: str | None
+
+
+def seed_value(log: MetricLog, objective: Objective) -> float | None:
+    """One seed's objective value: its metric at the last step, or its mean over steps."""
+    points = sorted((s, v) for n, s, v in zip(log.names, log.steps, log.values, strict=True)
+                    if n == objective.metric)
+    if not points:
+        return None
+    return points[-1][1] if objective.value == "final" else float(np.mean([v for _, v in points]))
+
+
+def aggregate(values: list[float], how: str) -> float:
+    """Seeds' values combined: mean, median, or interquartile mean (the middle half)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    if how == "median":
+        return float(np.median(x))
+    if how == "iqm":
+        cut = int(math.floor(len(x) / 4))
+        return float(x[cut:len(x) - cut].mean())
+    return float(x.mean())
+
+
+def storage_for(out_dir: Path, url: str | None):
+    """The study's Optuna storage: a journal file in DIR, or a database URL (clusters)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url:
+        return optuna.storages.RDBStorage(url) if "://" in url else JournalStorage(
+            JournalFileBackend(url))
+    return JournalStorage(JournalFileBackend(str(out_dir / JOURNAL)))
+
+
+def make_sampler(spec: TuneSpec):
+    import optuna
+
+    seed = spec.sampler_options.get("seed")
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler({d.name: d.grid_values() for d in spec.search},
+                                           seed=seed)
+    # constant_liar: trials in flight count as bad guesses, so parallel asks spread out.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def make_pruner(spec: TuneSpec):
+    import optuna
+
+    if spec.pruner == "none" or len(spec.rungs) == 1:
+        return optuna.pruners.NopPruner()
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(**spec.pruner_options)
+    return optuna.pruners.WilcoxonPruner(**spec.pruner_options)
+
+
+def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bool = True):
+    import optuna
+
+    if quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The Wilcoxon pruner and the matplotlib plots are marked experimental; that is known.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        return optuna.create_study(
+            study_name=spec.name, storage=storage_for(out_dir, storage_url),
+            sampler=make_sampler(spec), pruner=make_pruner(spec),
+            direction=spec.objective.direction, load_if_exists=True)
+    except ValueError as exc:  # e.g. the stored study optimises in the other direction
+        raise RunError(f"study {spec.name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def repair_journal(path: Path) -> None:
+    """Undo what a kill -9 can leave in DIR's journal: a torn last record (cut back to the
+    last complete line, or the next append would corrupt the log) and Optuna's lock file
+    (stale: we hold DIR's lock, so no other sgsweep writes this study)."""
+    Path(f"{path}.lock").unlink(missing_ok=True)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def load_study(out_dir: Path):
+    """The study of a tuning directory (for reports)."""
+    import optuna
+
+    info = json.loads((out_dir / STUDY_FILE).read_text())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=info["study"],
+                             storage=storage_for(out_dir, info.get("storage") or None)), info
+
+
+def finished_trials(study) -> list:
+    """Trials that count towards n_trials: complete, pruned, or failed by their own error."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and not t.user_attrs.get("orphaned"))]
+
+
+def recover_orphans(study) -> int:
+    """Mark trials left RUNNING by a crash FAIL (`orphaned`) and enqueue their params again."""
+    import optuna
+    from optuna.trial import TrialState
+
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for frozen in orphans:
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trial.set_user_attr("orphaned", True)
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+    return len(orphans)
+
+
+@dataclass
+class _Running:
+    trial: Any  # optuna.trial.Trial
+    sweep_config: dict[str, Any]
+    block: plan.Block
+    rung: int = 0
+    values: list[float] = field(default_factory=list)
+    records: list[TrialRecord] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+
+class StudyTracker:
+    """MLflow view of a study: one parent run per study, a child run per Optuna trial.
+
+    Calls are synchronous and few (one child per trial); if the tracking store fails,
+    logging stops with one warning and the study goes on (Parquet and the Optuna storage
+    hold everything).
+    """
+
+    def __init__(self, uri: str, spec: TuneSpec, out_dir: Path, artifacts: list[Path]) -> None:
+        self.error: str | None = None
+        self.client = None
+        self.parent_id: str | None = None
+        try:
+            self.client = client_for(uri)
+            artifact_root = out_dir / "mlartifacts" if uri.startswith("sqlite") else None
+            self.exp_id = experiment_id(self.client, spec.name, artifact_root)
+            runs = self.client.search_runs(
+                [self.exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1)
+            if runs:
+                self.parent_id = runs[0].info.run_id
+                self.client.update_run(self.parent_id, status="RUNNING")
+            else:
+                from mlflow.entities import Param
+
+                run = self.client.create_run(self.exp_id, run_name=f"study-{spec.name}", tags={
+                    ROLE_TAG: "study", "sgsweep.sweep": spec.name, "sgsweep.task": spec.task,
+                    "sgsweep.out_dir": str(out_dir.resolve())})
+                self.parent_id = run.info.run_id
+                search = {d.name: str(d.distribution()) for d in spec.search}
+                params = {"task": spec.task, "objective": json.dumps(vars(spec.objective)),
+                          "search": json.dumps(search), "seeds": json.dumps(list(spec.seeds)),
+                          "sampler": spec.sampler, "pruner": spec.pruner,
+                          "rung_size": spec.rung_size}
+                self.client.log_batch(self.parent_id, params=[
+                    Param(k, str(v)[:6000]) for k, v in params.items()])
+            for path in artifacts:
+                self.client.log_artifact(self.parent_id, str(path))
+        except Exception as exc:  # noqa: BLE001 - tracking must not stop the study
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"warning: MLflow logging stopped ({self.error}); the study is safe in its "
+                  "Optuna storage and Parquet", file=sys.stderr)
+
+    def trial(self, number: int, state: str, params: dict[str, Any], value: float | None,
+              seed_values: list[float], seeds: list[int], started: float, error: str | None,
+              retry_of: int | None) -> None:
+        if self.error is not None or self.client is None:
+            return
+        from mlflow.entities import Metric, Param, RunTag
+
+        try:
+            now = int(time.time() * 1000)
+            tags = {"mlflow.parentRunId": self.parent_id, ROLE_TAG: "optuna_trial",
+                    "optuna.trial_number": str(number), "optuna.state": state}
+            run = self.client.create_run(self.exp_id, run_name=f"trial-{number}",
+                                         start_time=int(started * 1000), tags=tags)
+            metrics = [Metric("seed_value", v, now, i) for i, v in enumerate(seed_values)]
+            if value is not None:
+                metrics.append(Metric("objective", value, now, 0))
+            extra = {"seeds": json.dumps(seeds)}
+            if retry_of is not None:
+                extra["retry_of"] = str(retry_of)
+            params_list = [Param(k, str(v)) for k, v in {**params, **extra}.items()]
+            run_tags = [RunTag("sgsweep.error", error[:5000])] if error else []
+            self.client.log_batch(run.info.run_id, metrics=metrics, params=params_list,
+                                  tags=run_tags)
+            self.client.set_terminated(run.info.run_id,
+                                       "FAILED" if state == "FAIL" else "FINISHED", now)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def close(self, best_value: float | None, best_params: dict[str, Any], counts: dict[str, int],
+              status: str = "FINISHED") -> None:
+        if self.error is not None or self.client is None or self.parent_id is None:
+            return
+        from mlflow.entities import Metric, RunTag
+
+        try:
+            now = int(time.time() * 1000)
+            metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
+            if best_value is not None:
+                metrics.append(Metric("best_value", best_value, now, 0))
+            self.client.log_batch(self.parent_id, metrics=metrics, tags=[
+                RunTag("sgsweep.best_params", json.dumps(best_params)[:5000])])
+            self.client.set_terminated(self.parent_id, status, now)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+
+def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
+    """Run (or resume) the study of `spec` in `options.out_dir`."""
+    from optuna.trial import TrialState
+
+    out_dir = options.out_dir
+    started = time.perf_counter()
+    n_trials = options.n_trials or spec.n_trials
+    with directory_lock(out_dir):
+        info_path = out_dir / STUDY_FILE
+        if info_path.exists():
+            info = json.loads(info_path.read_text())
+            if info.get("study") != spec.name:
+                raise RunError(f"{out_dir}: holds study {info.get('study')!r}, not "
+                               f"{spec.name!r}; choose another --out")
+            storage_url = options.storage or info.get("storage") or None
+        else:
+            storage_url = options.storage
+        store = ResultStore(out_dir)
+        store.prepare()
+        artifacts = []
+        if options.spec_path is not None:
+            (out_dir / "specs").mkdir(exist_ok=True)
+            copy = out_dir / "specs" / f"{spec.name}.yaml"
+            shutil.copyfile(options.spec_path, copy)
+            artifacts.append(copy)
+        if not storage_url:
+            repair_journal(out_dir / JOURNAL)
+        study = open_study(spec, out_dir, storage_url)
+        _atomic_text(info_path, json.dumps({
+            "study": spec.name, "task": spec.task, "storage": storage_url or "",
+            "objective": vars(spec.objective), "seeds": list(spec.seeds),
+            "search": [d.name for d in spec.search], "pruner": spec.pruner,
+            "spec": f"specs/{spec.name}.yaml" if options.spec_path else None,
+        }, indent=1))
+        retried = recover_orphans(study)
+        if retried:
+            options.progress(f"{spec.name}: {retried} trials orphaned by an earlier stop "
+                             "marked failed; their parameters run again first")
+        remaining = n_trials - len(finished_trials(study))
+        tracking_uri = (default_tracking_uri(out_dir) if options.tracking_uri is None
+                        else options.tracking_uri or None)
+        tracker = (StudyTracker(tracking_uri, spec, out_dir, artifacts)
+                   if tracking_uri and remaining > 0 else None)
+        ran = 0
+        if remaining > 0:
+            options.progress(f"{spec.name}: {remaining} Optuna trials to run "
+                             f"({n_trials - remaining} of {n_trials} finished), "
+                             f"{len(spec.seeds)} seeds each in {len(spec.rungs)} rungs")
+            schedule.connect(options.address, options.num_cpus, options.num_gpus)
+            try:
+                ran = _optimise(spec, study, store, tracker, options, remaining)
+            except KeyboardInterrupt:
+                if tracker is not None:
+                    tracker.close(None, {}, {}, status="KILLED")
+                options.progress(f"interrupted: finished trials are saved in {out_dir}; run "
+                                 "the same command again to resume")
+                raise
+            finally:
+                if options.address is None:
+                    schedule.shutdown()
+        else:
+            options.progress(f"{spec.name}: all {n_trials} Optuna trials already finished")
+
+        trials = study.get_trials(deepcopy=False)
+        counts = {s.name.lower(): sum(t.state == s for t in trials)
+                  for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        best = _best(study)
+        best_file = write_best(spec, out_dir, best) if best is not None else None
+        if tracker is not None:
+            tracker.close(best.value if best else None, best.params if best else {}, counts)
+        return TuneSummary(
+            study=spec.name, n_trials=n_trials, ran=ran, complete=counts["complete"],
+            pruned=counts["pruned"], failed=counts["fail"], retried=retried,
+            best_number=best.number if best else None, best_value=best.value if best else None,
+            best_params=dict(best.params) if best else {}, best_file=best_file,
+            wall_s=time.perf_counter() - started, tracking_uri=tracking_uri,
+            tracking_error=tracker.error if tracker else None,
+        )
+
+
+def _best(study):
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: StudyTracker | None,
+              options: TuneOptions, remaining: int) -> int:
+    """Keep up to `parallelism` trials in flight until `remaining` trials have finished."""
+    import ray
+    from optuna.trial import TrialState
+
+    task = get_task(spec.task)
+    width = spec.parallelism or schedule.parallelism(spec.sweep.resources)
+    timeout_s = spec.sweep.timeout_s
+    invocation = uuid.uuid4().hex[:12]
+    distributions = spec.distributions()
+    rungs = spec.rungs
+    in_flight: dict[Any, _Running] = {}
+    asked = finished = 0
+    best_seen = _best(study)
+
+    def submit(run: _Running) -> None:
+        seeds = set(rungs[run.rung])
+        block = plan.Block(run.block.config_id, run.block.config,
+                           tuple(t for t in run.block.trials if t.seed in seeds))
+        ref = schedule.submit(spec.task, [block], spec.sweep.resources, options.max_retries,
+                              timeout_s)
+        in_flight[ref] = run
+
+    def finish(run: _Running, state, value: float | None = None, error: str | None = None):
+        nonlocal finished, best_seen
+        trial = run.trial
+        if error:
+            trial.set_user_attr("error", error[:2000])
+        frozen = study.tell(trial, value if state == TrialState.COMPLETE else None,
+                            state=state)
+        finished += 1
+        name = state.name
+        if run.records:
+            configs = {run.block.config_id: run.block.config}
+            store.write(run.records, sweep=spec.name, task=task, configs=configs,
+                        invocation=invocation,
+                        tags={"study": spec.name, "optuna_trial": trial.number,
+                              "optuna_state": name.lower()})
+        if tracker is not None:
+            tracker.trial(trial.number, name, dict(frozen.params), frozen.value
+                          if state == TrialState.COMPLETE else None, run.values,
+                          [r.seed for r in run.records], run.started, error,
+                          frozen.user_attrs.get("retry_of"))
+        shown = f"{value:.6g}" if value is not None else (error or "")[:120]
+        options.progress(f"  trial {trial.number}: {name.lower()} {shown} "
+                         f"{_fmt(frozen.params)} ({finished}/{remaining})")
+        best = _best(study)
+        if best is not None and (best_seen is None or best.number != best_seen.number):
+            best_seen = best
+            write_best(spec, options.out_dir, best)
+
+    try:
+        while True:
+            while len(in_flight) < width and asked < remaining:
+                trial = study.ask(distributions)
+                asked += 1
+                try:
+                    sweep = spec.sweep_for(trial.params)
+                except SpecError as exc:
+                    run = _Running(trial, {}, plan.Block("", {}, ()))
+                    finish(run, TrialState.FAIL, error=f"invalid parameters: {exc}")
+                    continue
+                (block,) = plan.expand(sweep)
+                submit(_Running(trial, block.config, block))
+            if not in_flight:
+                return finished
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                run = in_flight.pop(ref)
+                try:
+                    records: list[TrialRecord] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    records = _lost_chunk([run.block], exc)
+                    records = [r for r in records if r.seed in set(rungs[run.rung])]
+                run.records.extend(records)
+                bad = [r for r in records if r.status != "ok"]
+                if bad:
+                    finish(run, TrialState.FAIL,
+                           error=f"seed {bad[0].seed} failed: {bad[0].error}")
+                    continue
+                for r in records:
+                    v = seed_value(r.metrics, spec.objective)
+                    if v is None:
+                        finish(run, TrialState.FAIL, error="no metric "
+                               f"{spec.objective.metric!r} recorded")
+                        raise RunError(
+                            f"objective.metric: task {spec.task!r} recorded no metric "
+                            f"{spec.objective.metric!r}; it recorded "
+                            f"{sorted(set(r.metrics.names))}")
+                    run.values.append(v)
+                    if spec.pruner != "median":
+                        run.trial.report(v, step=spec.seeds.index(r.seed))
+                if spec.pruner == "median":
+                    run.trial.report(aggregate(run.values, spec.objective.aggregate),
+                                     step=len(run.values))
+                run.rung += 1
+                if run.rung == len(rungs):
+                    finish(run, TrialState.COMPLETE,
+                           aggregate(run.values, spec.objective.aggregate))
+                elif run.trial.should_prune():
+                    finish(run, TrialState.PRUNED)
+                else:
+                    submit(run)
+    except KeyboardInterrupt:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _fmt(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in params.items())
+
+
+def write_best(spec: TuneSpec, out_dir: Path, best) -> Path:
+    """DIR/best.yaml: the best trial's parameters on fresh seeds, ready for `sgsweep run`."""
+    raw = spec.best_sweep(best.params)
+    header = (f"Best of study {spec.name}: Optuna trial {best.number}, "
+              f"{spec.objective.aggregate} {spec.objective.metric} ({spec.objective.value}) "
+              f"= {best.value:.6g} over tuning seeds {list(spec.seeds)}.\n"
+              f"Re-evaluates it on fresh seeds: sgsweep run best.yaml --out DIR")
+    path = out_dir / "best.yaml"
+    _atomic_text(path, dump_sweep(raw, header))
+    load_spec(path)  # what we wrote must run
+    return path
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
