@@ -222,6 +222,31 @@ def test_a_missing_objective_metric_stops_the_study_with_one_line(
         tune(spec, quiet(tmp_path / "out", tracking_uri=""))
 
 
+@pytest.mark.parametrize(
+    ("sampler", "pruner", "search", "finished"),
+    [
+        ("cmaes", "median", {"lam": {"low": 0.0, "high": 1.0},
+                             "sigma": {"low": 0.1, "high": 1.0, "log": True}}, 5),
+        ("random", "none", {"lam": {"low": 0.0, "high": 1.0, "step": 0.25}}, 5),
+        # The grid has 3 points: the study stops there rather than repeat them.
+        ("grid", "wilcoxon", {"lam": {"choices": [0.2, 0.5, 0.8]}}, 3),
+    ],
+)
+def test_every_sampler_and_pruner_runs_a_study(ray_cluster, tmp_path: Path, sampler, pruner,
+                                               search, finished) -> None:
+    spec = parse_tune_spec(_with(sampler={"type": sampler, "seed": 0}, pruner=pruner,
+                                 search=search, n_trials=5, seeds=4, rung_size=2))
+    summary = tune(spec, quiet(tmp_path, tracking_uri=""))
+    assert summary.complete + summary.pruned == finished and summary.failed == 0
+    study, _ = load_study(tmp_path)
+    for trial in study.trials:
+        assert set(trial.params) == set(search)
+        if "step" in search.get("lam", {}):
+            assert trial.params["lam"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    if sampler == "grid":
+        assert sorted(t.params["lam"] for t in study.trials) == [0.2, 0.5, 0.8]
+
+
 def test_shipped_tune_files_are_valid() -> None:
     files = sorted(Path("sweeps").glob("tune-*.yaml"))
     assert {f.name for f in files} >= {"tune-e1.yaml", "tune-e2-digits.yaml"}
