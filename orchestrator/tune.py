@@ -182,6 +182,23 @@ def load_study(out_dir: Path):
                              storage=storage_for(out_dir, info.get("storage") or None)), info
 
 
+def study_status(out_dir: Path) -> str:
+    """One line for `sgsweep status DIR` on a tuning directory."""
+    study, info = load_study(out_dir)
+    states: dict[str, int] = {}
+    orphaned = 0
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        orphaned += bool(t.user_attrs.get("orphaned"))
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no trials"
+    line = f"study {info['study']}: {counts}" + (f" ({orphaned} orphaned by a stop, retried)"
+                                                if orphaned else "")
+    best = _best(study)
+    if best is not None:
+        line += f"; best {info['objective']['metric']} = {best.value:.6g} (trial {best.number})"
+    return line
+
+
 def finished_trials(study) -> list:
     """Trials that count towards n_trials: complete, pruned, or failed by their own error."""
     from optuna.trial import TrialState

@@ -183,7 +183,7 @@ def test_e1_study_reaches_the_closed_form_optimum(ray_cluster, tmp_path: Path) -
     assert rerun.ran == 0 and rerun.complete == 14 and len(trials_of(out)) == 14 * 6
 
 
-def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path) -> None:
+def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsys) -> None:
     # λ = 1 (backprop) is worse than λ = 0.3 on every seed here: once the Wilcoxon test
     # has 4 paired seeds (p = 1/16 < 0.1) it stops the trial.
     spec = parse_tune_spec(_with(n_trials=2, seeds=8, rung_size=2, parallelism=1,
@@ -210,6 +210,9 @@ def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path) -> No
     assert states["0"] == "COMPLETE" and states["1"] == "PRUNED"
     table = pd.read_csv(write_report(out, tracking_uri="") / "trials.csv")
     assert table.set_index("number").loc[1, ["state", "seeds_run"]].tolist() == ["pruned", 4]
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    assert "study e1-lam: 1 complete, 1 pruned; best sqerr_lam = " in capsys.readouterr().out
 
 
 def test_a_missing_objective_metric_stops_the_study_with_one_line(
