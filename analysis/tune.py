@@ -65,14 +65,17 @@ def history_figure(table: pd.DataFrame, direction: str, metric: str, path: Path,
 def importance_figure(study, path: Path) -> tuple[Path | None, dict[str, float]]:
     import optuna
 
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(complete) < 2:  # importances need trials to compare
+        return None, {}
     try:
         importances = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError):  # too few complete trials, or nothing varies
+    except (RuntimeError, ValueError):  # e.g. nothing varies
         return None, {}
     fig, ax = plt.subplots(figsize=(6, 0.6 + 0.4 * max(1, len(importances))))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="C0")
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel("importance (PED-ANOVA, Optuna's default)")
     ax.set_title("Parameter importances", fontsize=10)
     return _save(fig, path), dict(importances)
 
@@ -156,7 +159,7 @@ def report(out_dir: Path, folder: Path, trials: pd.DataFrame, metrics: pd.DataFr
     importance, values = importance_figure(study, folder / "importances.png")
     if importance is not None:
         files.append(importance)
-        lines += ["", "Importances (fANOVA): " + ", ".join(
+        lines += ["", "Importances (PED-ANOVA): " + ", ".join(
             f"{k} {v:.3f}" for k, v in values.items()) + "."]
     sliced = slice_figure(table, study, objective["metric"], folder / "slice.png",
                           {"lam": reference["lam_opt"]} if reference else None)

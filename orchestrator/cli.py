@@ -219,6 +219,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     _require_results(args.out)
     print(format_status(sweep_status(args.out)))
+    if (args.out / "tune.json").is_file():
+        from orchestrator.tune import study_status
+
+        print(study_status(args.out))
     return 0
 
 

@@ -118,8 +118,15 @@ def make_sampler(spec: TuneSpec):
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler({d.name: d.grid_values() for d in spec.search},
-                                           seed=seed)
+
+        class AskTellGridSampler(optuna.samplers.GridSampler):
+            """Without the `study.stop()` at the grid's last point, which only works inside
+            `study.optimize`; `tune` caps n_trials at the grid's size instead."""
+
+            def after_trial(self, study, trial, state, values) -> None:
+                return None
+
+        return AskTellGridSampler({d.name: d.grid_values() for d in spec.search}, seed=seed)
     # constant_liar: trials in flight count as bad guesses, so parallel asks spread out.
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
@@ -173,6 +180,23 @@ def load_study(out_dir: Path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=info["study"],
                              storage=storage_for(out_dir, info.get("storage") or None)), info
+
+
+def study_status(out_dir: Path) -> str:
+    """One line for `sgsweep status DIR` on a tuning directory."""
+    study, info = load_study(out_dir)
+    states: dict[str, int] = {}
+    orphaned = 0
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        orphaned += bool(t.user_attrs.get("orphaned"))
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no trials"
+    line = f"study {info['study']}: {counts}" + (f" ({orphaned} orphaned by a stop, retried)"
+                                                if orphaned else "")
+    best = _best(study)
+    if best is not None:
+        line += f"; best {info['objective']['metric']} = {best.value:.6g} (trial {best.number})"
+    return line
 
 
 def finished_trials(study) -> list:
@@ -308,6 +332,8 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
     out_dir = options.out_dir
     started = time.perf_counter()
     n_trials = options.n_trials or spec.n_trials
+    if spec.sampler == "grid":  # past its last point the grid sampler would repeat points
+        n_trials = min(n_trials, math.prod(len(d.grid_values() or []) for d in spec.search))
     with directory_lock(out_dir):
         info_path = out_dir / STUDY_FILE
         if info_path.exists():

@@ -138,8 +138,12 @@ def test_cli_missing_file_and_missing_results(tmp_path: Path, capsys) -> None:
 
 
 def test_shipped_sweep_files_are_valid() -> None:
+    from orchestrator.tune_spec import load_tune_spec
+
     for path in sorted(Path("sweeps").glob("*.yaml")):
-        if "mnist" in path.name:  # needs the user's MNIST files: the only complaint allowed
+        if path.name.startswith("tune-"):  # tune files (`sgsweep tune`)
+            load_tune_spec(path)
+        elif "mnist" in path.name:  # needs the user's MNIST files: the only complaint allowed
             with pytest.raises(SpecError, match=r"params.data_dir: MNIST folder 'data/mnist'"):
                 load_spec(path)
         else:

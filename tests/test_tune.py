@@ -1,0 +1,319 @@
+"""`sgsweep tune`: tune files validated like sweep files, a study that finds E1's known
+optimum, pruning recorded as such, best.yaml that `sgsweep run` runs, kill -9 + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+from analysis.expert import lambda_quadratic, optimal_lambda
+from orchestrator.cli import main
+from orchestrator.report import write_report
+from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.spec import SpecError, load_spec, parse_spec
+from orchestrator.tracking import client_for
+from orchestrator.tune import TuneOptions, aggregate, load_study, open_study, tune
+from orchestrator.tune_spec import load_tune_spec, parse_tune_spec
+from tests.test_reliability import SGSWEEP, isolated, isolated_env
+
+E1 = {
+    "name": "e1-lam", "task": "expert", "params": {"d": 6, "k": 2, "leak": 0.3},
+    "search": {"lam": {"low": 0.0, "high": 1.0}},
+    "objective": {"metric": "sqerr_lam", "direction": "minimize"},
+    "n_trials": 14, "seeds": 6, "parallelism": 2, "sampler": {"type": "tpe", "seed": 1},
+    "pruner": "none",
+}
+
+
+def _with(**changes) -> dict:
+    spec = {**E1, **changes}
+    return {k: v for k, v in spec.items() if v is not ...}
+
+
+def quiet(out: Path, **kwargs) -> TuneOptions:
+    return TuneOptions(out_dir=out, address="auto", progress=lambda _: None, **kwargs)
+
+
+def trials_of(out: Path) -> pd.DataFrame:
+    frame = ds.dataset(out / "trials").to_table().to_pandas()
+    tags = frame.tags.map(json.loads)
+    frame["optuna_trial"] = tags.map(lambda t: t.get("optuna_trial"))
+    frame["optuna_state"] = tags.map(lambda t: t.get("optuna_state"))
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [
+        ({}, "search: expected at least one parameter to search"),
+        ({"zeta": {"low": 0, "high": 1}}, "search.zeta: unknown parameter of task 'expert'"),
+        ({"lam": [0, 1]}, "search.lam: expected a distribution such as {low: 0.0, high: 1.0}"),
+        ({"lam": {"low": 1.0, "high": 0.5}}, "search.lam: expected low < high"),
+        ({"lam": {"low": 0.0}}, "search.lam: expected low and high (or choices), missing high"),
+        ({"lam": {"low": 0.0, "high": 2.0}},
+         "search.lam: expected λ in [0, 1], got 2.0 (at search corner lam=2.0)"),
+        ({"lam": {"low": 0.0, "high": 1.0, "log": True}},
+         "search.lam.low: expected low > 0 with log: true"),
+        ({"lam": {"low": 0.0, "high": 1.0, "spread": 2}}, "search.lam.spread: unknown"),
+        ({"n": {"low": 1.5, "high": 3}}, "search.n.low: expected an integer, got 1.5"),
+        ({"case": {"low": 0, "high": 1}}, "search.case: parameter is one of ['noisy', "
+                                          "'activation', 'partial']; search it with choices"),
+        ({"case": {"choices": ["noisy", "loud"]}},
+         "search.case.choices[1]: expected one of ['noisy', 'activation', 'partial']"),
+        ({"case": {"choices": []}}, "search.case.choices: expected a non-empty list"),
+        ({"d": {"low": 4, "high": 6}}, "search.d: also set in params"),
+    ],
+)
+def test_bad_search_specs_are_rejected_with_the_field_named(search, expected) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_tune_spec(_with(search=search), "t.yaml")
+    message = str(info.value)
+    assert message.startswith("t.yaml: ") and expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"objective": ...}, "objective: missing (required)"),
+        ({"objective": {"metric": "x", "direction": "up"}},
+         "objective.direction: expected one of ['minimize', 'maximize'], got 'up'"),
+        ({"objective": {"metric": "x", "aggregate": "max"}}, "objective.aggregate: expected"),
+        ({"objective": "sqerr_lam"}, "objective: expected a mapping"),
+        ({"n_trials": 0}, "n_trials: expected a positive integer, got 0"),
+        ({"sampler": "bayes"}, "sampler: expected one of ['tpe', 'cmaes', 'random', 'grid']"),
+        ({"sampler": "grid"}, "search.lam: the grid sampler needs finitely many values"),
+        ({"pruner": {"type": "wilcoxon", "p_threshold": 2.0}}, "pruner.p_threshold:"),
+        ({"pruner": {"type": "median", "p_threshold": 0.1}},
+         "pruner.p_threshold: not an option of pruner 'median'"),
+        ({"grid": {"d": [4, 5]}}, "grid: not used in a tune file"),
+        ({"reeval_seeds": [3, 40]}, "reeval_seeds: expected seeds not used in tuning, got 3"),
+        ({"params": {"d": 6}}, "params.k: missing; task 'expert' requires it"),
+    ],
+)
+def test_bad_tune_fields_are_rejected_with_the_field_named(changes, expected) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_tune_spec(_with(**changes), "t.yaml")
+    assert expected in str(info.value), str(info.value)
+
+
+def test_cli_rejects_a_bad_tune_file_with_one_line_exit_2_and_writes_nothing(
+        tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(_with(search={"lam": {"low": 0.0, "high": 1.5}})))
+    out = tmp_path / "out"
+    assert main(["tune", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {spec}: search.lam: expected λ in [0, 1], got 1.5 "
+                   "(at search corner lam=1.5)\n")
+    assert not out.exists()
+
+
+def test_iqm_drops_the_outer_quarters() -> None:
+    assert aggregate([1, 2, 3, 100], "iqm") == 2.5
+    assert aggregate([1, 2, 3, 100], "mean") == 26.5
+    assert aggregate([1, 2, 3, 100], "median") == 2.5
+
+
+def test_e1_study_reaches_the_closed_form_optimum(ray_cluster, tmp_path: Path) -> None:
+    spec = parse_tune_spec(E1)
+    out = tmp_path / "study"
+    summary = tune(spec, quiet(out))
+    assert (summary.complete, summary.pruned, summary.failed) == (14, 0, 0)
+
+    # The closed form, from an independent plain sweep on the same seeds: the objective is
+    # exactly quadratic in λ, so BP, SG and one mixture pin it down.
+    ref = parse_spec({"name": "ref", "task": "expert", "seeds": 6,
+                      "params": {"d": 6, "k": 2, "leak": 0.3, "lams": [0.5]}})
+    run_sweep(ref, RunOptions(out_dir=tmp_path / "ref", tracking_uri="", address="auto",
+                              progress=lambda _: None, live=False))
+    metrics = ds.dataset(tmp_path / "ref" / "metrics").to_table().to_pandas()
+    wide = metrics.pivot_table(index="trial_id", columns="metric", values="value")
+    a, b, c = lambda_quadratic(wide.sqerr_bp, wide.sqerr_sg, wide["sqerr_lam_0.5"], 0.5)
+    lam_opt, best_possible = optimal_lambda(a, b, c)
+    assert 0.1 < lam_opt < 0.5  # an interior optimum: neither BP nor SG
+    assert best_possible <= summary.best_value <= 1.02 * best_possible
+    assert abs(summary.best_params["lam"] - lam_opt) < 0.1
+    assert summary.best_value < 0.9 * min(a, b)  # better than both pure rules
+
+    # Every Optuna trial's seeds are in the Parquet datasets of `run`, tagged.
+    trials = trials_of(out)
+    assert len(trials) == 14 * 6 and (trials.optuna_state == "complete").all()
+    assert sorted(trials.optuna_trial.unique()) == list(range(14))
+    per_trial = trials.groupby("optuna_trial").lam.nunique()
+    assert (per_trial == 1).all()
+    # MLflow: one study run with one child per Optuna trial.
+    client = client_for(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e1-lam")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("sgsweep.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 14
+    assert {r.data.tags["optuna.state"] for r in children} == {"COMPLETE"}
+    assert parent.data.metrics["best_value"] == pytest.approx(summary.best_value)
+
+    # The report: figures, and the closed form computed from the study's own records.
+    folder = write_report(out, tracking_uri="")
+    for name in ("history.png", "importances.png", "slice.png", "trials.csv"):
+        assert (folder / name).stat().st_size > 0
+    closed = json.loads((folder / "closed_form.json").read_text())
+    assert closed["lam_opt"] == pytest.approx(lam_opt, rel=1e-9)
+    assert closed["quadratic_max_rel_error"] < 1e-9
+
+    # best.yaml re-evaluates the best params on fresh seeds with `sgsweep run`.
+    best = load_spec(summary.best_file)
+    assert best.configs[0].lam == summary.best_params["lam"]
+    assert not set(best.seeds) & set(spec.seeds) and len(best.seeds) == 6
+    again = run_sweep(best, RunOptions(out_dir=tmp_path / "best", tracking_uri="",
+                                       address="auto", progress=lambda _: None, live=False,
+                                       spec_path=summary.best_file))
+    assert (again.ok, again.failed) == (6, 0)
+
+    # Re-running the finished study runs nothing and keeps everything.
+    rerun = tune(spec, quiet(out))
+    assert rerun.ran == 0 and rerun.complete == 14 and len(trials_of(out)) == 14 * 6
+
+
+def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsys) -> None:
+    # λ = 1 (backprop) is worse than λ = 0.3 on every seed here: once the Wilcoxon test
+    # has 4 paired seeds (p = 1/16 < 0.1) it stops the trial.
+    spec = parse_tune_spec(_with(n_trials=2, seeds=8, rung_size=2, parallelism=1,
+                                 pruner="wilcoxon"))
+    out = tmp_path / "study"
+    out.mkdir()
+    study = open_study(spec, out, None)
+    study.enqueue_trial({"lam": 0.3})
+    study.enqueue_trial({"lam": 1.0})
+    summary = tune(spec, quiet(out))
+    assert (summary.complete, summary.pruned) == (1, 1)
+    study, _ = load_study(out)
+    pruned = study.trials[1]
+    assert pruned.state.name == "PRUNED" and pruned.params == {"lam": 1.0}
+    assert sorted(pruned.intermediate_values) == [0, 1, 2, 3]
+    trials = trials_of(out)
+    rows = trials[trials.optuna_trial == 1]
+    assert (rows.optuna_state == "pruned").all() and sorted(rows.seed) == [0, 1, 2, 3]
+    assert (trials[trials.optuna_trial == 0].optuna_state == "complete").sum() == 8
+    client = client_for(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e1-lam")
+    states = {r.data.tags.get("optuna.trial_number"): r.data.tags.get("optuna.state")
+              for r in client.search_runs([experiment.experiment_id])}
+    assert states["0"] == "COMPLETE" and states["1"] == "PRUNED"
+    table = pd.read_csv(write_report(out, tracking_uri="") / "trials.csv")
+    assert table.set_index("number").loc[1, ["state", "seeds_run"]].tolist() == ["pruned", 4]
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    assert "study e1-lam: 1 complete, 1 pruned; best sqerr_lam = " in capsys.readouterr().out
+
+
+def test_a_missing_objective_metric_stops_the_study_with_one_line(
+        ray_cluster, tmp_path: Path) -> None:
+    from orchestrator.runner import RunError
+
+    spec = parse_tune_spec(_with(objective={"metric": "sqerr_typo"}, n_trials=3))
+    with pytest.raises(RunError, match=r"objective.metric: task 'expert' recorded no metric "
+                                       r"'sqerr_typo'; it recorded \['sqerr_bp'"):
+        tune(spec, quiet(tmp_path / "out", tracking_uri=""))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "pruner", "search", "finished"),
+    [
+        ("cmaes", "median", {"lam": {"low": 0.0, "high": 1.0},
+                             "sigma": {"low": 0.1, "high": 1.0, "log": True}}, 5),
+        ("random", "none", {"lam": {"low": 0.0, "high": 1.0, "step": 0.25}}, 5),
+        # The grid has 3 points: the study stops there rather than repeat them.
+        ("grid", "wilcoxon", {"lam": {"choices": [0.2, 0.5, 0.8]}}, 3),
+    ],
+)
+def test_every_sampler_and_pruner_runs_a_study(ray_cluster, tmp_path: Path, sampler, pruner,
+                                               search, finished) -> None:
+    spec = parse_tune_spec(_with(sampler={"type": sampler, "seed": 0}, pruner=pruner,
+                                 search=search, n_trials=5, seeds=4, rung_size=2))
+    summary = tune(spec, quiet(tmp_path, tracking_uri=""))
+    assert summary.complete + summary.pruned == finished and summary.failed == 0
+    study, _ = load_study(tmp_path)
+    for trial in study.trials:
+        assert set(trial.params) == set(search)
+        if "step" in search.get("lam", {}):
+            assert trial.params["lam"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    if sampler == "grid":
+        assert sorted(t.params["lam"] for t in study.trials) == [0.2, 0.5, 0.8]
+
+
+def test_shipped_tune_files_are_valid() -> None:
+    files = sorted(Path("sweeps").glob("tune-*.yaml"))
+    assert {f.name for f in files} >= {"tune-e1.yaml", "tune-e2-digits.yaml"}
+    for path in files:
+        spec = load_tune_spec(path)
+        assert spec.rungs and spec.search
+
+
+@pytest.mark.slow
+def test_kill_9_mid_study_then_resume_keeps_finished_trials_and_numbering(
+        tmp_path: Path) -> None:
+    spec_path = tmp_path / "probe-tune.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "probe-tune", "task": "probe", "params": {"steps": 2},
+        "search": {"work_ms": {"low": 150.0, "high": 250.0}},
+        "objective": {"metric": "value", "direction": "minimize"},
+        "n_trials": 16, "seeds": 4, "rung_size": 2, "parallelism": 2, "pruner": "none",
+        "sampler": {"type": "random", "seed": 3}}))
+    out = tmp_path / "out"
+    command = [SGSWEEP, "tune", str(spec_path), "--out", str(out), "--num-cpus", "2",
+               "--tracking-uri", "none", "--no-report"]
+    wrapper = subprocess.Popen(isolated(command), env=isolated_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        parts = list((out / "trials").glob("part-*.parquet")) if (out / "trials").exists() else []
+        if len(parts) >= 3:
+            break
+        time.sleep(0.05)
+    driver = subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True,
+                            text=True).stdout.split()
+    os.kill(int(driver[0]), signal.SIGKILL)
+    wrapper.wait(timeout=60)
+
+    study, _ = load_study(out)
+    before = {t.number: (t.state.name, t.params) for t in study.trials}
+    complete_before = {n for n, (state, _) in before.items() if state == "COMPLETE"}
+    running_before = {n for n, (state, _) in before.items() if state == "RUNNING"}
+    assert 3 <= len(complete_before) < 16 and running_before
+    rows_before = len(trials_of(out))
+
+    resumed = subprocess.run(isolated(command), env=isolated_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{len(running_before)} trials orphaned by an earlier stop" in resumed.stderr
+    study, _ = load_study(out)
+    after = {t.number: t for t in study.trials}
+    # Finished trials kept as they were; numbering continues after the old trials.
+    for n in complete_before:
+        assert after[n].state.name == "COMPLETE" and after[n].params == before[n][1]
+    for n in running_before:
+        assert after[n].state.name == "FAIL" and after[n].user_attrs["orphaned"]
+    new = [t for t in after.values() if t.number >= len(before)]
+    assert min(t.number for t in new) == len(before)
+    retried = {t.user_attrs["retry_of"]: t for t in new if "retry_of" in t.user_attrs}
+    assert set(retried) == running_before
+    for n, t in retried.items():
+        assert t.params == before[n][1] and t.state.name == "COMPLETE"
+    complete = [t for t in after.values() if t.state.name == "COMPLETE"]
+    assert len(complete) == 16
+    # Parquet: each finished Optuna trial's 4 seeds exactly once; none of the orphans'.
+    trials = trials_of(out)
+    assert len(trials) >= rows_before
+    counts = trials.groupby("optuna_trial").size()
+    assert set(counts.index) == {t.number for t in complete} and (counts == 4).all()
+    assert not trials.duplicated(["optuna_trial", "seed"]).any()
+    assert np.isfinite(study.best_value)
