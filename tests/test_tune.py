@@ -118,6 +118,25 @@ def test_cli_rejects_a_bad_tune_file_with_one_line_exit_2_and_writes_nothing(
     assert not out.exists()
 
 
+def test_e1_scalar_lam_scores_like_lams_and_leaves_earlier_trial_ids_unchanged() -> None:
+    import dataclasses
+
+    from orchestrator import plan
+    from tasks.expert import ExpertConfig, run_block
+
+    (log,) = run_block(ExpertConfig(d=5, k=2, leak=0.2, lams=(0.3,), lam=0.3), [4])
+    final = log.final()
+    assert final["sqerr_lam"] == final["sqerr_lam_0.3"]
+    # The trial id of a config without `lam` is what it was before the field existed.
+    spec = parse_spec({"name": "t", "task": "expert", "params": {"d": 4, "k": 2}, "seeds": 1})
+    before = {f.name: list(v) if isinstance(v := getattr(spec.configs[0], f.name), tuple)
+              else v for f in dataclasses.fields(ExpertConfig) if f.name != "lam"}
+    assert plan.expand(spec)[0].trials[0].trial_id == plan.trial_id("expert", before, 0)
+    tuned = parse_spec({"name": "t", "task": "expert", "params": {"d": 4, "k": 2, "lam": 0.5},
+                        "seeds": 1})
+    assert plan.expand(tuned)[0].config["lam"] == 0.5
+
+
 def test_iqm_drops_the_outer_quarters() -> None:
     assert aggregate([1, 2, 3, 100], "iqm") == 2.5
     assert aggregate([1, 2, 3, 100], "mean") == 26.5
