@@ -336,3 +336,19 @@ def test_kill_9_mid_study_then_resume_keeps_finished_trials_and_numbering(
     assert set(counts.index) == {t.number for t in complete} and (counts == 4).all()
     assert not trials.duplicated(["optuna_trial", "seed"]).any()
     assert np.isfinite(study.best_value)
+
+
+@pytest.mark.slow
+def test_tune_on_a_ray_cluster_through_address(tmp_path: Path) -> None:
+    import sys
+
+    script = Path(__file__).with_name("tune_on_cluster.py")
+    result = subprocess.run(isolated([sys.executable, str(script), str(tmp_path / "out")]),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["returncode"] == 0, summary["stderr"]
+    assert "6 complete, 0 pruned, 0 failed" in summary["stdout"]
+    assert summary["cluster_alive_after"]
+    trials = trials_of(tmp_path / "out")
+    assert len(trials) == 6 * 4 and (trials.status == "ok").all()
