@@ -341,6 +341,12 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             if info.get("study") != spec.name:
                 raise RunError(f"{out_dir}: holds study {info.get('study')!r}, not "
                                f"{spec.name!r}; choose another --out")
+            for key, now in (("objective", vars(spec.objective)), ("seeds", list(spec.seeds))):
+                if key in info and info[key] != now:
+                    raise RunError(
+                        f"{out_dir}: study {spec.name!r} was run with {key} {info[key]}, the "
+                        f"file now says {now}; its trials would not be comparable. Choose "
+                        "another --out (search ranges, n_trials, sampler and pruner may change)")
             storage_url = options.storage or info.get("storage") or None
         else:
             storage_url = options.storage

@@ -19,7 +19,7 @@ import yaml
 from analysis.expert import lambda_quadratic, optimal_lambda
 from orchestrator.cli import main
 from orchestrator.report import write_report
-from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.runner import RunError, RunOptions, run_sweep
 from orchestrator.spec import SpecError, load_spec, parse_spec
 from orchestrator.tracking import client_for
 from orchestrator.tune import TuneOptions, aggregate, load_study, open_study, tune
@@ -197,9 +197,18 @@ def test_e1_study_reaches_the_closed_form_optimum(ray_cluster, tmp_path: Path) -
                                        spec_path=summary.best_file))
     assert (again.ok, again.failed) == (6, 0)
 
-    # Re-running the finished study runs nothing and keeps everything.
+    # Re-running the finished study runs nothing and keeps everything; more trials continue
+    # it (with a narrower search range: the search space may change, the seeds may not).
     rerun = tune(spec, quiet(out))
     assert rerun.ran == 0 and rerun.complete == 14 and len(trials_of(out)) == 14 * 6
+    narrower = parse_tune_spec(_with(search={"lam": {"low": 0.2, "high": 0.4}}, n_trials=16))
+    grown = tune(narrower, quiet(out))
+    assert grown.ran == 2 and grown.complete == 16
+    study, _ = load_study(out)
+    assert all(0.2 <= t.params["lam"] <= 0.4 for t in study.trials[14:])
+    with pytest.raises(RunError, match="was run with seeds .* its trials would not be "
+                                       "comparable"):
+        tune(parse_tune_spec(_with(seeds=7)), quiet(out))
 
 
 def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsys) -> None:
@@ -236,8 +245,6 @@ def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsy
 
 def test_a_missing_objective_metric_stops_the_study_with_one_line(
         ray_cluster, tmp_path: Path) -> None:
-    from orchestrator.runner import RunError
-
     spec = parse_tune_spec(_with(objective={"metric": "sqerr_typo"}, n_trials=3))
     with pytest.raises(RunError, match=r"objective.metric: task 'expert' recorded no metric "
                                        r"'sqerr_typo'; it recorded \['sqerr_bp'"):
