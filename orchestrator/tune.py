@@ -464,7 +464,9 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: StudyTracker |
                           if state == TrialState.COMPLETE else None, run.values,
                           [r.seed for r in run.records], run.started, error,
                           frozen.user_attrs.get("retry_of"))
-        shown = f"{value:.6g}" if value is not None else (error or "")[:120]
+        shown = (f"{value:.6g}" if value is not None
+                 else f"after {len(run.values)} seeds" if state == TrialState.PRUNED
+                 else (error or "")[:120])
         options.progress(f"  trial {trial.number}: {name.lower()} {shown} "
                          f"{_fmt(frozen.params)} ({finished}/{remaining})")
         best = _best(study)
