@@ -149,8 +149,13 @@ def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bo
     # The Wilcoxon pruner and the matplotlib plots are marked experimental; that is known.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
+        storage = storage_for(out_dir, storage_url)
+    except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise RunError(f"--storage {storage_url}: {type(exc).__name__}: {first}") from None
+    try:
         return optuna.create_study(
-            study_name=spec.name, storage=storage_for(out_dir, storage_url),
+            study_name=spec.name, storage=storage,
             sampler=make_sampler(spec), pruner=make_pruner(spec),
             direction=spec.objective.direction, load_if_exists=True)
     except ValueError as exc:  # e.g. the stored study optimises in the other direction
