@@ -359,3 +359,8 @@ def test_tune_on_a_ray_cluster_through_address(tmp_path: Path) -> None:
     assert summary["cluster_alive_after"]
     trials = trials_of(tmp_path / "out")
     assert len(trials) == 6 * 4 and (trials.status == "ok").all()
+    # `sgsweep run best.yaml` re-evaluates the winner on 4 fresh seeds.
+    assert summary["best_returncode"] == 0, summary["best_stderr"]
+    assert "cluster-tune-best: 4 ok, 0 failed" in summary["best_stdout"]
+    best = ds.dataset(tmp_path / "out" / "best" / "trials").to_table().to_pandas()
+    assert sorted(best.seed) == [4, 5, 6, 7]

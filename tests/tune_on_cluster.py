@@ -47,11 +47,18 @@ def main() -> None:
         [str(BIN / "sgsweep"), "tune", str(spec), "--out", str(out), "--address",
          f"127.0.0.1:{head_port}", "--tracking-uri", "none", "--no-report"],
         env=env, capture_output=True, text=True, timeout=300)
+    # The best parameters, re-evaluated on fresh seeds by `sgsweep run` on the same cluster.
+    best = subprocess.run(
+        [str(BIN / "sgsweep"), "run", str(out / "best.yaml"), "--out", str(out / "best"),
+         "--address", f"127.0.0.1:{head_port}", "--tracking-uri", "none", "--no-report"],
+        env=env, capture_output=True, text=True, timeout=300)
     # The cluster must have outlived the driver (tune only shuts down a Ray it started).
     alive = subprocess.run([str(BIN / "ray"), "status", f"--address=127.0.0.1:{head_port}"],
                            env=env, capture_output=True, text=True, timeout=60).returncode
     print(json.dumps({"returncode": result.returncode, "cluster_alive_after": alive == 0,
-                      "stdout": result.stdout[-1500:], "stderr": result.stderr[-1500:]}))
+                      "stdout": result.stdout[-1500:], "stderr": result.stderr[-1500:],
+                      "best_returncode": best.returncode, "best_stdout": best.stdout[-1500:],
+                      "best_stderr": best.stderr[-1500:]}))
 
 
 if __name__ == "__main__":
