@@ -237,6 +237,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     _require_results(args.out)
     uri = args.tracking_uri or default_tracking_uri(args.out)
+    if (args.out / "tune.json").is_file():  # a tuning directory: the study's view
+        from orchestrator.runner import RunError
+        from orchestrator.tune import sync_study
+
+        try:
+            logged, present = sync_study(args.out, uri)
+        except RunError as exc:
+            raise UserError(str(exc)) from None
+        print(f"mlflow-sync: logged {logged} Optuna trial runs ({present} already present) "
+              f"to {uri}")
+        return 0
     try:
         summary = mlflow_sync(args.out, uri)
     except Exception as exc:  # noqa: BLE001 - an unreachable server is the user's to fix

@@ -243,6 +243,34 @@ def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsy
     assert "study e1-lam: 1 complete, 1 pruned; best sqerr_lam = " in capsys.readouterr().out
 
 
+def test_tracking_server_down_then_mlflow_sync_rebuilds_the_study_view(
+        ray_cluster, tmp_path: Path, capsys) -> None:
+    from tests.test_reliability import free_port
+
+    spec_path = tmp_path / "t.yaml"
+    spec_path.write_text(yaml.safe_dump(_with(n_trials=3, seeds=4, rung_size=2,
+                                              pruner="wilcoxon")))
+    out = tmp_path / "out"
+    down = tune(load_tune_spec(spec_path),
+                quiet(out, tracking_uri=f"http://127.0.0.1:{free_port()}",
+                      spec_path=spec_path))
+    assert down.complete == 3 and down.tracking_error is not None
+    uri = f"sqlite:///{tmp_path / 'later.db'}"
+    capsys.readouterr()
+    assert main(["mlflow-sync", str(out), "--tracking-uri", uri]) == 0
+    assert "logged 3 Optuna trial runs (0 already present)" in capsys.readouterr().out
+    assert main(["mlflow-sync", str(out), "--tracking-uri", uri]) == 0
+    assert "logged 0 Optuna trial runs (3 already present)" in capsys.readouterr().out
+    client = client_for(uri)
+    runs = client.search_runs([client.get_experiment_by_name("e1-lam").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("sgsweep.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["optuna.trial_number"] for r in children) == ["0", "1", "2"]
+    assert parent.data.metrics["best_value"] == pytest.approx(down.best_value)
+    history = client.get_metric_history(children[0].info.run_id, "seed_value")
+    assert [m.step for m in history] == [0, 1, 2, 3]
+
+
 def test_a_missing_objective_metric_stops_the_study_with_one_line(
         ray_cluster, tmp_path: Path) -> None:
     spec = parse_tune_spec(_with(objective={"metric": "sqerr_typo"}, n_trials=3))
