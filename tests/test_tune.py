@@ -243,6 +243,7 @@ def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsy
     assert "study e1-lam: 1 complete, 1 pruned; best sqerr_lam = " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_tracking_server_down_then_mlflow_sync_rebuilds_the_study_view(
         ray_cluster, tmp_path: Path, capsys) -> None:
     from tests.test_reliability import free_port
