@@ -130,8 +130,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import load_spec, load_yaml
 
+    raw = load_yaml(args.spec)
+    if isinstance(raw, dict) and "search" in raw:  # a tune file
+        from orchestrator.tune_spec import parse_tune_spec
+
+        tuned = parse_tune_spec(raw, str(args.spec))
+        print(f"{args.spec}: ok — study {tuned.name!r}, task {tuned.task!r}, searching "
+              f"{[d.name for d in tuned.search]}, {tuned.n_trials} trials x "
+              f"{len(tuned.seeds)} seeds in {len(tuned.rungs)} rungs ({tuned.sampler}, "
+              f"{tuned.pruner} pruner)")
+        return 0
     spec = load_spec(args.spec)
     print(f"{args.spec}: ok — sweep {spec.name!r}, task {spec.task!r}, "
           f"{len(spec.configs)} configs x {len(spec.seeds)} seeds = {spec.num_trials} trials")

@@ -305,7 +305,10 @@ def test_every_sampler_and_pruner_runs_a_study(ray_cluster, tmp_path: Path, samp
         assert sorted(t.params["lam"] for t in study.trials) == [0.2, 0.5, 0.8]
 
 
-def test_shipped_tune_files_are_valid() -> None:
+def test_shipped_tune_files_are_valid(capsys) -> None:
+    assert main(["validate", "sweeps/tune-e1.yaml"]) == 0
+    assert "study 'tune-e1', task 'expert', searching ['lam'], 30 trials x 8 seeds in 4 " \
+           "rungs (tpe, wilcoxon pruner)" in capsys.readouterr().out
     files = sorted(Path("sweeps").glob("tune-*.yaml"))
     assert {f.name for f in files} >= {"tune-e1.yaml", "tune-e2-digits.yaml"}
     for path in files:
