@@ -130,8 +130,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import load_spec, load_yaml
 
+    raw = load_yaml(args.spec)
+    if isinstance(raw, dict) and "search" in raw:  # a tune file
+        from orchestrator.tune_spec import parse_tune_spec
+
+        tuned = parse_tune_spec(raw, str(args.spec))
+        print(f"{args.spec}: ok — study {tuned.name!r}, task {tuned.task!r}, searching "
+              f"{[d.name for d in tuned.search]}, {tuned.n_trials} trials x "
+              f"{len(tuned.seeds)} seeds in {len(tuned.rungs)} rungs ({tuned.sampler}, "
+              f"{tuned.pruner} pruner)")
+        return 0
     spec = load_spec(args.spec)
     print(f"{args.spec}: ok — sweep {spec.name!r}, task {spec.task!r}, "
           f"{len(spec.configs)} configs x {len(spec.seeds)} seeds = {spec.num_trials} trials")
@@ -237,6 +247,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     _require_results(args.out)
     uri = args.tracking_uri or default_tracking_uri(args.out)
+    if (args.out / "tune.json").is_file():  # a tuning directory: the study's view
+        from orchestrator.runner import RunError
+        from orchestrator.tune import sync_study
+
+        try:
+            logged, present = sync_study(args.out, uri)
+        except RunError as exc:
+            raise UserError(str(exc)) from None
+        print(f"mlflow-sync: logged {logged} Optuna trial runs ({present} already present) "
+              f"to {uri}")
+        return 0
     try:
         summary = mlflow_sync(args.out, uri)
     except Exception as exc:  # noqa: BLE001 - an unreachable server is the user's to fix

@@ -37,7 +37,13 @@ from orchestrator.execute import TrialRecord
 from orchestrator.record import ResultStore
 from orchestrator.runner import RunError, _lost_chunk, directory_lock
 from orchestrator.spec import SpecError, load_spec
-from orchestrator.tracking import ROLE_TAG, client_for, default_tracking_uri, experiment_id
+from orchestrator.tracking import (
+    ROLE_TAG,
+    client_for,
+    default_tracking_uri,
+    experiment_id,
+    search_all,
+)
 from orchestrator.tune_spec import Objective, TuneSpec, dump_sweep
 from tasks import MetricLog, get_task
 
@@ -149,8 +155,13 @@ def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bo
     # The Wilcoxon pruner and the matplotlib plots are marked experimental; that is known.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
+        storage = storage_for(out_dir, storage_url)
+    except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise RunError(f"--storage {storage_url}: {type(exc).__name__}: {first}") from None
+    try:
         return optuna.create_study(
-            study_name=spec.name, storage=storage_for(out_dir, storage_url),
+            study_name=spec.name, storage=storage,
             sampler=make_sampler(spec), pruner=make_pruner(spec),
             direction=spec.objective.direction, load_if_exists=True)
     except ValueError as exc:  # e.g. the stored study optimises in the other direction
@@ -197,6 +208,47 @@ def study_status(out_dir: Path) -> str:
     if best is not None:
         line += f"; best {info['objective']['metric']} = {best.value:.6g} (trial {best.number})"
     return line
+
+
+def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
+    """`sgsweep mlflow-sync` for a tuning directory: log each finished Optuna trial that
+    has no child run yet (e.g. the tracking server was down); returns (logged, present)."""
+    from optuna.trial import TrialState
+
+    from orchestrator.tune_spec import load_tune_spec
+
+    study, info = load_study(out_dir)
+    spec = load_tune_spec(out_dir / info["spec"]) if info.get("spec") else None
+    if spec is None:
+        raise RunError(f"{out_dir}: the tune file copy {info.get('spec')} is missing")
+    tracker = StudyTracker(tracking_uri, spec, out_dir, [])
+    if tracker.error is not None:
+        raise RunError(f"--tracking-uri {tracking_uri}: {tracker.error}")
+    children = search_all(tracker.client, tracker.exp_id,
+                          f"tags.`mlflow.parentRunId` = '{tracker.parent_id}'")
+    present = {r.data.tags.get("optuna.trial_number") for r in children}
+    logged = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.RUNNING or t.state == TrialState.WAITING \
+                or str(t.number) in present:
+            continue
+        steps = sorted(t.intermediate_values)
+        per_seed = spec.pruner != "median"
+        tracker.trial(t.number, t.state.name, dict(t.params),
+                      t.value if t.state == TrialState.COMPLETE else None,
+                      [t.intermediate_values[s] for s in steps] if per_seed else [],
+                      [spec.seeds[s] for s in steps] if per_seed else [],
+                      t.datetime_start.timestamp() if t.datetime_start else time.time(),
+                      t.user_attrs.get("error"), t.user_attrs.get("retry_of"))
+        logged += 1
+    best = _best(study)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials)
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    tracker.close(best.value if best else None, dict(best.params) if best else {}, counts)
+    if tracker.error is not None:
+        raise RunError(f"--tracking-uri {tracking_uri}: {tracker.error}")
+    return logged, len(present & {str(t.number) for t in trials})
 
 
 def finished_trials(study) -> list:
@@ -341,6 +393,12 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             if info.get("study") != spec.name:
                 raise RunError(f"{out_dir}: holds study {info.get('study')!r}, not "
                                f"{spec.name!r}; choose another --out")
+            for key, now in (("objective", vars(spec.objective)), ("seeds", list(spec.seeds))):
+                if key in info and info[key] != now:
+                    raise RunError(
+                        f"{out_dir}: study {spec.name!r} was run with {key} {info[key]}, the "
+                        f"file now says {now}; its trials would not be comparable. Choose "
+                        "another --out (search ranges, n_trials, sampler and pruner may change)")
             storage_url = options.storage or info.get("storage") or None
         else:
             storage_url = options.storage
@@ -458,7 +516,9 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: StudyTracker |
                           if state == TrialState.COMPLETE else None, run.values,
                           [r.seed for r in run.records], run.started, error,
                           frozen.user_attrs.get("retry_of"))
-        shown = f"{value:.6g}" if value is not None else (error or "")[:120]
+        shown = (f"{value:.6g}" if value is not None
+                 else f"after {len(run.values)} seeds" if state == TrialState.PRUNED
+                 else (error or "")[:120])
         options.progress(f"  trial {trial.number}: {name.lower()} {shown} "
                          f"{_fmt(frozen.params)} ({finished}/{remaining})")
         best = _best(study)

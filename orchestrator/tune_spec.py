@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -211,8 +212,9 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>") -> TuneSpec:
 
     objective = _objective(raw["objective"], fail)
     n_trials = _positive_int(raw["n_trials"], "n_trials", fail)
-    rung_default = len(seeds) if _name(raw.get("pruner", "wilcoxon"), fail) == "none" \
-        else max(1, math.ceil(len(seeds) / 4))
+    pruner_raw = raw.get("pruner", "wilcoxon")
+    pruner_name = pruner_raw.get("type") if isinstance(pruner_raw, Mapping) else pruner_raw
+    rung_default = len(seeds) if pruner_name == "none" else max(1, math.ceil(len(seeds) / 4))
     rung_size = _positive_int(raw.get("rung_size", rung_default), "rung_size", fail)
     parallelism = raw.get("parallelism")
     if parallelism is not None:
@@ -303,7 +305,7 @@ def _dimension(name: str, value: Any, hint: Any, field: str, fail) -> Dimension:
 
 
 def _number_type(hint: Any) -> type | None:
-    if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return _number_type(args[0]) if len(args) == 1 else None
     return hint if hint in (int, float) else None
@@ -362,10 +364,6 @@ def _positive_int(value: Any, field: str, fail) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise fail(field, f"expected a positive integer, got {value!r}")
     return value
-
-
-def _name(value: Any, fail) -> Any:
-    return value.get("type") if isinstance(value, Mapping) else value
 
 
 def _choice_with_options(value: Any, field: str, choices: tuple[str, ...],

@@ -19,7 +19,7 @@ import yaml
 from analysis.expert import lambda_quadratic, optimal_lambda
 from orchestrator.cli import main
 from orchestrator.report import write_report
-from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.runner import RunError, RunOptions, run_sweep
 from orchestrator.spec import SpecError, load_spec, parse_spec
 from orchestrator.tracking import client_for
 from orchestrator.tune import TuneOptions, aggregate, load_study, open_study, tune
@@ -118,6 +118,25 @@ def test_cli_rejects_a_bad_tune_file_with_one_line_exit_2_and_writes_nothing(
     assert not out.exists()
 
 
+def test_e1_scalar_lam_scores_like_lams_and_leaves_earlier_trial_ids_unchanged() -> None:
+    import dataclasses
+
+    from orchestrator import plan
+    from tasks.expert import ExpertConfig, run_block
+
+    (log,) = run_block(ExpertConfig(d=5, k=2, leak=0.2, lams=(0.3,), lam=0.3), [4])
+    final = log.final()
+    assert final["sqerr_lam"] == final["sqerr_lam_0.3"]
+    # The trial id of a config without `lam` is what it was before the field existed.
+    spec = parse_spec({"name": "t", "task": "expert", "params": {"d": 4, "k": 2}, "seeds": 1})
+    before = {f.name: list(v) if isinstance(v := getattr(spec.configs[0], f.name), tuple)
+              else v for f in dataclasses.fields(ExpertConfig) if f.name != "lam"}
+    assert plan.expand(spec)[0].trials[0].trial_id == plan.trial_id("expert", before, 0)
+    tuned = parse_spec({"name": "t", "task": "expert", "params": {"d": 4, "k": 2, "lam": 0.5},
+                        "seeds": 1})
+    assert plan.expand(tuned)[0].config["lam"] == 0.5
+
+
 def test_iqm_drops_the_outer_quarters() -> None:
     assert aggregate([1, 2, 3, 100], "iqm") == 2.5
     assert aggregate([1, 2, 3, 100], "mean") == 26.5
@@ -178,9 +197,18 @@ def test_e1_study_reaches_the_closed_form_optimum(ray_cluster, tmp_path: Path) -
                                        spec_path=summary.best_file))
     assert (again.ok, again.failed) == (6, 0)
 
-    # Re-running the finished study runs nothing and keeps everything.
+    # Re-running the finished study runs nothing and keeps everything; more trials continue
+    # it (with a narrower search range: the search space may change, the seeds may not).
     rerun = tune(spec, quiet(out))
     assert rerun.ran == 0 and rerun.complete == 14 and len(trials_of(out)) == 14 * 6
+    narrower = parse_tune_spec(_with(search={"lam": {"low": 0.2, "high": 0.4}}, n_trials=16))
+    grown = tune(narrower, quiet(out))
+    assert grown.ran == 2 and grown.complete == 16
+    study, _ = load_study(out)
+    assert all(0.2 <= t.params["lam"] <= 0.4 for t in study.trials[14:])
+    with pytest.raises(RunError, match="was run with seeds .* its trials would not be "
+                                       "comparable"):
+        tune(parse_tune_spec(_with(seeds=7)), quiet(out))
 
 
 def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsys) -> None:
@@ -215,10 +243,37 @@ def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsy
     assert "study e1-lam: 1 complete, 1 pruned; best sqerr_lam = " in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_tracking_server_down_then_mlflow_sync_rebuilds_the_study_view(
+        ray_cluster, tmp_path: Path, capsys) -> None:
+    from tests.test_reliability import free_port
+
+    spec_path = tmp_path / "t.yaml"
+    spec_path.write_text(yaml.safe_dump(_with(n_trials=3, seeds=4, rung_size=2,
+                                              pruner="wilcoxon")))
+    out = tmp_path / "out"
+    down = tune(load_tune_spec(spec_path),
+                quiet(out, tracking_uri=f"http://127.0.0.1:{free_port()}",
+                      spec_path=spec_path))
+    assert down.complete == 3 and down.tracking_error is not None
+    uri = f"sqlite:///{tmp_path / 'later.db'}"
+    capsys.readouterr()
+    assert main(["mlflow-sync", str(out), "--tracking-uri", uri]) == 0
+    assert "logged 3 Optuna trial runs (0 already present)" in capsys.readouterr().out
+    assert main(["mlflow-sync", str(out), "--tracking-uri", uri]) == 0
+    assert "logged 0 Optuna trial runs (3 already present)" in capsys.readouterr().out
+    client = client_for(uri)
+    runs = client.search_runs([client.get_experiment_by_name("e1-lam").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("sgsweep.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["optuna.trial_number"] for r in children) == ["0", "1", "2"]
+    assert parent.data.metrics["best_value"] == pytest.approx(down.best_value)
+    history = client.get_metric_history(children[0].info.run_id, "seed_value")
+    assert [m.step for m in history] == [0, 1, 2, 3]
+
+
 def test_a_missing_objective_metric_stops_the_study_with_one_line(
         ray_cluster, tmp_path: Path) -> None:
-    from orchestrator.runner import RunError
-
     spec = parse_tune_spec(_with(objective={"metric": "sqerr_typo"}, n_trials=3))
     with pytest.raises(RunError, match=r"objective.metric: task 'expert' recorded no metric "
                                        r"'sqerr_typo'; it recorded \['sqerr_bp'"):
@@ -250,7 +305,10 @@ def test_every_sampler_and_pruner_runs_a_study(ray_cluster, tmp_path: Path, samp
         assert sorted(t.params["lam"] for t in study.trials) == [0.2, 0.5, 0.8]
 
 
-def test_shipped_tune_files_are_valid() -> None:
+def test_shipped_tune_files_are_valid(capsys) -> None:
+    assert main(["validate", "sweeps/tune-e1.yaml"]) == 0
+    assert "study 'tune-e1', task 'expert', searching ['lam'], 30 trials x 8 seeds in 4 " \
+           "rungs (tpe, wilcoxon pruner)" in capsys.readouterr().out
     files = sorted(Path("sweeps").glob("tune-*.yaml"))
     assert {f.name for f in files} >= {"tune-e1.yaml", "tune-e2-digits.yaml"}
     for path in files:
@@ -317,3 +375,24 @@ def test_kill_9_mid_study_then_resume_keeps_finished_trials_and_numbering(
     assert set(counts.index) == {t.number for t in complete} and (counts == 4).all()
     assert not trials.duplicated(["optuna_trial", "seed"]).any()
     assert np.isfinite(study.best_value)
+
+
+@pytest.mark.slow
+def test_tune_on_a_ray_cluster_through_address(tmp_path: Path) -> None:
+    import sys
+
+    script = Path(__file__).with_name("tune_on_cluster.py")
+    result = subprocess.run(isolated([sys.executable, str(script), str(tmp_path / "out")]),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["returncode"] == 0, summary["stderr"]
+    assert "6 complete, 0 pruned, 0 failed" in summary["stdout"]
+    assert summary["cluster_alive_after"]
+    trials = trials_of(tmp_path / "out")
+    assert len(trials) == 6 * 4 and (trials.status == "ok").all()
+    # `sgsweep run best.yaml` re-evaluates the winner on 4 fresh seeds.
+    assert summary["best_returncode"] == 0, summary["best_stderr"]
+    assert "cluster-tune-best: 4 ok, 0 failed" in summary["best_stdout"]
+    best = ds.dataset(tmp_path / "out" / "best" / "trials").to_table().to_pandas()
+    assert sorted(best.seed) == [4, 5, 6, 7]
