@@ -2,7 +2,8 @@
 
 - `success_vs_env_steps.png`: success rate per batch against cumulative env steps, a line
   per method at its chosen LR (the LR with the best mean success AUC for that method and
-  num_envs; the sweep's only LR when it has one), a panel per num_envs;
+  num_envs; the sweep's only LR when it has one), a panel per num_envs; the same for the
+  mean episode return (`return_mean_vs_env_steps.png`: informative where success is rare);
 - `success_last5_vs_lr.png`, `success_auc_vs_lr.png`: last-5-batch success and normalised
   success AUC (mean success over all batches) against the LR, a line per method;
 - `lambda_stats.png`: sgprop's λ over training at the chosen LR — mean, p25–p75 band,
@@ -90,9 +91,10 @@ def _seed_curves(metrics: pd.DataFrame, trials: pd.DataFrame, names: list[str],
                             columns="metric", values="value").reset_index()
 
 
-def success_curves(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
-                   folder: Path) -> Path | None:
-    wide = _seed_curves(metrics, _chosen_trials(final, chosen), ["success_rate", "env_steps"])
+def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, folder: Path,
+                    metric: str = "success_rate", label: str = "success rate per batch",
+                    ) -> Path | None:
+    wide = _seed_curves(metrics, _chosen_trials(final, chosen), [metric, "env_steps"])
     if wide.empty:
         return None
     envs = sorted(wide.num_envs.unique())
@@ -101,17 +103,18 @@ def success_curves(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
         for method, sub in wide[wide.num_envs == n].groupby("method", sort=True):
             by_step = sub.groupby("step")
             x = by_step.env_steps.mean()
-            mean = by_step.success_rate.mean()
-            se = (by_step.success_rate.std() / np.sqrt(by_step.success_rate.count())).fillna(0)
+            mean = by_step[metric].mean()
+            se = (by_step[metric].std() / np.sqrt(by_step[metric].count())).fillna(0)
             lr = chosen[(method, int(n))]
             ax.plot(x, mean, label=f"{method} (lr {lr:g})")
             ax.fill_between(x, mean - se, mean + se, alpha=0.2)
         ax.set_xlabel("environment steps")
-        ax.set_ylabel("success rate per batch")
+        ax.set_ylabel(label)
         ax.set_title(f"{final.env.iloc[0]}: {n} envs per batch (mean ± SEM)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, folder / "success_vs_env_steps.png")
+    stem = "success" if metric == "success_rate" else metric
+    return _save(fig, folder / f"{stem}_vs_env_steps.png")
 
 
 def versus_lr(table: pd.DataFrame, metric: str, label: str, folder: Path) -> Path:
@@ -216,8 +219,10 @@ def report(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
     if "success_auc_mean" not in table or table.success_auc_mean.isna().all():
         return files
     chosen = chosen_lrs(table)
-    files += [f for f in (success_curves(final, metrics, chosen, folder),
-                          lambda_stats(final, metrics, chosen, folder)) if f is not None]
+    files += [f for f in (
+        curves_vs_steps(final, metrics, chosen, folder),
+        curves_vs_steps(final, metrics, chosen, folder, "return_mean", "mean episode return"),
+        lambda_stats(final, metrics, chosen, folder)) if f is not None]
     if table.lr.nunique() > 1:
         files.append(versus_lr(table, "success_last5", "success, last 5 batches", folder))
         files.append(versus_lr(table, "success_auc", "normalised success AUC", folder))

@@ -44,6 +44,7 @@ def test_report_draws_success_lambda_lr_and_gradient_quality(tmp_path):
                           tmp_path)
     names = {f.name for f in files}
     assert {"e3_success.csv", "success_vs_env_steps.png", "lambda_stats.png",
+            "return_mean_vs_env_steps.png",
             "success_last5_vs_lr.png", "success_auc_vs_lr.png", "e3_grad_quality.csv",
             "grad_quality.png"} <= names
     success = pd.read_csv(tmp_path / "e3_success.csv")
