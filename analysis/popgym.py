@@ -51,8 +51,16 @@ def _save(fig, path: Path) -> Path:
 
 
 def _frame(final: pd.DataFrame) -> pd.DataFrame:
+    """Trials with a `method` label; sgprop knobs the sweep varies join the label."""
     final = final.copy()
     final["method"] = final.apply(method_label, axis=1)
+    if "learner" in final:
+        sg = final.learner == "sgprop"
+        for knob, name in (("sg_lr", "SG lr"), ("lam_schedule", "schedule")):
+            if knob in final and final.loc[sg, knob].astype(str).nunique() > 1:
+                final.loc[sg, "method"] += final.loc[sg, knob].map(
+                    lambda v, name=name: f", {name} {v:g}" if isinstance(v, float)
+                    else f", {name} {v}")
     for column, default in (("num_envs", 20), ("lr", 1e-3), ("env", "escape")):
         if column not in final:
             final[column] = default

@@ -15,10 +15,11 @@ with d_t = ∂loss/∂h_t through the actor at step t only:
     cell-parameter gradient = Σ_t (∂h_t/∂θ)^T g̃_t,   e_t gradient → the preprocessor
 Per batch: (1) SG update: targets t_t by the same recursion with the current predictions
 (bootstrapped, targets detached), one Adam step (LR 1e-5) on mean (ĝ_t − n·t_t)² over
-valid steps; (2) the policy gradient above with the just-updated predictor; (3) adaptive
-λ: the per-neuron MSE-optimal λ of `learners.feedback` from this batch's g_t and ĝ_t
-(unit directions per neuron, every valid (t, b) a sample; moments of the cell's parameter
-blocks as in E2), then λ ← EMA(λ, λ̂, 0.9); used from the next batch on. λ starts at 1.0.
+valid steps (the padding after an episode's end mixes in no prediction); (2) the policy
+gradient above with the just-updated predictor; (3) adaptive λ: the per-neuron
+MSE-optimal λ of `learners.feedback` from this batch's g_t and ĝ_t (unit directions per
+neuron, every valid (t, b) a sample; moments of the cell's parameter blocks as in E2),
+then λ ← EMA(λ, λ̂, 0.9); used from the next batch on. λ starts at 1.0.
 
 Temporal λ schedule (`lam_schedule: parents`, our reading of "λ raised toward 1 at
 earlier steps by the parents' (1−λ)"; derived). Counting k = 0, 1, … steps back from the
@@ -190,6 +191,12 @@ class SGPropTime:
             return torch.stack([self.sg.predict(st.x, st.embed, st.routing)
                                 for st in trace.steps])
 
+    def mixable(self, trace: SequenceTrace, valid: Tensor) -> Tensor:
+        """ĝ_t / n where a step happened, 0 on the padding after an episode's end (there is
+        no feedback to mix there: the predictor must not inject any)."""
+        n = valid.sum().clamp(min=1)
+        return self.predictions(trace) * valid[..., None, None] / n
+
     def step_lambda(self, valid: Tensor) -> Lam:
         if not self.rule.adaptive and self.rule.lam == 1.0:
             return 1.0
@@ -212,9 +219,9 @@ class SGPropTime:
                          valid: Tensor) -> Tensor:
         n = valid.sum().clamp(min=1).to(direct.dtype)
         preds = self.predictions(trace, grad=True)
-        targets = propagate_time(self.model, trace, direct, lam, preds.detach() / n,
-                                 params=False).realised
         mask = valid.to(direct.dtype)[..., None, None]
+        targets = propagate_time(self.model, trace, direct, lam, preds.detach() * mask / n,
+                                 params=False).realised
         per_step = ((preds - n * targets.detach()) ** 2 * mask).sum() / (
             n * preds.shape[-1] * preds.shape[-2])
         self.sg_optimizer.zero_grad(set_to_none=True)
@@ -226,11 +233,10 @@ class SGPropTime:
         trace = self.model(batch.obs, cut=True)
         actor, direct, stats = self.top(trace, batch, advantages)
         lam = self.step_lambda(batch.valid)
-        n = batch.valid.sum().clamp(min=1).to(direct.dtype)
         predicted = None
         if self.rule.uses_predictor:
             stats["sg_loss"] = self.update_synthetic(trace, direct, lam, batch.valid)
-            predicted = self.predictions(trace) / n
+            predicted = self.mixable(trace, batch.valid)
         prop = propagate_time(self.model, trace, direct, lam, predicted, params=True)
         for p, g in zip(self.model.parameters(), self.full_gradients(trace, prop, actor),
                         strict=True):
@@ -283,8 +289,7 @@ class SGPropTime:
         """Gradient estimates of BPTT (λ=1), the current mixture and pure SG (λ=0)."""
         trace = self.model(batch.obs, cut=True)
         actor, direct, _ = self.top(trace, batch, advantages)
-        n = batch.valid.sum().clamp(min=1).to(direct.dtype)
-        predicted = self.predictions(trace) / n
+        predicted = self.mixable(trace, batch.valid)
         settings: dict[str, Lam] = {"bp": 1.0, "mix": self.step_lambda(batch.valid),
                                     "sg": 0.0}
         return {name: self.full_gradients(

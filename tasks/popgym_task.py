@@ -210,9 +210,11 @@ class PopgymRun:
         self.mazes = MazeBatch(cfg.env, cfg.num_envs, cfg.maze_size, cfg.episode_length)
 
     def collect(self, stream_name: str) -> tuple[Batch, Tensor]:
+        """A batch and its normalised returns. Training draws mazes from the maze stream and
+        actions from the train stream; checkpoints draw both from the grad stream."""
         gen = self.gens[stream_name]
-        batch = rollout(self.model, self.mazes, self.cfg, gen, gen) if stream_name == "grad" \
-            else rollout(self.model, self.mazes, self.cfg, self.gens["mazes"], gen)
+        maze_gen = self.gens["mazes"] if stream_name == "train" else gen
+        batch = rollout(self.model, self.mazes, self.cfg, maze_gen, gen)
         return batch, normalised_returns(batch.rewards, batch.valid, self.cfg.gamma)
 
     def train_step(self) -> dict[str, float]:

@@ -3,6 +3,8 @@ against explicit per-sample gradients, finite differences, and the models' struc
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -82,7 +84,7 @@ def test_lambda_zero_cell_gradient_is_the_predictions_vjp_by_finite_differences(
     grads = dict(zip(model.parameters(), learner.rule_gradients(batch, adv)["sg"], strict=True))
     trace = model(batch.obs, cut=True)
     n = batch.valid.sum().double()
-    pred = learner.predictions(trace) / n
+    pred = learner.predictions(trace) * batch.valid[..., None, None] / n
     inputs = [(st.prev.detach(), st.embed.detach()) for st in trace.steps]
 
     def objective() -> float:  # Σ_t ⟨ĝ_t, h_t(θ)⟩ with every step's inputs held fixed
@@ -102,6 +104,20 @@ def test_lambda_zero_cell_gradient_is_the_predictions_vjp_by_finite_differences(
             param += eps * direction
         fd = (up - down) / (2 * eps)
         assert abs(fd - float((grads[param] * direction).sum())) < 1e-7 * max(1.0, abs(fd))
+
+
+def test_padding_after_an_episode_end_feeds_no_prediction_into_any_rule() -> None:
+    model, batch, adv = tiny()
+    learner = SGPropTime(model, adaptive_lambda(1.0), 1e-5, 0.01, "parents")
+    randomise_sg(learner)
+    learner.lam = torch.full_like(learner.lam, 0.3)
+    before = learner.rule_gradients(batch, adv)
+    garbled = torch.randn(batch.obs.shape, generator=torch.Generator().manual_seed(9),
+                          dtype=batch.obs.dtype)
+    obs = torch.where(batch.valid.unsqueeze(-1), batch.obs, 100 * garbled)
+    after = learner.rule_gradients(dataclasses.replace(batch, obs=obs), adv)
+    for rule in ("bp", "mix", "sg"):
+        close(after[rule], before[rule], 1e-12)
 
 
 def test_bptt_gradient_matches_finite_differences() -> None:

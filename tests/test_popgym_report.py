@@ -57,6 +57,15 @@ def test_report_draws_success_lambda_lr_and_gradient_quality(tmp_path):
     assert grads[grads.method == "GRU"].rel_mse_bp.notna().all()
 
 
+def test_report_keeps_varied_sg_learning_rates_apart(tmp_path):
+    variants = [{"learner": "sgprop", "sg_lr": lr} for lr in (1e-5, 1e-3)]
+    trials, metrics = frames(variants, seeds=(0,))
+    reports.write("popgym", trials, metrics, list(PopgymConfig.__dataclass_fields__), tmp_path)
+    grads = pd.read_csv(tmp_path / "e3_grad_quality.csv")
+    assert set(grads.method) == {"SparseNet sgprop, SG lr 1e-05",
+                                 "SparseNet sgprop, SG lr 0.001"}
+
+
 @pytest.mark.slow
 def test_tiny_popgym_sweep_through_sgsweep_run_and_report(tmp_path: Path) -> None:
     spec = tmp_path / "e3-tiny.yaml"
