@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -101,6 +102,7 @@ def slice_figure(table: pd.DataFrame, study, metric: str, path: Path,
         points = ax.scatter(x, done.value, c=done.number, cmap="viridis", s=18)
         if numeric and getattr(distributions.get(name), "log", False):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlaps
         if reference and name in reference:
             ax.axvline(reference[name], color="C2", ls="--", lw=1, label="closed form")
             ax.legend(fontsize=8)
