@@ -55,6 +55,7 @@ def history_figure(table: pd.DataFrame, direction: str, metric: str, path: Path,
                 transform=ax.get_xaxis_transform(), label="pruned")
     if reference is not None:
         ax.axhline(reference, color="C2", ls="--", lw=1, label="closed-form optimum")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("Optuna trial")
     ax.set_ylabel(metric)
     ax.set_title("Optimisation history", fontsize=10)
