@@ -43,6 +43,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_orchestrator.py
 	$(BIN)/python benchmarks/bench_bandit.py
 	$(BIN)/python benchmarks/bench_bandit.py --small
+	$(BIN)/python benchmarks/bench_popgym.py
+	$(BIN)/python benchmarks/bench_popgym.py --env explore
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -70,9 +70,10 @@ def generic(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
 
 def write(task: str, trials: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
           folder: Path) -> list[Path]:
-    from analysis import bandit, expert
+    from analysis import bandit, expert, popgym
 
-    reporters: dict[str, Reporter] = {"expert": expert.report, "bandit": bandit.report}
+    reporters: dict[str, Reporter] = {"expert": expert.report, "bandit": bandit.report,
+                                      "popgym": popgym.report}
     final = final_metrics(trials, metrics)
     files = generic(final, metrics, params, folder)
     if task in reporters and not final.empty:

@@ -1,0 +1,298 @@
+"""E3 learners: BPTT and sgprop through time (PAPER.md §1 sgprop, §2 E3).
+
+Both learners take one batch of episodes and its normalised returns, set `.grad` of every
+model parameter and return statistics; the task clips the norm and steps Adam. The loss is
+`learners.reinforce.policy_loss` (REINFORCE + entropy bonus, mean over valid steps).
+
+`BPTT`: autograd through the whole unrolled episode (SparseNet, GRU or LSTM).
+
+`SGPropTime` (recurrent SparseNet only). Units: g_t is the gradient of the mean loss
+w.r.t. h_t; the SG predictor learns the per-step feedback n·g_t (n = valid steps in the
+batch) and enters the mixture as ĝ_t / n, as in E2 (learners/sgprop.py). Backwards in time,
+with d_t = ∂loss/∂h_t through the actor at step t only:
+    g_t  = d_t + (∂h_{t+1}/∂h_t)^T g̃_{t+1}          (g_T-1 = d_T-1: nothing after the end)
+    g̃_t = λ_t g_t + (1 − λ_t) ĝ_t(x_t)               per neuron, `learners.feedback.mix`
+    cell-parameter gradient = Σ_t (∂h_t/∂θ)^T g̃_t,   e_t gradient → the preprocessor
+Per batch: (1) SG update: targets t_t by the same recursion with the current predictions
+(bootstrapped, targets detached), one Adam step (LR 1e-5) on mean (ĝ_t − n·t_t)² over
+valid steps; (2) the policy gradient above with the just-updated predictor; (3) adaptive
+λ: the per-neuron MSE-optimal λ of `learners.feedback` from this batch's g_t and ĝ_t
+(unit directions per neuron, every valid (t, b) a sample; moments of the cell's parameter
+blocks as in E2), then λ ← EMA(λ, λ̂, 0.9); used from the next batch on. λ starts at 1.0.
+
+Temporal λ schedule (`lam_schedule: parents`, our reading of "λ raised toward 1 at
+earlier steps by the parents' (1−λ)"; derived). Counting k = 0, 1, … steps back from the
+end of each episode, with c^(0) = 0:
+    c^(k)[i] = mean_{p ∈ parents(i)} [(1 − λ[p]) + λ[p] · c^(k−1)[p]]
+    λ^(k)[i] = λ[i] + (1 − λ[i]) · c^(k)[i]
+c^(k) is the share of synthetic feedback the parents' mixed gradient has accumulated k
+steps back; it grows with k (to 1), so λ is raised toward 1 at earlier steps and the
+bias of compounding predictions stays bounded. λ = 1 gives λ^(k) = 1 exactly.
+`lam_schedule: none` uses λ at every step.
+
+With λ = 1 every mix returns g_t itself, so sgprop's gradient is BPTT's up to the order
+in which per-step contributions are summed (tests: equal to float64 round-off).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
+from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, SequenceTrace
+from learners.reinforce import Batch, policy_loss
+from learners.sgprop import local_errors, outer_moments, unit
+from learners.sparsenet import LayerTrace
+
+Lam = float | Tensor  # a fixed λ, or per (t, b, neuron) (T, B, N, 1)
+
+
+class BPTT:
+    """Backprop through time: plain autograd of the REINFORCE loss."""
+
+    rule = FeedbackRule("backprop", 1.0)
+
+    def __init__(self, model: Model, entropy_coef: float) -> None:
+        self.model = model
+        self.entropy_coef = entropy_coef
+
+    def gradients(self, batch: Batch, advantages: Tensor) -> tuple[list[Tensor], dict]:
+        logits = self.model.logits(batch.obs)
+        loss, stats = policy_loss(logits, batch.actions, advantages, batch.valid,
+                                  self.entropy_coef)
+        return list(torch.autograd.grad(loss, list(self.model.parameters()))), stats
+
+    def backward(self, batch: Batch, advantages: Tensor) -> dict[str, Tensor]:
+        grads, stats = self.gradients(batch, advantages)
+        for p, g in zip(self.model.parameters(), grads, strict=True):
+            p.grad = g
+        return stats
+
+    def rule_gradients(self, batch: Batch, advantages: Tensor) -> dict[str, list[Tensor]]:
+        return {"bp": self.gradients(batch, advantages)[0]}
+
+
+class SyntheticGradientsTime(nn.Module):
+    """Per-neuron ĝ(x_t) = Σ_m w_m(x_t) (G_m x_t + c_m), zero-initialised.
+
+    x_t is the neuron's local input [parents' h_{t−1} ; e_t for input neurons]; w its own
+    routing (detached). Like the cell, the e_t block exists only for input neurons.
+    """
+
+    def __init__(self, shape: RecurrentShape) -> None:
+        super().__init__()
+        n, m, k = shape.neurons, shape.slots, shape.dim
+        self.input_neurons = shape.input_neurons
+        self.g_p = nn.Parameter(torch.zeros(n, m, k, shape.parent_dim))
+        self.g_e = nn.Parameter(torch.zeros(shape.input_neurons, m, k, shape.embed))
+        self.c = nn.Parameter(torch.zeros(n, m, k))
+
+    def predict(self, x: Tensor, embed: Tensor, routing: Tensor) -> Tensor:
+        """x (..., N, P·K), embed (..., E), routing (..., N, M) → (..., N, K)."""
+        per_slot = torch.einsum("...nd,nmkd->...nmk", x.detach(), self.g_p) + self.c
+        ni = self.input_neurons
+        per_slot_e = torch.einsum("...e,nmke->...nmk", embed.detach(), self.g_e)
+        per_slot = torch.cat([per_slot[..., :ni, :, :] + per_slot_e,
+                              per_slot[..., ni:, :, :]], -3)
+        return (routing.detach().unsqueeze(-1) * per_slot).sum(-2)
+
+
+def temporal_schedule(lam: Tensor, wiring: Tensor, horizon: int, schedule: str) -> Tensor:
+    """λ^(k) for k = 0 .. horizon−1 steps back from an episode's end: (horizon, N)."""
+    if schedule == "none":
+        return lam.expand(horizon, -1).clone()
+    out = [lam]
+    share = torch.zeros_like(lam)
+    for _ in range(1, horizon):
+        share = ((1.0 - lam) + lam * share)[wiring].mean(-1)
+        out.append(lam + (1.0 - lam) * share)
+    return torch.stack(out)
+
+
+def per_step_lambda(schedule: Tensor, valid: Tensor) -> Tensor:
+    """Pick λ^(k) for every (t, b), k = steps from episode b's last valid step: (T, B, N, 1)."""
+    horizon = valid.shape[0]
+    lengths = valid.sum(0)
+    k = (lengths.unsqueeze(0) - 1 - torch.arange(horizon).unsqueeze(1)).clamp(0, horizon - 1)
+    return schedule[k].unsqueeze(-1)
+
+
+@dataclass
+class TimePropagation:
+    realised: Tensor  # (T, B, N, K) g_t arriving at h_t
+    cell_grads: list[Tensor] | None  # `cell_parameters` order
+    embed_grad: Tensor | None  # (T, B, E)
+
+
+def propagate_time(model: RecurrentSparseNet, trace: SequenceTrace, direct: Tensor,
+                   lam: Lam, predicted: Tensor | None, params: bool) -> TimePropagation:
+    """λ-mixed propagation backwards in time; `predicted` in mean-loss units (None: BP)."""
+    cell_params = model.cell_parameters()
+    grads: list[Tensor] | None = [torch.zeros_like(p) for p in cell_params] if params else None
+    embed_grads: list[Tensor] = []
+    realised: list[Tensor] = []
+    carry = torch.zeros_like(direct[0])
+    for t in reversed(range(len(trace.steps))):
+        st = trace.steps[t]
+        g = direct[t] + carry
+        realised.append(g)
+        if predicted is None:
+            mixed = g
+        else:
+            mixed = mix(lam if isinstance(lam, float) else lam[t], g, predicted[t])
+        wrt: list[Tensor] = list(cell_params) if params else []
+        wrt.append(st.embed)
+        if t > 0:
+            wrt.append(st.prev)
+        out = torch.autograd.grad(st.out, wrt, grad_outputs=mixed, retain_graph=True)
+        if t > 0:
+            carry, out = out[-1], out[:-1]
+        embed_grads.append(out[-1])
+        if grads is not None:
+            for acc, gp in zip(grads, out[:-1], strict=True):
+                acc += gp
+    realised.reverse()
+    embed_grads.reverse()
+    return TimePropagation(torch.stack(realised), grads,
+                           torch.stack(embed_grads) if params else None)
+
+
+class SGPropTime:
+    """sgprop through time on a recurrent SparseNet: per-neuron SG, mixed BPTT, adaptive λ."""
+
+    def __init__(self, model: RecurrentSparseNet, rule: FeedbackRule, sg_lr: float,
+                 entropy_coef: float, schedule: str = "parents") -> None:
+        self.model = model
+        self.rule = rule
+        self.entropy_coef = entropy_coef
+        self.schedule = schedule
+        like = {"device": model.biases.device, "dtype": model.biases.dtype}
+        self.sg = SyntheticGradientsTime(model.shape).to(**like)
+        self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr)
+        self.lam = torch.full((model.shape.neurons,), rule.lam, **like)
+
+    # -- pieces -------------------------------------------------------------------------
+    def top(self, trace: SequenceTrace, batch: Batch, advantages: Tensor,
+            ) -> tuple[list[Tensor], Tensor, dict]:
+        """(actor gradients, d_t for every step (T, B, N, K), loss stats)."""
+        loss, stats = policy_loss(trace.logits, batch.actions, advantages, batch.valid,
+                                  self.entropy_coef)
+        out = torch.autograd.grad(loss, [*self.model.actor_parameters(), trace.states])
+        return list(out[:-1]), out[-1], stats
+
+    def predictions(self, trace: SequenceTrace, grad: bool = False) -> Tensor:
+        """ĝ_t for every step in per-sample units (T, B, N, K)."""
+        with torch.set_grad_enabled(grad):
+            return torch.stack([self.sg.predict(st.x, st.embed, st.routing)
+                                for st in trace.steps])
+
+    def step_lambda(self, valid: Tensor) -> Lam:
+        if not self.rule.adaptive and self.rule.lam == 1.0:
+            return 1.0
+        sched = temporal_schedule(self.lam, self.model.wiring, valid.shape[0], self.schedule)
+        return per_step_lambda(sched, valid)
+
+    def full_gradients(self, trace: SequenceTrace, prop: TimePropagation,
+                       actor: list[Tensor]) -> list[Tensor]:
+        """Every parameter's gradient in `model.parameters()` order."""
+        pre_params = list(self.model.pre.parameters())
+        pre = torch.autograd.grad(trace.embed, pre_params, grad_outputs=prop.embed_grad,
+                                  retain_graph=True)
+        by_param = dict(zip(pre_params, pre, strict=True))
+        by_param.update(zip(self.model.cell_parameters(), prop.cell_grads, strict=True))
+        by_param.update(zip(self.model.actor_parameters(), actor, strict=True))
+        return [by_param[p] for p in self.model.parameters()]
+
+    # -- one training step ----------------------------------------------------------------
+    def update_synthetic(self, trace: SequenceTrace, direct: Tensor, lam: Lam,
+                         valid: Tensor) -> Tensor:
+        n = valid.sum().clamp(min=1).to(direct.dtype)
+        preds = self.predictions(trace, grad=True)
+        targets = propagate_time(self.model, trace, direct, lam, preds.detach() / n,
+                                 params=False).realised
+        mask = valid.to(direct.dtype)[..., None, None]
+        per_step = ((preds - n * targets.detach()) ** 2 * mask).sum() / (
+            n * preds.shape[-1] * preds.shape[-2])
+        self.sg_optimizer.zero_grad(set_to_none=True)
+        per_step.backward()
+        self.sg_optimizer.step()
+        return per_step.detach()
+
+    def backward(self, batch: Batch, advantages: Tensor) -> dict[str, Tensor]:
+        trace = self.model(batch.obs, cut=True)
+        actor, direct, stats = self.top(trace, batch, advantages)
+        lam = self.step_lambda(batch.valid)
+        n = batch.valid.sum().clamp(min=1).to(direct.dtype)
+        predicted = None
+        if self.rule.uses_predictor:
+            stats["sg_loss"] = self.update_synthetic(trace, direct, lam, batch.valid)
+            predicted = self.predictions(trace) / n
+        prop = propagate_time(self.model, trace, direct, lam, predicted, params=True)
+        for p, g in zip(self.model.parameters(), self.full_gradients(trace, prop, actor),
+                        strict=True):
+            p.grad = g
+        if self.rule.adaptive and predicted is not None:
+            estimate = self.batch_lambda(trace, prop.realised, predicted, batch.valid)
+            self.lam = ema(self.lam, estimate, self.rule.momentum)
+        return stats
+
+    def batch_lambda(self, trace: SequenceTrace, realised: Tensor, predicted: Tensor,
+                     valid: Tensor) -> Tensor:
+        """This batch's MSE-optimal λ per neuron (N,), every valid (t, b) one sample.
+
+        Each sample's contribution to neuron i's parameter gradient is e ⊗ x per block
+        (routing keys, slot weights, slot biases; parent and e_t parts), with e the feedback
+        pulled back through the cell (`learners.sgprop.local_errors`); moments summed.
+        """
+        s = self.model.shape
+        sel = valid.reshape(-1)
+
+        def pick(name: str) -> Tensor:
+            v = torch.stack([getattr(st, name) for st in trace.steps]).detach()
+            return v.flatten(0, 1)[sel].unsqueeze(0)  # (1, n, ...)
+
+        x, embed, out = pick("x"), pick("embed"), pick("out")
+        lt = LayerTrace(inputs=x, x=x, scores=pick("scores"), routing=pick("routing"),
+                        pre=pick("pre"), act=pick("act"), mixed=out, out=out)
+        w = unit(realised.flatten(0, 1)[sel].unsqueeze(0))
+        u = unit(predicted.flatten(0, 1)[sel].unsqueeze(0)) - w
+        d_scores, d_pre = local_errors(lt, 0, torch.stack([w, u]))
+        (ew_s, eu_s) = d_scores / math.sqrt(s.input_dim)
+        (ew_p, eu_p) = d_pre.flatten(-2)
+        ni = s.input_neurons
+        e_in = embed.unsqueeze(2).expand(-1, -1, ni, -1)
+        blocks = [
+            outer_moments(ew_s, eu_s, x),
+            outer_moments(ew_p, eu_p, x),
+            outer_moments(ew_p, eu_p, None),
+        ]
+        e_blocks = [outer_moments(ew_s[:, :, :ni], eu_s[:, :, :ni], e_in),
+                    outer_moments(ew_p[:, :, :ni], eu_p[:, :, :ni], e_in)]
+        moments = [sum(parts) for parts in zip(*blocks, strict=True)]
+        for part in e_blocks:
+            for i, m in enumerate(part):
+                moments[i] = moments[i] + nn.functional.pad(m, (0, s.neurons - ni))
+        return lambda_from_moments(*moments, batch=int(sel.sum()),
+                                   previous=self.lam.unsqueeze(0)).squeeze(0)
+
+    def rule_gradients(self, batch: Batch, advantages: Tensor) -> dict[str, list[Tensor]]:
+        """Gradient estimates of BPTT (λ=1), the current mixture and pure SG (λ=0)."""
+        trace = self.model(batch.obs, cut=True)
+        actor, direct, _ = self.top(trace, batch, advantages)
+        n = batch.valid.sum().clamp(min=1).to(direct.dtype)
+        predicted = self.predictions(trace) / n
+        settings: dict[str, Lam] = {"bp": 1.0, "mix": self.step_lambda(batch.valid),
+                                    "sg": 0.0}
+        return {name: self.full_gradients(
+                    trace, propagate_time(self.model, trace, direct, lam, predicted, True),
+                    actor)
+                for name, lam in settings.items()}
+
+    def lambda_stats(self) -> dict[str, Tensor]:
+        q = torch.quantile(self.lam, torch.tensor([0.25, 0.75], dtype=self.lam.dtype))
+        return {"lambda_mean": self.lam.mean(), "lambda_min": self.lam.min(),
+                "lambda_max": self.lam.max(), "lambda_p25": q[0], "lambda_p75": q[1]}

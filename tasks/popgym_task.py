@@ -1,0 +1,321 @@
+"""E3: POPGym labyrinths, recurrent SparseNet (BPTT or sgprop through time) vs GRU / LSTM.
+
+PAPER.md §2 E3. Each batch: `num_envs` fresh 6×6 mazes (seeds from the seed's maze
+stream), one full episode each (Escape 80 / Explore 40; POPGym truncates after length − 1
+steps), wrapped previous-action → antialias → flatten (tasks/mazes.py). In Explore each
+step's reward is replaced by the step penalty −1/length with probability `reward_noise`
+(default 0.75; Escape's default is 0). Success = the episode terminated (goal reached /
+maze explored). Training: full-episode REINFORCE (learners/reinforce.py), γ 0.95, returns
+normalised over the batch's valid steps, entropy 0.01, gradient-norm clip 0.5, Adam,
+300 batches.
+
+Metrics (step = batch index, 1..batches; batch-level metrics are averaged over the
+`log_every` batches ending at the step):
+  success_rate, return_mean, return_p10/p25/p50/p75/p90 (undiscounted episode return as the
+  agent saw it), episode_length, env_steps (cumulative valid steps), policy_loss, entropy,
+  grad_norm (before clipping); sgprop: sg_loss, lambda_mean/min/max/p25/p75 (over neurons);
+  at the last step also success_last5 (mean success of the last 5 batches) and success_auc
+  (mean success over all batches: the area under success-vs-batch, normalised to [0, 1]).
+Gradient quality (beyond the paper), every `grad_every` batches (0: never), parameters,
+SG and λ frozen, on batches from its own stream: a reference g_ref = mean of BPTT's
+one-batch gradients over `ref_batches` batches (squared standard error se² = sample
+variance / ref_batches), and each rule's one-batch estimates ĝ_i on `grad_batches` other
+batches. Per group (`all`, `recurrent` = the cell's parameters):
+  grad_mse/<rule>/<group>   mean_i ‖ĝ_i − g_ref‖² − se²            (unbiased for E‖ĝ − g‖²)
+  grad_var/<rule>/<group>   Σ_i ‖ĝ_i − mean ĝ‖² / (R − 1)
+  grad_bias2/<rule>/<group> ‖mean ĝ − g_ref‖² − var/R − se²         (unbiased; may be < 0)
+  grad_cos/<rule>/<group>   mean_i cos(ĝ_i, g_ref)
+  grad_ref_sq/<group>, grad_ref_se2/<group>   ‖g_ref‖², se²
+g is E[BPTT's one-batch gradient of the normalised-return loss]; rules: `bp`, and for
+sgprop `mix` (the current λ-mixture with its schedule) and `sg` (λ = 0 at every step).
+
+Randomness: per seed independent streams (init, mazes, train = actions and reward noise,
+grad), so gradient checkpoints never change a training trajectory. Seeds in a block run
+one after the other (bit-identical to running alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from learners.feedback import FeedbackRule, adaptive_lambda, lambda_mixture
+from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, build_model
+from learners.reinforce import Batch, normalised_returns
+from learners.sgprop_time import BPTT, SGPropTime
+from tasks.base import ConfigError, MetricLog, Task
+from tasks.mazes import ACTIONS, OBS_DIM, MazeBatch
+
+STREAMS = {"init": 0, "mazes": 1, "train": 2, "grad": 3}
+LENGTH = {"escape": 80, "explore": 40}
+NOISE = {"escape": 0.0, "explore": 0.75}
+PERCENTILES = (10, 25, 50, 75, 90)
+
+
+@dataclass(frozen=True)
+class PopgymConfig:
+    env: Literal["escape", "explore"] = "escape"
+    model: Literal["sparsenet", "gru", "lstm"] = "sparsenet"
+    learner: Literal["backprop", "sgprop"] = "backprop"
+    num_envs: int = 20  # episodes per batch
+    lr: float = 1e-3  # policy Adam LR
+    batches: int = 300
+    maze_size: int = 6
+    length: int | None = None  # episode length; None: 80 (escape) / 40 (explore)
+    reward_noise: float | None = None  # P(step reward → step penalty); None: 0 / 0.75
+    gamma: float = 0.95
+    entropy_coef: float = 0.01
+    max_grad_norm: float = 0.5
+    sg_lr: float = 1e-5  # sgprop: SG predictor Adam LR
+    lam: float = 1.0  # sgprop: λ₀ if adaptive, else the fixed λ (1 = BPTT)
+    adaptive: bool = True
+    lam_momentum: float = 0.9
+    lam_schedule: Literal["parents", "none"] = "parents"
+    neurons: int = 128  # SparseNet
+    dim: int = 6
+    parents: int = 6
+    input_neurons: int = 16
+    slots: int = 6
+    hidden: int = 256  # GRU / LSTM
+    log_every: int = 1
+    grad_every: int = 0  # gradient-quality checkpoint period in batches; 0: none
+    grad_batches: int = 8  # one-batch estimates per rule and checkpoint
+    ref_batches: int = 64  # batches averaged into the reference gradient
+
+    def validate(self) -> None:
+        positive = {"num_envs": self.num_envs, "batches": self.batches,
+                    "neurons": self.neurons, "dim": self.dim, "parents": self.parents,
+                    "input_neurons": self.input_neurons, "slots": self.slots,
+                    "hidden": self.hidden, "log_every": self.log_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(name, f"expected a positive integer, got {value}")
+        if self.maze_size < 2 or self.maze_size % 2:
+            raise ConfigError("maze_size", f"expected an even size >= 2, got {self.maze_size}")
+        if self.length is not None and self.length < 2:
+            raise ConfigError("length", f"expected at least 2 steps, got {self.length}")
+        if self.reward_noise is not None and not 0.0 <= self.reward_noise <= 1.0:
+            raise ConfigError("reward_noise",
+                              f"expected a probability in [0, 1], got {self.reward_noise}")
+        for name in ("lr", "sg_lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, f"expected a positive number, got {getattr(self, name)}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError("gamma", f"expected a discount in [0, 1], got {self.gamma}")
+        if self.entropy_coef < 0:
+            raise ConfigError("entropy_coef", f"expected >= 0, got {self.entropy_coef}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError("lam", f"expected λ in [0, 1], got {self.lam}")
+        if not 0.0 <= self.lam_momentum < 1.0:
+            raise ConfigError("lam_momentum", f"expected [0, 1), got {self.lam_momentum}")
+        if self.parents > self.neurons:
+            raise ConfigError("parents", f"expected at most neurons = {self.neurons}")
+        if self.input_neurons > self.neurons:
+            raise ConfigError("input_neurons", f"expected at most neurons = {self.neurons}")
+        if self.grad_every < 0:
+            raise ConfigError("grad_every", f"expected >= 0, got {self.grad_every}")
+        if self.grad_batches < 2:
+            raise ConfigError("grad_batches", f"expected at least 2, got {self.grad_batches}")
+        if self.ref_batches < 2:
+            raise ConfigError("ref_batches", f"expected at least 2, got {self.ref_batches}")
+        if self.learner == "sgprop" and self.model != "sparsenet":
+            raise ConfigError("learner", "sgprop needs model sparsenet (GRU/LSTM are BPTT only)")
+
+    @property
+    def episode_length(self) -> int:
+        return self.length if self.length is not None else LENGTH[self.env]
+
+    @property
+    def noise(self) -> float:
+        return self.reward_noise if self.reward_noise is not None else NOISE[self.env]
+
+    def rule(self) -> FeedbackRule:
+        if self.learner == "backprop":
+            return FeedbackRule("backprop", 1.0)
+        if self.adaptive:
+            return adaptive_lambda(self.lam, self.lam_momentum)
+        return lambda_mixture(self.lam)
+
+    def shape(self) -> RecurrentShape:
+        return RecurrentShape(OBS_DIM, ACTIONS, self.neurons, self.dim, self.parents,
+                              self.input_neurons, self.slots)
+
+
+def stream(seed: int, name: str) -> torch.Generator:
+    state = np.random.SeedSequence([seed, STREAMS[name]]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def sample_actions(probs: Tensor, uniforms: Tensor) -> Tensor:
+    """Inverse-CDF sampling: probs (B, A), uniforms (B,) → actions (B,)."""
+    cdf = probs.cumsum(-1)
+    return (cdf < uniforms.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def rollout(model: Model, mazes: MazeBatch, cfg: PopgymConfig, maze_gen: torch.Generator,
+            act_gen: torch.Generator) -> Batch:
+    """One episode in each of `num_envs` fresh mazes, actions sampled from the policy."""
+    n = cfg.num_envs
+    seeds = torch.randint(0, 2**31 - 1, (n,), generator=maze_gen).tolist()
+    obs = torch.from_numpy(mazes.reset(seeds))
+    state = model.initial_state(n)
+    active = np.ones(n, bool)
+    success = np.zeros(n, bool)
+    record: dict[str, list[Tensor]] = {"obs": [], "actions": [], "rewards": [], "valid": []}
+    penalty = -1.0 / cfg.episode_length
+    while active.any():
+        logits, state = model.step(obs, state)
+        actions = sample_actions(torch.softmax(logits, -1), torch.rand(n, generator=act_gen))
+        res = mazes.step(actions.numpy(), active)
+        flip = torch.rand(n, generator=act_gen).numpy() < cfg.noise
+        reward = np.where(flip, penalty, res.reward)
+        record["obs"].append(obs)
+        record["actions"].append(actions)
+        record["rewards"].append(torch.from_numpy(np.where(active, reward, 0.0)).float())
+        record["valid"].append(torch.from_numpy(active.copy()))
+        success |= res.terminated
+        active = active & ~(res.terminated | res.truncated)
+        obs = torch.from_numpy(res.obs)
+    return Batch(obs=torch.stack(record["obs"]), actions=torch.stack(record["actions"]),
+                 rewards=torch.stack(record["rewards"]), valid=torch.stack(record["valid"]),
+                 success=torch.from_numpy(success))
+
+
+class PopgymRun:
+    """One config and one seed: model, learner, optimiser, streams."""
+
+    def __init__(self, cfg: PopgymConfig, seed: int, device: str = "cpu") -> None:
+        cfg.validate()
+        if torch.device(device).type != "cpu":
+            # The environment is NumPy on the CPU and the models are small: run on the CPU.
+            device = "cpu"
+        self.cfg = cfg
+        self.gens = {name: stream(seed, name) for name in STREAMS}
+        self.model = build_model(cfg.model, OBS_DIM, ACTIONS, self.gens["init"], cfg.shape(),
+                                 cfg.hidden)
+        self.learner: BPTT | SGPropTime
+        if cfg.learner == "sgprop":
+            assert isinstance(self.model, RecurrentSparseNet)
+            self.learner = SGPropTime(self.model, cfg.rule(), cfg.sg_lr, cfg.entropy_coef,
+                                      cfg.lam_schedule)
+        else:
+            self.learner = BPTT(self.model, cfg.entropy_coef)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.mazes = MazeBatch(cfg.env, cfg.num_envs, cfg.maze_size, cfg.episode_length)
+
+    def collect(self, stream_name: str) -> tuple[Batch, Tensor]:
+        gen = self.gens[stream_name]
+        batch = rollout(self.model, self.mazes, self.cfg, gen, gen) if stream_name == "grad" \
+            else rollout(self.model, self.mazes, self.cfg, self.gens["mazes"], gen)
+        return batch, normalised_returns(batch.rewards, batch.valid, self.cfg.gamma)
+
+    def train_step(self) -> dict[str, float]:
+        batch, advantages = self.collect("train")
+        stats = self.learner.backward(batch, advantages)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        returns = batch.rewards.sum(0).numpy()
+        out = {name: float(v) for name, v in stats.items()}
+        out.update({
+            "success_rate": float(batch.success.float().mean()),
+            "return_mean": float(returns.mean()),
+            "episode_length": float(batch.lengths.float().mean()),
+            "steps": float(batch.valid.sum()),
+            "grad_norm": float(norm),
+        })
+        out.update({f"return_p{q}": float(v)
+                    for q, v in zip(PERCENTILES, np.percentile(returns, PERCENTILES),
+                                    strict=True)})
+        if isinstance(self.learner, SGPropTime):
+            out.update({k: float(v) for k, v in self.learner.lambda_stats().items()})
+        return out
+
+    def groups(self) -> dict[str, list[int]]:
+        params = list(self.model.parameters())
+        if isinstance(self.model, RecurrentSparseNet):
+            rec = self.model.cell_parameters()
+        else:
+            rec = list(self.model.rnn.parameters())
+        ids = {id(p) for p in rec}
+        return {"all": list(range(len(params))),
+                "recurrent": [i for i, p in enumerate(params) if id(p) in ids]}
+
+    def gradient_quality(self) -> dict[str, float]:
+        """Each rule's one-batch gradient vs a many-batch BPTT reference (see module doc)."""
+        cfg = self.cfg
+        groups = self.groups()
+
+        def flat(grads: list[Tensor]) -> dict[str, Tensor]:
+            return {g: torch.cat([grads[i].reshape(-1) for i in idx]).double()
+                    for g, idx in groups.items()}
+
+        reference = BPTT(self.model, cfg.entropy_coef)
+        refs = [flat(reference.gradients(*self.collect("grad"))[0])
+                for _ in range(cfg.ref_batches)]
+        estimates: dict[str, list[dict[str, Tensor]]] = {}
+        for _ in range(cfg.grad_batches):
+            for rule, grads in self.learner.rule_gradients(*self.collect("grad")).items():
+                estimates.setdefault(rule, []).append(flat(grads))
+        out: dict[str, float] = {}
+        r_ref, r = cfg.ref_batches, cfg.grad_batches
+        for group in groups:
+            ref_all = torch.stack([x[group] for x in refs])
+            g_ref = ref_all.mean(0)
+            se2 = float(((ref_all - g_ref) ** 2).sum(-1).sum() / (r_ref - 1) / r_ref)
+            out[f"grad_ref_sq/{group}"] = float((g_ref * g_ref).sum())
+            out[f"grad_ref_se2/{group}"] = se2
+            for rule, ests in estimates.items():
+                est = torch.stack([x[group] for x in ests])
+                mean = est.mean(0)
+                var = float(((est - mean) ** 2).sum(-1).sum() / (r - 1))
+                raw = float(((est - g_ref) ** 2).sum(-1).mean())
+                cos = torch.nn.functional.cosine_similarity(est, g_ref.unsqueeze(0), dim=-1)
+                out[f"grad_mse/{rule}/{group}"] = raw - se2
+                out[f"grad_var/{rule}/{group}"] = var
+                out[f"grad_bias2/{rule}/{group}"] = (
+                    float(((mean - g_ref) ** 2).sum()) - var / r - se2)
+                out[f"grad_cos/{rule}/{group}"] = float(cos.mean())
+        return out
+
+    def run(self) -> MetricLog:
+        cfg = self.cfg
+        log = MetricLog()
+        window: dict[str, float] = {}
+        count, env_steps = 0, 0.0
+        success: list[float] = []
+        for step in range(1, cfg.batches + 1):
+            stats = self.train_step()
+            env_steps += stats.pop("steps")
+            success.append(stats["success_rate"])
+            for name, value in stats.items():
+                window[name] = window.get(name, 0.0) + value
+            count += 1
+            if step % cfg.log_every == 0 or step == cfg.batches:
+                log.log_dict({name: total / count for name, total in window.items()}, step)
+                log.log("env_steps", env_steps, step)
+                window, count = {}, 0
+            if cfg.grad_every and step % cfg.grad_every == 0:
+                log.log_dict(self.gradient_quality(), step)
+        log.log("success_last5", float(np.mean(success[-5:])), cfg.batches)
+        log.log("success_auc", float(np.mean(success)), cfg.batches)
+        return log
+
+
+def run_block(cfg: PopgymConfig, seeds: Sequence[int], device: str = "cpu") -> list[MetricLog]:
+    return [PopgymRun(cfg, seed, device).run() for seed in seeds]
+
+
+TASK = Task(
+    name="popgym",
+    config_type=PopgymConfig,
+    run_block=run_block,
+    description="E3 POPGym labyrinths: recurrent SparseNet BPTT/sgprop vs GRU/LSTM, grad quality",
+    batched=False,
+)

@@ -1,0 +1,194 @@
+"""E3 task: batched labyrinths = POPGym + wrappers, reward noise, seeding, config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from learners.reinforce import discounted_returns, normalised_returns
+from tasks import REGISTRY, ConfigError
+from tasks.mazes import OBS_DIM, MazeBatch, _GlobalRngGuard, wrapped_popgym_env
+from tasks.popgym_task import PopgymConfig, PopgymRun, rollout, run_block, stream
+
+torch.set_num_threads(1)
+
+TINY = dict(neurons=12, dim=3, parents=3, input_neurons=4, slots=2, hidden=16,
+            num_envs=4, batches=3)
+
+
+@pytest.mark.parametrize("env,length", [("escape", 80), ("explore", 40)])
+def test_batched_mazes_replay_popgym_with_its_wrappers_exactly(env: str, length: int) -> None:
+    n = 6
+    batch = MazeBatch(env, n, 6, length)
+    refs = [wrapped_popgym_env(env, 6, length) for _ in range(n)]
+    assert refs[0].observation_space.shape == (OBS_DIM,)
+    rng = np.random.default_rng(1)
+    compared = 0
+    for episode in range(3):
+        seeds = [100 * episode + i for i in range(n)]
+        obs = batch.reset(seeds)
+        ref_obs = []
+        for ref, seed in zip(refs, seeds, strict=True):
+            with _GlobalRngGuard():
+                ref_obs.append(ref.reset(seed=seed)[0])
+        np.testing.assert_array_equal(obs, np.array(ref_obs))
+        done = np.zeros(n, bool)
+        while not done.all():
+            actions = rng.integers(4, size=n)
+            res = batch.step(actions, ~done)
+            for i in np.flatnonzero(~done):
+                o, r, term, trunc, _ = refs[i].step(int(actions[i]))
+                np.testing.assert_array_equal(res.obs[i], o)
+                assert (res.reward[i], res.terminated[i], res.truncated[i]) == (r, term, trunc)
+                compared += 1
+            done |= res.terminated | res.truncated
+    assert compared > 3 * n * 10
+
+
+def test_observation_is_one_hot_view_actions_and_first_step_flag() -> None:
+    batch = MazeBatch("escape", 3, 6, 80)
+    obs = batch.reset([0, 1, 2])
+    assert obs.shape == (3, 56) and obs.dtype == np.float32
+    # 9 view cells + env action (5 kinds each), wrapper action (4), is_t0 (2): one 1 each.
+    blocks = [obs[:, 5 * i:5 * i + 5] for i in range(10)] + [obs[:, 50:54], obs[:, 54:56]]
+    assert all((b.sum(1) == 1).all() for b in blocks)
+    assert (obs[:, 45 + 4] == 1).all()  # env's previous action is NONE at reset
+    assert (obs[:, 50] == 1).all()  # wrapper's null action 0
+    assert (obs[:, 55] == 1).all()  # is_t0
+    step = batch.step(np.array([1, 2, 3])).obs
+    assert (step[:, 54] == 1).all()
+    assert step[np.arange(3), 50 + np.array([1, 2, 3])].tolist() == [1, 1, 1]
+
+
+def test_maze_generation_leaves_global_rngs_alone_and_is_seeded() -> None:
+    random.seed(5)
+    np.random.seed(5)
+    before = (random.random(), np.random.rand())
+    random.seed(5)
+    np.random.seed(5)
+    a = MazeBatch("explore", 2, 6, 40)
+    a.reset([3, 4])
+    assert (random.random(), np.random.rand()) == before
+    b = MazeBatch("explore", 2, 6, 40)
+    b.reset([3, 4])
+    np.testing.assert_array_equal(a.grid, b.grid)
+    b.reset([5, 6])
+    assert not np.array_equal(a.grid, b.grid)
+
+
+def _rollout(cfg: PopgymConfig, seed: int = 0):
+    run = PopgymRun(cfg, seed)
+    return rollout(run.model, run.mazes, cfg, run.gens["mazes"], run.gens["train"])
+
+
+@pytest.mark.parametrize("noise,expected", [(0.0, None), (1.0, "all")])
+def test_reward_noise_edges(noise: float, expected: str | None) -> None:
+    cfg = PopgymConfig(env="explore", reward_noise=noise, **TINY)
+    batch = _rollout(cfg)
+    rewards = batch.rewards[batch.valid]
+    if expected == "all":
+        assert torch.all(rewards == torch.tensor(-1 / 40, dtype=torch.float32))
+    else:  # the first move to a new square earns POPGym's positive reward
+        assert (rewards > 0).any()
+
+
+def test_reward_noise_replaces_the_stated_fraction_of_new_square_rewards() -> None:
+    base = PopgymConfig(env="explore", reward_noise=0.0, **{**TINY, "num_envs": 64})
+    noisy = dataclasses.replace(base, reward_noise=0.75)
+    clean, masked = _rollout(base), _rollout(noisy)
+    # Same seed: same mazes and the same action uniforms, so the same trajectories.
+    torch.testing.assert_close(clean.actions, masked.actions)
+    positive = clean.rewards > 0
+    kept = (masked.rewards[positive] > 0).float().mean().item()
+    assert positive.sum() > 250
+    assert abs(kept - 0.25) < 0.08
+    assert PopgymConfig(env="explore").noise == 0.75 and PopgymConfig(env="escape").noise == 0.0
+
+
+def test_success_is_termination_and_lengths_respect_truncation() -> None:
+    cfg = PopgymConfig(env="escape", length=12, **{**TINY, "num_envs": 16})
+    batch = _rollout(cfg)
+    lengths = batch.lengths
+    assert int(lengths.max()) <= 11  # POPGym truncates after length − 1 steps
+    assert torch.equal(batch.success, lengths < 11) or bool(batch.success[lengths < 11].all())
+    # A successful escape ends on the goal: its last reward includes the +1.
+    last = batch.rewards[lengths - 1, torch.arange(16)]
+    assert torch.equal(last > 0.5, batch.success)
+
+
+def test_discounted_and_normalised_returns() -> None:
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 5.0], [3.0, 0.0]])
+    valid = torch.tensor([[True, True], [True, True], [True, False]])
+    g = discounted_returns(rewards, valid, 0.5)
+    torch.testing.assert_close(g, torch.tensor([[1 + 0.5 * 2 + 0.25 * 3, 2.5],
+                                                [2 + 0.5 * 3, 5.0], [3.0, 0.0]]))
+    a = normalised_returns(rewards, valid, 0.5)
+    assert a[2, 1] == 0
+    assert abs(float(a[valid].mean())) < 1e-6
+    assert abs(float(a[valid].std(unbiased=False)) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("model,learner", [("gru", "backprop"), ("lstm", "backprop"),
+                                           ("sparsenet", "backprop"), ("sparsenet", "sgprop")])
+def test_seed_reproducible_bit_for_bit_and_independent_of_block(model: str, learner: str) -> None:
+    cfg = PopgymConfig(env="explore", model=model, learner=learner, length=10, **TINY)
+    solo = run_block(cfg, [1])[0]
+    block = run_block(cfg, [0, 1])
+    assert block[1] == solo
+    again = run_block(cfg, [1])[0]
+    assert again == solo
+    assert block[0].values != solo.values
+
+
+def test_training_logs_every_metric() -> None:
+    cfg = PopgymConfig(env="escape", model="sparsenet", learner="sgprop", length=10,
+                       grad_every=3, grad_batches=2, ref_batches=3, **TINY)
+    final = run_block(cfg, [0])[0].final()
+    for name in ("success_rate", "return_mean", "return_p10", "return_p90", "episode_length",
+                 "env_steps", "policy_loss", "entropy", "grad_norm", "sg_loss", "lambda_mean",
+                 "lambda_min", "lambda_max", "lambda_p25", "lambda_p75", "success_last5",
+                 "success_auc", "grad_mse/bp/all", "grad_mse/mix/recurrent",
+                 "grad_bias2/sg/all", "grad_var/mix/all", "grad_cos/bp/all",
+                 "grad_ref_sq/all", "grad_ref_se2/recurrent"):
+        assert name in final, name
+    assert 0 <= final["success_rate"] <= 1 and final["env_steps"] > 0
+
+
+def test_streams_are_independent_per_name_and_seed() -> None:
+    draws = {(s, n): torch.rand(3, generator=stream(s, n)).tolist()
+             for s in (0, 1) for n in ("init", "mazes", "train", "grad")}
+    assert len({tuple(v) for v in draws.values()}) == len(draws)
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"env": "cartpole"}, None),
+    ({"num_envs": 0}, "num_envs"),
+    ({"maze_size": 5}, "maze_size"),
+    ({"reward_noise": 1.5}, "reward_noise"),
+    ({"lr": 0.0}, "lr"),
+    ({"gamma": 1.5}, "gamma"),
+    ({"lam": -0.1}, "lam"),
+    ({"lam_momentum": 1.0}, "lam_momentum"),
+    ({"parents": 200}, "parents"),
+    ({"grad_batches": 1}, "grad_batches"),
+    ({"model": "gru", "learner": "sgprop"}, "learner"),
+])
+def test_bad_config_is_one_line_error_naming_the_field(change: dict, field: str | None) -> None:
+    if field is None:  # an unknown Literal value is caught by the sweep loader's type check
+        from orchestrator.spec import SpecError, parse_spec
+        with pytest.raises(SpecError, match="env") as err:
+            parse_spec({"name": "x", "task": "popgym", "params": {"env": "cartpole"},
+                        "seeds": 1})
+        assert "\n" not in str(err.value)
+        return
+    with pytest.raises(ConfigError) as err:
+        PopgymConfig(**change).validate()
+    assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_task_is_registered() -> None:
+    assert REGISTRY["popgym"].config_type is PopgymConfig
