@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,6 +55,7 @@ def history_figure(table: pd.DataFrame, direction: str, metric: str, path: Path,
                 transform=ax.get_xaxis_transform(), label="pruned")
     if reference is not None:
         ax.axhline(reference, color="C2", ls="--", lw=1, label="closed-form optimum")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("Optuna trial")
     ax.set_ylabel(metric)
     ax.set_title("Optimisation history", fontsize=10)
@@ -101,6 +103,7 @@ def slice_figure(table: pd.DataFrame, study, metric: str, path: Path,
         points = ax.scatter(x, done.value, c=done.number, cmap="viridis", s=18)
         if numeric and getattr(distributions.get(name), "log", False):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlaps
         if reference and name in reference:
             ax.axvline(reference[name], color="C2", ls="--", lw=1, label="closed form")
             ax.legend(fontsize=8)
