@@ -44,6 +44,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} -h)\n")
 
 
+def _add_engine_options(command: argparse.ArgumentParser, retried: str) -> None:
+    """Options `run` and `tune` share: where to run (Ray), where to track (MLflow)."""
+    command.add_argument("--tracking-uri", default=None,
+                         help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db; "
+                              "'none' to skip)")
+    command.add_argument("--address", default=None,
+                         help="Ray cluster address (default: start an embedded local Ray)")
+    command.add_argument("--num-cpus", type=_positive_int, default=None,
+                         help="CPUs for the embedded Ray (default: all)")
+    command.add_argument("--num-gpus", type=_non_negative_int, default=None,
+                         help="GPUs for the embedded Ray (default: detected)")
+    command.add_argument("--max-retries", type=_non_negative_int, default=3,
+                         help=f"retries of a {retried} whose Ray worker or node died (default 3)")
+    command.add_argument("--no-report", action="store_true",
+                         help="skip the report at the end")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sgsweep",
@@ -54,22 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) every trial of a sweep file")
     run.add_argument("spec", type=Path, help="sweep file (YAML)")
     run.add_argument("--out", type=Path, required=True, help="results directory")
-    run.add_argument("--tracking-uri", default=None,
-                     help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db; 'none' to skip)")
-    run.add_argument("--address", default=None,
-                     help="Ray cluster address (default: start an embedded local Ray)")
-    run.add_argument("--num-cpus", type=_positive_int, default=None,
-                     help="CPUs for the embedded Ray (default: all)")
-    run.add_argument("--num-gpus", type=_non_negative_int, default=None,
-                     help="GPUs for the embedded Ray (default: detected)")
+    _add_engine_options(run, retried="chunk")
     run.add_argument("--block-size", type=_positive_int, default=None,
                      help="seeds per block (default: the spec's, else automatic)")
-    run.add_argument("--max-retries", type=_non_negative_int, default=3,
-                     help="retries of a chunk whose Ray worker or node died (default 3)")
     run.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
     run.add_argument("--trial-timeout", type=_positive_float, default=None, metavar="SECONDS",
                      help="fail a trial that runs longer (default: the spec's timeout_s)")
-    run.add_argument("--no-report", action="store_true", help="skip the report at the end")
 
     tune = sub.add_parser("tune", help="run (or resume) an Optuna study of a tune file")
     tune.add_argument("spec", type=Path, help="tune file (YAML: a sweep file with `search`)")
@@ -77,19 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", default=None,
                       help="Optuna storage URL, e.g. postgresql://... for a cluster "
                            "(default: a journal file OUT/study.journal)")
-    tune.add_argument("--tracking-uri", default=None,
-                      help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db; 'none' to skip)")
-    tune.add_argument("--address", default=None,
-                      help="Ray cluster address (default: start an embedded local Ray)")
-    tune.add_argument("--num-cpus", type=_positive_int, default=None,
-                      help="CPUs for the embedded Ray (default: all)")
-    tune.add_argument("--num-gpus", type=_non_negative_int, default=None,
-                      help="GPUs for the embedded Ray (default: detected)")
+    _add_engine_options(tune, retried="rung")
     tune.add_argument("--n-trials", type=_positive_int, default=None,
                       help="Optuna trials to finish in total (default: the spec's n_trials)")
-    tune.add_argument("--max-retries", type=_non_negative_int, default=3,
-                      help="retries of a rung whose Ray worker or node died (default 3)")
-    tune.add_argument("--no-report", action="store_true", help="skip the report at the end")
 
     status = sub.add_parser("status", help="done / failed / pending trials per sweep")
     status.add_argument("out", type=Path, help="results directory")
