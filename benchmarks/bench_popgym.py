@@ -8,9 +8,22 @@
    own LabyrinthEscape/Explore with its previous-action → antialias → flatten wrappers,
    stepped one env after the other, on the same random actions; printed side by side with
    the ratio.
+3. Seeds batched vs sequential (`--seeds N`, default 6; 0 skips): the training step of N
+   seeds, each on its own `num_envs` mazes, per model (BPTT). Sequential = N PopgymRuns
+   stepped one after the other (what the task does, `batched=False`). Batched = the N
+   seeds' parameters stacked (`torch.func.stack_module_state`), the model called under
+   `torch.func.vmap` (per-seed weights → batched matmuls), all N·num_envs mazes in one
+   MazeBatch, per-seed action/maze streams, one backward of the summed per-seed losses,
+   per-seed norm clip, one Adam over the stacked parameters. Same work per seed both ways
+   (num_envs, episode length, sizes); the batched rollout runs until the last of all
+   N·num_envs episodes ends (the sequential one per seed), steps counted are valid steps.
+   GRU/LSTM cells are written out (vmap has no batching rule for aten::lstm_cell and
+   only a slow per-sample fallback for aten::gru_cell); SparseNet's cell vmaps as is.
+   Timings interleaved (sequential then batched, `--reps` times), fastest of each.
 
     python benchmarks/bench_popgym.py                    # escape, 20 envs
     python benchmarks/bench_popgym.py --env explore --num-envs 40
+    python benchmarks/bench_popgym.py --only-seeds --seeds 6
 """
 
 from __future__ import annotations
@@ -20,9 +33,14 @@ import time
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+from torch.func import stack_module_state, vmap
+from torch.nn.utils.stateless import _reparametrize_module
 
+from learners.recurrent import RecurrentBaseline
+from learners.reinforce import normalised_returns, policy_loss
 from tasks.mazes import MazeBatch, _GlobalRngGuard, wrapped_popgym_env
-from tasks.popgym_task import PopgymConfig, PopgymRun, rollout
+from tasks.popgym_task import PopgymConfig, PopgymRun, rollout, sample_actions
 
 CASES = {
     "GRU BPTT": dict(model="gru", learner="backprop"),
@@ -80,6 +98,127 @@ def env_rates(env: str, num_envs: int, length: int, episodes: int) -> tuple[floa
     return steps_fast / fast, steps_slow / slow
 
 
+def _cell(rnn: nn.Module, x: Tensor, state):
+    """nn.GRUCell / nn.LSTMCell written out with F.linear, so vmap batches it."""
+    lin = nn.functional.linear
+    gi = lin(x, rnn.weight_ih, rnn.bias_ih)
+    if isinstance(rnn, nn.GRUCell):
+        gh = lin(state, rnn.weight_hh, rnn.bias_hh)
+        ir, iz, i_n = gi.chunk(3, -1)
+        hr, hz, hn = gh.chunk(3, -1)
+        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        n = torch.tanh(i_n + r * hn)
+        return (1 - z) * n + z * state
+    h, c = state
+    i, f, g, o = (gi + lin(h, rnn.weight_hh, rnn.bias_hh)).chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class SeedStack:
+    """N seeds of one config trained together: stacked parameters, one maze batch."""
+
+    def __init__(self, cfg: PopgymConfig, seeds: list[int]) -> None:
+        runs = [PopgymRun(cfg, s) for s in seeds]
+        self.cfg, self.s, self.n = cfg, len(seeds), cfg.num_envs
+        self.base = runs[0].model
+        self.params, self.buffers = stack_module_state([r.model for r in runs])
+        self.gens = [r.gens for r in runs]
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr)
+        self.mazes = MazeBatch(cfg.env, self.s * self.n, cfg.maze_size, cfg.episode_length)
+        self.v_step = vmap(self._step)
+        self.v_logits = vmap(self._logits)
+
+    def _step(self, params, buffers, obs, state):
+        with _reparametrize_module(self.base, {**params, **buffers}):
+            m = self.base
+            if isinstance(m, RecurrentBaseline):
+                state = _cell(m.rnn, m.pre(obs), state)
+                h = state[0] if m.kind == "lstm" else state
+                return m.actor(h), state
+            return m.step(obs, state)
+
+    def _logits(self, params, buffers, obs):
+        with _reparametrize_module(self.base, {**params, **buffers}):
+            m = self.base
+            if not isinstance(m, RecurrentBaseline):
+                return m.logits(obs)
+            embed, state, hs = m.pre(obs), m.initial_state(obs.shape[1]), []
+            for t in range(obs.shape[0]):
+                state = _cell(m.rnn, embed[t], state)
+                hs.append(state[0] if m.kind == "lstm" else state)
+            return m.actor(torch.stack(hs))
+
+    @torch.no_grad()
+    def rollout(self):
+        """Like tasks.popgym_task.rollout for all seeds at once, each on its own streams."""
+        s, n, cfg = self.s, self.n, self.cfg
+        seeds = sum((torch.randint(0, 2**31 - 1, (n,), generator=g["mazes"]).tolist()
+                     for g in self.gens), [])
+        obs = torch.from_numpy(self.mazes.reset(seeds))
+        state = self.base.initial_state(s * n)
+        state = (tuple(x.view(s, n, -1) for x in state) if isinstance(state, tuple)
+                 else state.view(s, n, *state.shape[1:]))
+        active = np.ones(s * n, bool)
+        rec: dict[str, list] = {"obs": [], "actions": [], "rewards": [], "valid": []}
+        penalty = -1.0 / cfg.episode_length
+        while active.any():
+            logits, state = self.v_step(self.params, self.buffers, obs.view(s, n, -1), state)
+            u = torch.cat([torch.rand(n, generator=g["train"]) for g in self.gens])
+            actions = sample_actions(torch.softmax(logits.reshape(s * n, -1), -1), u)
+            res = self.mazes.step(actions.numpy(), active)
+            flip = torch.cat([torch.rand(n, generator=g["train"])
+                              for g in self.gens]).numpy() < cfg.noise
+            reward = np.where(flip, penalty, res.reward)
+            rec["obs"].append(obs)
+            rec["actions"].append(actions)
+            rec["rewards"].append(torch.from_numpy(np.where(active, reward, 0.0)).float())
+            rec["valid"].append(torch.from_numpy(active.copy()))
+            active = active & ~(res.terminated | res.truncated)
+            obs = torch.from_numpy(res.obs)
+        return {k: torch.stack(v) for k, v in rec.items()}  # (T, S·n, ...)
+
+    def train_step(self) -> float:
+        s, n, cfg = self.s, self.n, self.cfg
+        b = self.rollout()
+        t = b["obs"].shape[0]
+        per_seed = {k: v.view(t, s, n, *v.shape[2:]).transpose(0, 1) for k, v in b.items()}
+        logits = self.v_logits(self.params, self.buffers, per_seed["obs"])  # (S, T, n, A)
+        loss = logits.new_zeros(())
+        for i in range(s):
+            valid, rewards = per_seed["valid"][i], per_seed["rewards"][i]
+            adv = normalised_returns(rewards, valid, cfg.gamma)
+            loss = loss + policy_loss(logits[i], per_seed["actions"][i], adv, valid,
+                                      cfg.entropy_coef)[0]
+        loss.backward()
+        grads = [p.grad for p in self.params.values()]
+        norms = torch.stack([g.reshape(s, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+        scale = (cfg.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(b["valid"].sum())
+
+
+def seed_rates(cfg: PopgymConfig, seeds: int, reps: int) -> tuple[float, float]:
+    """(sequential env-steps/s, batched env-steps/s) of one training step of all seeds."""
+    runs = [PopgymRun(cfg, s) for s in range(seeds)]
+    stack = SeedStack(cfg, list(range(seeds)))
+    for run in runs:
+        run.train_step()  # warm-up
+    stack.train_step()
+    seq = bat = 0.0
+    for _ in range(reps):
+        start = time.perf_counter()
+        steps = sum(run.train_step()["steps"] for run in runs)
+        seq = max(seq, steps / (time.perf_counter() - start))
+        start = time.perf_counter()
+        steps = stack.train_step()
+        bat = max(bat, steps / (time.perf_counter() - start))
+    return seq, bat
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", choices=["escape", "explore"], default="escape")
@@ -87,10 +226,28 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=10, help="env-only benchmark")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--seeds", type=int, default=6, help="seeds batched vs sequential")
+    parser.add_argument("--reps", type=int, default=3, help="seed benchmark: fastest of")
+    parser.add_argument("--seed-models", default="gru,lstm,sparsenet",
+                        help="models of the seed benchmark (comma-separated)")
+    parser.add_argument("--only-seeds", action="store_true", help="seed benchmark only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"E3 {args.env}, {args.num_envs} envs per batch, paper sizes, CPU, "
           f"{torch.get_num_threads()} thread(s)")
+    if not args.only_seeds:
+        model_and_env_tables(args)
+    if args.seeds > 0:
+        print(f"\n{args.seeds} seeds, training step (BPTT), env-steps/s, fastest of "
+              f"{args.reps} interleaved")
+        print(f"{'model':20s} {'sequential':>12s} {'batched':>12s} {'speedup':>8s}")
+        for model in args.seed_models.split(","):
+            cfg = PopgymConfig(env=args.env, num_envs=args.num_envs, model=model)
+            seq, bat = seed_rates(cfg, args.seeds, args.reps)
+            print(f"{model:20s} {seq:12.0f} {bat:12.0f} {bat / seq:8.2f}", flush=True)
+
+
+def model_and_env_tables(args: argparse.Namespace) -> None:
     print(f"\n{'model / rule':20s} {'train steps/s':>14s} {'rollout steps/s':>16s} "
           f"{'train x GRU':>12s}")
     rates = {}
