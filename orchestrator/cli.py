@@ -168,17 +168,24 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"recorded, of {summary.total} trials in {summary.wall_s:.1f}s")
     for line in summary.first_errors:
         print(f"  failed: {line}")
-    print(f"results: {args.out.resolve()}/trials and {args.out.resolve()}/metrics (Parquet)")
-    if summary.tracking_uri:
-        print(f"mlflow:  {summary.tracking_uri}"
-              + (f" (not logged: {summary.tracking_error})" if summary.tracking_error else ""))
+    _finish(args, summary.tracking_uri, summary.tracking_error)
+    return 0
+
+
+def _finish(args: argparse.Namespace, tracking_uri: str | None,
+            tracking_error: str | None) -> None:
+    """Where the results went (Parquet, MLflow), then the report unless --no-report."""
+    out = args.out.resolve()
+    print(f"results: {out}/trials and {out}/metrics (Parquet)")
+    if tracking_uri:
+        print(f"mlflow:  {tracking_uri}"
+              + (f" (not logged: {tracking_error})" if tracking_error else ""))
     if not args.no_report:
         from orchestrator.report import write_report
 
-        report = write_report(args.out, tracking_uri=summary.tracking_uri or "")
+        report = write_report(args.out, tracking_uri=tracking_uri or "")
         if report is not None:
             print(f"report:  {report}")
-    return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -208,16 +215,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{summary.best_value:.6g} ({params})")
         print(f"         re-evaluate on fresh seeds: sgsweep run {summary.best_file} "
               f"--out {args.out / 'best'}")
-    print(f"results: {args.out.resolve()}/trials and {args.out.resolve()}/metrics (Parquet)")
-    if summary.tracking_uri:
-        print(f"mlflow:  {summary.tracking_uri}"
-              + (f" (not logged: {summary.tracking_error})" if summary.tracking_error else ""))
-    if not args.no_report:
-        from orchestrator.report import write_report
-
-        report = write_report(args.out, tracking_uri=summary.tracking_uri or "")
-        if report is not None:
-            print(f"report:  {report}")
+    _finish(args, summary.tracking_uri, summary.tracking_error)
     return 0
 
 
