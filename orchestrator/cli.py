@@ -224,8 +224,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     _require_results(args.out)
     print(format_status(sweep_status(args.out)))
-    if (args.out / "tune.json").is_file():
-        from orchestrator.tune import study_status
+    from orchestrator.tune import is_tuning_directory, study_status
+
+    if is_tuning_directory(args.out):
 
         print(study_status(args.out))
     return 0
@@ -242,9 +243,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     _require_results(args.out)
     uri = args.tracking_uri or default_tracking_uri(args.out)
-    if (args.out / "tune.json").is_file():  # a tuning directory: the study's view
+    from orchestrator.tune import is_tuning_directory, sync_study
+
+    if is_tuning_directory(args.out):  # a tuning directory: the study's view
         from orchestrator.runner import RunError
-        from orchestrator.tune import sync_study
 
         try:
             logged, present = sync_study(args.out, uri)
@@ -256,8 +258,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     try:
         summary = mlflow_sync(args.out, uri)
     except Exception as exc:  # noqa: BLE001 - an unreachable server is the user's to fix
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"--tracking-uri {uri}: {type(exc).__name__}: {first}") from None
+        from orchestrator.tracking import error_line
+
+        raise UserError(f"--tracking-uri {uri}: {error_line(exc)}") from None
     print(f"mlflow-sync: logged {summary.logged} trial runs ({summary.present} already "
           f"present, {summary.parents_created} parent runs created) to {uri}")
     return 0

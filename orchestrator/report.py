@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator.record import ResultStore
-from orchestrator.tracking import ROLE_TAG, client_for, default_tracking_uri
+from orchestrator.tracking import ROLE_TAG, client_for, resolve_tracking_uri
 
 
 def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -30,9 +30,10 @@ def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path | None:
     """Write DIR/report/<sweep>/ for every sweep in DIR; returns the report folder."""
     from analysis import reports
+    from orchestrator.tune import is_tuning_directory
 
     out_dir = Path(out_dir)
-    if (out_dir / "tune.json").is_file():
+    if is_tuning_directory(out_dir):
         return write_tune_report(out_dir, tracking_uri)
     trials, metrics = load_results(out_dir)
     if trials.empty:
@@ -45,7 +46,7 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
         sweep_metrics = metrics[metrics.trial_id.isin(sweep_trials.trial_id)]
         params = sorted(json.loads(sweep_trials.config.iloc[0]))
         files = reports.write(str(task), sweep_trials, sweep_metrics, params, folder)
-        uri = default_tracking_uri(out_dir) if tracking_uri is None else tracking_uri
+        uri = resolve_tracking_uri(out_dir, tracking_uri)
         if uri and files:
             _log_artifacts(uri, str(sweep), files)
     return root
@@ -55,13 +56,14 @@ def write_tune_report(out_dir: Path, tracking_uri: str | None = None) -> Path:
     """DIR/report/<study>/ for a tuning directory (`sgsweep tune`): the study's trials,
     history, importances and slice plot, logged to the study's MLflow parent run."""
     from analysis import reports, tune
+    from orchestrator.tune import study_info
 
-    study = json.loads((out_dir / "tune.json").read_text())["study"]
+    study = study_info(out_dir)["study"]
     folder = out_dir / "report" / study
     folder.mkdir(parents=True, exist_ok=True)
     trials, metrics = load_results(out_dir)
     files = tune.report(out_dir, folder, trials, metrics, reports.TUNE_REFERENCES)
-    uri = default_tracking_uri(out_dir) if tracking_uri is None else tracking_uri
+    uri = resolve_tracking_uri(out_dir, tracking_uri)
     if uri and files:
         _log_artifacts(uri, study, files, role="study")
     return folder

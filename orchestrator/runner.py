@@ -25,7 +25,7 @@ from orchestrator.execute import TrialRecord
 from orchestrator.progress import Progress
 from orchestrator.record import ResultStore
 from orchestrator.spec import SweepSpec
-from orchestrator.tracking import TrackingWriter, default_tracking_uri
+from orchestrator.tracking import TrackingWriter, artifact_root, resolve_tracking_uri
 from tasks import get_task
 
 
@@ -83,6 +83,16 @@ def directory_lock(out_dir: Path):
         handle.close()
 
 
+def save_spec_copy(out_dir: Path, name: str, spec_path: Path | None) -> Path | None:
+    """Keep the sweep/tune file that made DIR's results in DIR/specs/NAME.yaml."""
+    if spec_path is None:
+        return None
+    (out_dir / "specs").mkdir(exist_ok=True)
+    copy = out_dir / "specs" / f"{name}.yaml"
+    shutil.copyfile(spec_path, copy)
+    return copy
+
+
 def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     task = get_task(spec.task)
     out_dir = options.out_dir
@@ -90,9 +100,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     with directory_lock(out_dir):
         store = ResultStore(out_dir)
         store.prepare()
-        if options.spec_path is not None:
-            (out_dir / "specs").mkdir(exist_ok=True)
-            shutil.copyfile(options.spec_path, out_dir / "specs" / f"{spec.name}.yaml")
+        save_spec_copy(out_dir, spec.name, options.spec_path)
 
         blocks = plan.expand(spec)
         configs = {b.config_id: b.config for b in blocks}
@@ -107,13 +115,11 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
         skipped = spec.num_trials - num_pending
         invocation = uuid.uuid4().hex[:12]
 
-        tracking_uri = (default_tracking_uri(out_dir) if options.tracking_uri is None
-                        else options.tracking_uri or None)
+        tracking_uri = resolve_tracking_uri(out_dir, options.tracking_uri)
         writer = None
         if tracking_uri and num_pending:
             writer = TrackingWriter(
-                tracking_uri, spec.name, artifact_root=out_dir / "mlartifacts"
-                if tracking_uri.startswith("sqlite") else None,
+                tracking_uri, spec.name, artifact_root=artifact_root(out_dir, tracking_uri),
                 parent_tags={"sgsweep.invocation": invocation, "sgsweep.task": spec.task,
                              "sgsweep.out_dir": str(out_dir.resolve())},
                 parent_params={"task": spec.task, "num_trials": spec.num_trials,

@@ -18,6 +18,7 @@ from orchestrator.execute import TrialRecord
 from orchestrator.report import load_results
 from orchestrator.tracking import (
     ROLE_TAG,
+    artifact_root,
     client_for,
     create_parent,
     experiment_id,
@@ -38,11 +39,11 @@ def mlflow_sync(out_dir: str | Path, tracking_uri: str) -> SyncSummary:
     out_dir = Path(out_dir)
     trials, metrics = load_results(out_dir)
     client = client_for(tracking_uri)
-    artifact_root = out_dir / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+    artifacts = artifact_root(out_dir, tracking_uri)
     by_trial = {tid: group for tid, group in metrics.groupby("trial_id")} if len(metrics) else {}
     logged = present = created = 0
     for sweep, sweep_trials in trials.groupby("sweep"):
-        exp_id = experiment_id(client, str(sweep), artifact_root)
+        exp_id = experiment_id(client, str(sweep), artifacts)
         existing = {r.data.tags.get("sgsweep.trial_id")
                     for r in search_all(client, exp_id, f"tags.`{ROLE_TAG}` = 'trial'")}
         parents = {r.data.tags.get("sgsweep.invocation"): r.info.run_id

@@ -32,6 +32,22 @@ def default_tracking_uri(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
 
 
+def resolve_tracking_uri(out_dir: Path, uri: str | None) -> str | None:
+    """`--tracking-uri` as given: None means DIR's SQLite store, "" means no MLflow."""
+    return default_tracking_uri(out_dir) if uri is None else uri or None
+
+
+def artifact_root(out_dir: Path, tracking_uri: str) -> Path | None:
+    """Artifacts of a local SQLite store live beside it in DIR; a server keeps its own."""
+    return out_dir / "mlartifacts" if tracking_uri.startswith("sqlite") else None
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def quiet_mlflow_logs() -> None:
     for name in ("alembic", "mlflow", "mlflow.store", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -170,7 +186,7 @@ class TrackingWriter:
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
-            self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.error = error_line(exc)
             print(f"warning: MLflow logging stopped ({self.error}); results are safe in "
                   "Parquet, run `sgsweep mlflow-sync DIR` later", file=sys.stderr)
 

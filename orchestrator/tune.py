@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -35,13 +34,15 @@ import numpy as np
 from orchestrator import plan, schedule
 from orchestrator.execute import TrialRecord
 from orchestrator.record import ResultStore
-from orchestrator.runner import RunError, _lost_chunk, directory_lock
+from orchestrator.runner import RunError, _lost_chunk, directory_lock, save_spec_copy
 from orchestrator.spec import SpecError, load_spec
 from orchestrator.tracking import (
     ROLE_TAG,
+    artifact_root,
     client_for,
-    default_tracking_uri,
+    error_line,
     experiment_id,
+    resolve_tracking_uri,
     search_all,
 )
 from orchestrator.tune_spec import Objective, TuneSpec, dump_sweep
@@ -157,8 +158,7 @@ def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bo
     try:
         storage = storage_for(out_dir, storage_url)
     except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise RunError(f"--storage {storage_url}: {type(exc).__name__}: {first}") from None
+        raise RunError(f"--storage {storage_url}: {error_line(exc)}") from None
     try:
         return optuna.create_study(
             study_name=spec.name, storage=storage,
@@ -183,11 +183,20 @@ def repair_journal(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
+def is_tuning_directory(out_dir: Path) -> bool:
+    return (out_dir / STUDY_FILE).is_file()
+
+
+def study_info(out_dir: Path) -> dict[str, Any]:
+    """What DIR/tune.json says: the study's name, storage, objective, seeds, search."""
+    return json.loads((out_dir / STUDY_FILE).read_text())
+
+
 def load_study(out_dir: Path):
     """The study of a tuning directory (for reports)."""
     import optuna
 
-    info = json.loads((out_dir / STUDY_FILE).read_text())
+    info = study_info(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=info["study"],
                              storage=storage_for(out_dir, info.get("storage") or None)), info
@@ -243,12 +252,19 @@ def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
         logged += 1
     best = _best(study)
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name.lower(): sum(t.state == s for t in trials)
-              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    counts = state_counts(trials)
     tracker.close(best.value if best else None, dict(best.params) if best else {}, counts)
     if tracker.error is not None:
         raise RunError(f"--tracking-uri {tracking_uri}: {tracker.error}")
     return logged, len(present & {str(t.number) for t in trials})
+
+
+def state_counts(trials: list) -> dict[str, int]:
+    """How many trials are complete, pruned and failed (keys as Optuna's states, lowercase)."""
+    from optuna.trial import TrialState
+
+    return {s.name.lower(): sum(t.state == s for t in trials)
+            for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
 
 
 def finished_trials(study) -> list:
@@ -299,8 +315,7 @@ class StudyTracker:
         self.parent_id: str | None = None
         try:
             self.client = client_for(uri)
-            artifact_root = out_dir / "mlartifacts" if uri.startswith("sqlite") else None
-            self.exp_id = experiment_id(self.client, spec.name, artifact_root)
+            self.exp_id = experiment_id(self.client, spec.name, artifact_root(out_dir, uri))
             runs = self.client.search_runs(
                 [self.exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1)
             if runs:
@@ -327,7 +342,7 @@ class StudyTracker:
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
-            self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.error = error_line(exc)
             print(f"warning: MLflow logging stopped ({self.error}); the study is safe in its "
                   "Optuna storage and Parquet", file=sys.stderr)
 
@@ -379,7 +394,6 @@ class StudyTracker:
 
 def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
     """Run (or resume) the study of `spec` in `options.out_dir`."""
-    from optuna.trial import TrialState
 
     out_dir = options.out_dir
     started = time.perf_counter()
@@ -389,7 +403,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
     with directory_lock(out_dir):
         info_path = out_dir / STUDY_FILE
         if info_path.exists():
-            info = json.loads(info_path.read_text())
+            info = study_info(out_dir)
             if info.get("study") != spec.name:
                 raise RunError(f"{out_dir}: holds study {info.get('study')!r}, not "
                                f"{spec.name!r}; choose another --out")
@@ -404,12 +418,8 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             storage_url = options.storage
         store = ResultStore(out_dir)
         store.prepare()
-        artifacts = []
-        if options.spec_path is not None:
-            (out_dir / "specs").mkdir(exist_ok=True)
-            copy = out_dir / "specs" / f"{spec.name}.yaml"
-            shutil.copyfile(options.spec_path, copy)
-            artifacts.append(copy)
+        copy = save_spec_copy(out_dir, spec.name, options.spec_path)
+        artifacts = [copy] if copy else []
         if not storage_url:
             repair_journal(out_dir / JOURNAL)
         study = open_study(spec, out_dir, storage_url)
@@ -424,8 +434,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             options.progress(f"{spec.name}: {retried} trials orphaned by an earlier stop "
                              "marked failed; their parameters run again first")
         remaining = n_trials - len(finished_trials(study))
-        tracking_uri = (default_tracking_uri(out_dir) if options.tracking_uri is None
-                        else options.tracking_uri or None)
+        tracking_uri = resolve_tracking_uri(out_dir, options.tracking_uri)
         tracker = (StudyTracker(tracking_uri, spec, out_dir, artifacts)
                    if tracking_uri and remaining > 0 else None)
         ran = 0
@@ -449,8 +458,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             options.progress(f"{spec.name}: all {n_trials} Optuna trials already finished")
 
         trials = study.get_trials(deepcopy=False)
-        counts = {s.name.lower(): sum(t.state == s for t in trials)
-                  for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        counts = state_counts(trials)
         best = _best(study)
         best_file = write_best(spec, out_dir, best) if best is not None else None
         if tracker is not None:
