@@ -68,6 +68,13 @@ def adaptive_lambda(init: float = 0.9, momentum: float = 0.9) -> FeedbackRule:
     return FeedbackRule("adaptive", float(init), adaptive=True, momentum=float(momentum))
 
 
+def rule_for(learner: str, lam: float, adaptive: bool, momentum: float) -> FeedbackRule:
+    """The rule a task's learner fields select: backprop, or sgprop with fixed/adaptive λ."""
+    if learner == "backprop":
+        return backprop()
+    return adaptive_lambda(lam, momentum) if adaptive else lambda_mixture(lam)
+
+
 def optimal_lambda(
     realised: Tensor, predicted: Tensor, previous: Tensor, eps: float = 1e-6
 ) -> Tensor:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
+from learners.feedback import FeedbackRule, backprop, ema, lambda_from_moments, mix
 from learners.sparsenet import MLP, LayerTrace, SparseNet, SparseNetShape, Trace, seed_einsum
 
 Model = SparseNet | MLP
@@ -193,7 +193,7 @@ def layer_lambda(lt: LayerTrace, layer: int, realised: Tensor, predicted: Tensor
 class Backprop:
     """Plain autograd through the whole network (SparseNet or MLP)."""
 
-    rule = FeedbackRule("backprop", 1.0)
+    rule = backprop()
 
     def __init__(self, model: Model) -> None:
         self.model = model

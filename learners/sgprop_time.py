@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
+from learners.feedback import FeedbackRule, backprop, ema, lambda_from_moments, mix
 from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, SequenceTrace
 from learners.reinforce import Batch, policy_loss
 from learners.sgprop import local_errors, outer_moments, unit
@@ -55,7 +55,7 @@ Lam = float | Tensor  # a fixed λ, or per (t, b, neuron) (T, B, N, 1)
 class BPTT:
     """Backprop through time: plain autograd of the REINFORCE loss."""
 
-    rule = FeedbackRule("backprop", 1.0)
+    rule = backprop()
 
     def __init__(self, model: Model, entropy_coef: float) -> None:
         self.model = model

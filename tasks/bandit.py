@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from learners.feedback import FeedbackRule, adaptive_lambda, lambda_mixture
+from learners.feedback import FeedbackRule, rule_for
 from learners.sgprop import Backprop, SGProp, parameters_of
 from learners.sparsenet import MLP, SparseNet, SparseNetShape
 from tasks import datasets
-from tasks.base import ConfigError, MetricLog, Task
+from tasks.base import ConfigError, MetricLog, Task, check_lambda
 
 # Policy learning rates of the paper, used when `lr` is not given.
 PAPER_LR = {("sparsenet", "sgprop"): 5e-3, ("sparsenet", "backprop"): 1e-3,
@@ -115,10 +115,7 @@ class BanditConfig:
             raise ConfigError("lr", f"expected a positive learning rate, got {self.lr}")
         if not self.sg_lr > 0:
             raise ConfigError("sg_lr", f"expected a positive learning rate, got {self.sg_lr}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError("lam", f"expected λ in [0, 1], got {self.lam}")
-        if not 0.0 <= self.lam_momentum < 1.0:
-            raise ConfigError("lam_momentum", f"expected [0, 1), got {self.lam_momentum}")
+        check_lambda(self.lam, self.lam_momentum)
         if self.fan_in > datasets.PIXELS[self.dataset]:
             raise ConfigError("fan_in", f"{self.dataset} has only "
                                         f"{datasets.PIXELS[self.dataset]} pixels")
@@ -138,11 +135,7 @@ class BanditConfig:
         return self.lr if self.lr is not None else PAPER_LR[(self.model, self.learner)]
 
     def rule(self) -> FeedbackRule:
-        if self.learner == "backprop":
-            return FeedbackRule("backprop", 1.0)
-        if self.adaptive:
-            return adaptive_lambda(self.lam, self.lam_momentum)
-        return lambda_mixture(self.lam)
+        return rule_for(self.learner, self.lam, self.adaptive, self.lam_momentum)
 
     def eval_steps(self) -> list[int]:
         return sorted({round(k * self.steps / self.eval_points)

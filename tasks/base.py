@@ -22,6 +22,14 @@ class ConfigError(ValueError):
         self.message = message
 
 
+def check_lambda(lam: float, momentum: float) -> None:
+    """The λ fields of every task with an sgprop learner: `lam` and `lam_momentum`."""
+    if not 0.0 <= lam <= 1.0:
+        raise ConfigError("lam", f"expected λ in [0, 1], got {lam}")
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError("lam_momentum", f"expected [0, 1), got {momentum}")
+
+
 @dataclass
 class MetricLog:
     """Long-form metric record of one trial: (name, step, value) triples."""

@@ -44,11 +44,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from learners.feedback import FeedbackRule, adaptive_lambda, lambda_mixture
+from learners.feedback import FeedbackRule, rule_for
 from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, build_model
 from learners.reinforce import Batch, normalised_returns
 from learners.sgprop_time import BPTT, SGPropTime
-from tasks.base import ConfigError, MetricLog, Task
+from tasks.base import ConfigError, MetricLog, Task, check_lambda
 from tasks.mazes import ACTIONS, OBS_DIM, MazeBatch
 
 STREAMS = {"init": 0, "mazes": 1, "train": 2, "grad": 3}
@@ -109,10 +109,7 @@ class PopgymConfig:
             raise ConfigError("gamma", f"expected a discount in [0, 1], got {self.gamma}")
         if self.entropy_coef < 0:
             raise ConfigError("entropy_coef", f"expected >= 0, got {self.entropy_coef}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError("lam", f"expected λ in [0, 1], got {self.lam}")
-        if not 0.0 <= self.lam_momentum < 1.0:
-            raise ConfigError("lam_momentum", f"expected [0, 1), got {self.lam_momentum}")
+        check_lambda(self.lam, self.lam_momentum)
         if self.parents > self.neurons:
             raise ConfigError("parents", f"expected at most neurons = {self.neurons}")
         if self.input_neurons > self.neurons:
@@ -135,11 +132,7 @@ class PopgymConfig:
         return self.reward_noise if self.reward_noise is not None else NOISE[self.env]
 
     def rule(self) -> FeedbackRule:
-        if self.learner == "backprop":
-            return FeedbackRule("backprop", 1.0)
-        if self.adaptive:
-            return adaptive_lambda(self.lam, self.lam_momentum)
-        return lambda_mixture(self.lam)
+        return rule_for(self.learner, self.lam, self.adaptive, self.lam_momentum)
 
     def shape(self) -> RecurrentShape:
         return RecurrentShape(OBS_DIM, ACTIONS, self.neurons, self.dim, self.parents,
