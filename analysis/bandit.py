@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.reports import write_table  # noqa: E402
+from analysis.reports import save_figure, write_table  # noqa: E402
 from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
 
 RULES = {"bp": "backprop", "mix": "sgprop mixture", "sg": "pure SG"}
@@ -42,13 +42,6 @@ def method_label(row: pd.Series) -> str:
 
 def _varies(frame: pd.DataFrame, column: str) -> bool:
     return column in frame and bool((frame.groupby("method")[column].nunique() > 1).any())
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def final_reward_table(final: pd.DataFrame) -> pd.DataFrame:
@@ -80,7 +73,7 @@ def final_vs(final: pd.DataFrame, column: str, folder: Path) -> Path:
     ax.set_title(f"E2: final reward vs {column} (mean ± SEM)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, folder / f"final_reward_vs_{column}.png")
+    return save_figure(fig, folder / f"final_reward_vs_{column}.png")
 
 
 def curves(metrics: pd.DataFrame, info: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -109,7 +102,7 @@ def reward_curves(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Pa
         ax.set_ylabel("eval reward (noise-free)")
         ax.grid(True, alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    return _save(fig, folder / "reward_curves.png")
+    return save_figure(fig, folder / "reward_curves.png")
 
 
 def lambda_traces(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Path | None:
@@ -126,7 +119,7 @@ def lambda_traces(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Pa
     ax.set_title("E2: adaptive λ over training (mean ± SEM)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, folder / "lambda_traces.png")
+    return save_figure(fig, folder / "lambda_traces.png")
 
 
 def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -178,7 +171,7 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
         ax.set_title(method, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    files.append(_save(fig, folder / "grad_mse_vs_pflip.png"))
+    files.append(save_figure(fig, folder / "grad_mse_vs_pflip.png"))
 
     fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
@@ -196,7 +189,7 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
         ax.set_title(method, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    files.append(_save(fig, folder / "grad_mse_ratio_vs_pflip.png"))
+    files.append(save_figure(fig, folder / "grad_mse_ratio_vs_pflip.png"))
 
     top = table[(table.p_flip == table.p_flip.max())
                 & ~table.group.isin(["hidden", "all"])]
@@ -211,7 +204,7 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
         ax.set_ylabel("MSE / ‖true gradient‖²")
         ax.set_title(f"{method}, p_flip {table.p_flip.max():g}, last checkpoint", fontsize=9)
         ax.legend(fontsize=7)
-    files.append(_save(fig, folder / "grad_mse_layers.png"))
+    files.append(save_figure(fig, folder / "grad_mse_layers.png"))
 
     rows = metrics[metrics.metric.str.match(r"grad_(mse/\w+|truth_sq)/hidden$")]
     rows = rows.merge(info, on="trial_id")
@@ -234,7 +227,7 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
         ax.set_title(f"{method}, p_flip {rows.p_flip.max():g}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    files.append(_save(fig, folder / "grad_mse_over_training.png"))
+    files.append(save_figure(fig, folder / "grad_mse_over_training.png"))
     return files
 
 

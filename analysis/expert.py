@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.reports import varying, write_table  # noqa: E402
+from analysis.reports import save_figure, varying, write_table  # noqa: E402
 from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
 
 BOOTSTRAP_RESAMPLES = 500
@@ -45,13 +45,6 @@ def ratio_table(final: pd.DataFrame, params: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def ratio_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
     """Per case (and per value of other swept params): ratio vs d at the smallest n."""
     panel_keys = [c for c in table.columns[: table.columns.get_loc("seeds")]
@@ -77,7 +70,7 @@ def ratio_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         stem = "_".join(f"{k}-{v}" for k, v in zip(panel_keys, panel, strict=True))
-        files.append(save(fig, folder / f"ratio_vs_d_{stem}.png"))
+        files.append(save_figure(fig, folder / f"ratio_vs_d_{stem}.png"))
     return files
 
 
@@ -107,7 +100,7 @@ def lambda_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
         ax.set_title(f"E1 case={case}: λ-mixtures", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
-        files.append(save(fig, folder / f"mse_vs_lambda_case-{case}.png"))
+        files.append(save_figure(fig, folder / f"mse_vs_lambda_case-{case}.png"))
     return files
 
 

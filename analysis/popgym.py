@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.reports import write_table  # noqa: E402
+from analysis.reports import save_figure, write_table  # noqa: E402
 from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
 
 RULES = {"bp": "BPTT", "mix": "sgprop mixture", "sg": "pure SG"}
@@ -41,13 +41,6 @@ def method_label(row: pd.Series) -> str:
     if bool(row.get("adaptive", True)):
         return "SparseNet sgprop"
     return f"SparseNet sgprop λ={float(row.get('lam')):g}"
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def _frame(final: pd.DataFrame) -> pd.DataFrame:
@@ -122,7 +115,7 @@ def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, fo
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     stem = "success" if metric == "success_rate" else metric
-    return _save(fig, folder / f"{stem}_vs_env_steps.png")
+    return save_figure(fig, folder / f"{stem}_vs_env_steps.png")
 
 
 def versus_lr(table: pd.DataFrame, metric: str, label: str, folder: Path) -> Path:
@@ -139,7 +132,7 @@ def versus_lr(table: pd.DataFrame, metric: str, label: str, folder: Path) -> Pat
         ax.set_title(f"{n} envs per batch (mean ± SEM)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, folder / f"{metric}_vs_lr.png")
+    return save_figure(fig, folder / f"{metric}_vs_lr.png")
 
 
 def lambda_stats(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
@@ -162,7 +155,7 @@ def lambda_stats(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
     ax.set_title("E3: adaptive λ (band p25–p75, dotted min, dashed max)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, folder / "lambda_stats.png")
+    return save_figure(fig, folder / "lambda_stats.png")
 
 
 def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -216,7 +209,7 @@ def grad_figure(table: pd.DataFrame, folder: Path) -> Path:
     ax.set_title("E3: gradient-estimation MSE at the last checkpoint (mean over seeds)",
                  fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, folder / "grad_quality.png")
+    return save_figure(fig, folder / "grad_quality.png")
 
 
 def report(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],

@@ -42,6 +42,16 @@ def summary_table(final: pd.DataFrame, params: list[str], metrics: list[str]) ->
     return pd.DataFrame(rows)
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay a report figure out, write it as a 120-dpi PNG, and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_table(table: pd.DataFrame, folder: Path, stem: str) -> list[Path]:
     csv = folder / f"{stem}.csv"
     md = folder / f"{stem}.md"

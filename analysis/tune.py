@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.reports import final_metrics, to_markdown  # noqa: E402
+from analysis.reports import final_metrics, save_figure, to_markdown  # noqa: E402
 
 # task -> (seed records with final metrics, objective, searched params, seeds) -> dict | None
 References = dict[str, Callable[[pd.DataFrame, dict, list[str], list[int]], dict | None]]
@@ -61,7 +61,7 @@ def history_figure(table: pd.DataFrame, direction: str, metric: str, path: Path,
     ax.set_title("Optimisation history", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def importance_figure(study, path: Path) -> tuple[Path | None, dict[str, float]]:
@@ -79,7 +79,7 @@ def importance_figure(study, path: Path) -> tuple[Path | None, dict[str, float]]
     ax.barh(names, [importances[n] for n in names], color="C0")
     ax.set_xlabel("importance (PED-ANOVA, Optuna's default)")
     ax.set_title("Parameter importances", fontsize=10)
-    return _save(fig, path), dict(importances)
+    return save_figure(fig, path), dict(importances)
 
 
 def slice_figure(table: pd.DataFrame, study, metric: str, path: Path,
@@ -112,13 +112,13 @@ def slice_figure(table: pd.DataFrame, study, metric: str, path: Path,
     axes[0][0].set_ylabel(metric)
     fig.colorbar(points, ax=axes[0][-1], label="trial")
     fig.suptitle("Slice: objective vs each parameter", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def report(out_dir: Path, folder: Path, trials: pd.DataFrame, metrics: pd.DataFrame,
            references: References | None = None) -> list[Path]:
     """Write the tuning report for the study of `out_dir` into `folder`; returns its files."""
-    from orchestrator.tune import load_study
+    from orchestrator.tune import best_trial, load_study
 
     study, info = load_study(out_dir)
     objective = info["objective"]
@@ -137,7 +137,7 @@ def report(out_dir: Path, folder: Path, trials: pd.DataFrame, metrics: pd.DataFr
              f"{info['seeds']}.", ""]
     counts = table.state.value_counts().to_dict() if not table.empty else {}
     lines.append("Trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".")
-    best = _best(study)
+    best = best_trial(study)
     if best is not None:
         params = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
                            for k, v in best.params.items())
@@ -172,17 +172,3 @@ def report(out_dir: Path, folder: Path, trials: pd.DataFrame, metrics: pd.DataFr
     lines += ["", to_markdown(shown)]
     files[1].write_text("\n".join(lines) + "\n")
     return files
-
-
-def _best(study):
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

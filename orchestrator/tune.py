@@ -213,7 +213,7 @@ def study_status(out_dir: Path) -> str:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no trials"
     line = f"study {info['study']}: {counts}" + (f" ({orphaned} orphaned by a stop, retried)"
                                                 if orphaned else "")
-    best = _best(study)
+    best = best_trial(study)
     if best is not None:
         line += f"; best {info['objective']['metric']} = {best.value:.6g} (trial {best.number})"
     return line
@@ -250,7 +250,7 @@ def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
                       t.datetime_start.timestamp() if t.datetime_start else time.time(),
                       t.user_attrs.get("error"), t.user_attrs.get("retry_of"))
         logged += 1
-    best = _best(study)
+    best = best_trial(study)
     trials = study.get_trials(deepcopy=False)
     counts = state_counts(trials)
     tracker.close(best.value if best else None, dict(best.params) if best else {}, counts)
@@ -459,7 +459,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
 
         trials = study.get_trials(deepcopy=False)
         counts = state_counts(trials)
-        best = _best(study)
+        best = best_trial(study)
         best_file = write_best(spec, out_dir, best) if best is not None else None
         if tracker is not None:
             tracker.close(best.value if best else None, best.params if best else {}, counts)
@@ -473,7 +473,8 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
         )
 
 
-def _best(study):
+def best_trial(study):
+    """The study's best complete trial, or None before the first one."""
     try:
         return study.best_trial
     except ValueError:  # no complete trial yet
@@ -494,7 +495,7 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: StudyTracker |
     rungs = spec.rungs
     in_flight: dict[Any, _Running] = {}
     asked = finished = 0
-    best_seen = _best(study)
+    best_seen = best_trial(study)
 
     def submit(run: _Running) -> None:
         seeds = set(rungs[run.rung])
@@ -529,7 +530,7 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: StudyTracker |
                  else (error or "")[:120])
         options.progress(f"  trial {trial.number}: {name.lower()} {shown} "
                          f"{_fmt(frozen.params)} ({finished}/{remaining})")
-        best = _best(study)
+        best = best_trial(study)
         if best is not None and (best_seen is None or best.number != best_seen.number):
             best_seen = best
             write_best(spec, options.out_dir, best)
