@@ -148,17 +148,25 @@ def make_pruner(spec: TuneSpec):
     return optuna.pruners.WilcoxonPruner(**spec.pruner_options)
 
 
-def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bool = True):
+def open_storage(out_dir: Path, url: str | None):
+    """`storage_for`, with a bad URL or an unreachable database as a one-line RunError."""
+    try:
+        return storage_for(out_dir, url)
+    except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database
+        raise RunError(f"--storage {url}: {error_line(exc)}") from None
+
+
+def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bool = True,
+               storage=None):
+    """Create or load the study; `storage`: one already opened for `storage_url`."""
     import optuna
 
     if quiet:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The Wilcoxon pruner and the matplotlib plots are marked experimental; that is known.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        storage = storage_for(out_dir, storage_url)
-    except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database
-        raise RunError(f"--storage {storage_url}: {error_line(exc)}") from None
+    if storage is None:
+        storage = open_storage(out_dir, storage_url)
     try:
         return optuna.create_study(
             study_name=spec.name, storage=storage,
@@ -400,6 +408,8 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
     n_trials = options.n_trials or spec.n_trials
     if spec.sampler == "grid":  # past its last point the grid sampler would repeat points
         n_trials = min(n_trials, math.prod(len(d.grid_values() or []) for d in spec.search))
+    # A --storage that cannot be opened is the user's mistake: say so before DIR is touched.
+    given_storage = open_storage(out_dir, options.storage) if options.storage else None
     with directory_lock(out_dir):
         info_path = out_dir / STUDY_FILE
         if info_path.exists():
@@ -422,7 +432,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
         artifacts = [copy] if copy else []
         if not storage_url:
             repair_journal(out_dir / JOURNAL)
-        study = open_study(spec, out_dir, storage_url)
+        study = open_study(spec, out_dir, storage_url, storage=given_storage)
         _atomic_text(info_path, json.dumps({
             "study": spec.name, "task": spec.task, "storage": storage_url or "",
             "objective": vars(spec.objective), "seeds": list(spec.seeds),

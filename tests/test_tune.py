@@ -118,6 +118,17 @@ def test_cli_rejects_a_bad_tune_file_with_one_line_exit_2_and_writes_nothing(
     assert not out.exists()
 
 
+def test_cli_rejects_an_unusable_storage_url_with_one_line_exit_2_and_writes_nothing(
+        tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "t.yaml"
+    spec.write_text(yaml.safe_dump(_with()))
+    out = tmp_path / "out"
+    assert main(["tune", str(spec), "--out", str(out), "--storage", "nosuchdb://host/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage nosuchdb://host/x: ") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_e1_scalar_lam_scores_like_lams_and_leaves_earlier_trial_ids_unchanged() -> None:
     import dataclasses
 
