@@ -210,8 +210,7 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
             running = min(in_flight, width * per_chunk)
             progress.update(ok, failed, in_flight=running)
     except KeyboardInterrupt:
-        for ref in remaining:
-            ray.cancel(ref, force=True)
+        schedule.cancel(remaining)
         raise
     finally:
         progress.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -27,7 +28,10 @@ def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = No
     else:
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        # "local": always a fresh embedded Ray. Without it ray.init() joins whatever
+        # cluster `ray start` last recorded in /tmp/ray/ray_current_cluster (or RAY_ADDRESS),
+        # and fails on a stale record; clusters are reached only through --address.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
 
 
 def parallelism(resources: Resources) -> int:
@@ -68,6 +72,17 @@ def _remote_run_chunk():
     import ray
 
     return ray.remote(_run_chunk)
+
+
+def cancel(refs) -> None:
+    """Best effort on Ctrl-C: stop chunks still running. An error here must not hide the
+    interrupt, and an embedded Ray is shut down right after anyway."""
+    import ray
+
+    for ref in refs:
+        # The task may have finished or its worker be gone already.
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
 
 
 def shutdown() -> None:

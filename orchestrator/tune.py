@@ -598,8 +598,7 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: StudyTracker |
                 else:
                     submit(run)
     except KeyboardInterrupt:
-        for ref in in_flight:
-            ray.cancel(ref, force=True)
+        schedule.cancel(in_flight)
         raise
 
 

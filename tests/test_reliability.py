@@ -4,10 +4,12 @@ a tracking server that is down, two runs on one directory. Loopback only, bounde
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -168,19 +170,42 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path) -> None:
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=isolated_env())
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((out / "trials").glob("part-*")
-                                                   if (out / "trials").exists() else []):
+    while time.monotonic() < deadline and driver.poll() is None and not list(
+            (out / "trials").glob("part-*") if (out / "trials").exists() else []):
         time.sleep(0.1)
+    assert driver.poll() is None, f"the run ended before Ctrl-C: {driver.communicate()[1][-3000:]}"
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=120)
-    assert driver.returncode == 130
+    assert driver.returncode == 130, err[-3000:]
     assert "interrupted: completed trials are saved" in err and "again to resume" in err
     done = len(trials_of(out))
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = trials_of(out)
     assert len(trials) == 120 and trials.trial_id.is_unique
     assert f"{done} already recorded" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_embedded_run_ignores_a_stale_ray_start_record_and_ray_address(tmp_path) -> None:
+    # `ray start` records its cluster in $RAY_TMPDIR/ray/ray_current_cluster and a plain
+    # ray.init() would join it (failing when it is dead); the embedded default must not.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+        env = {**isolated_env(), "RAY_TMPDIR": str(ray_tmp),
+               "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
+        out = tmp_path / "out"
+        result = subprocess.run(
+            [SGSWEEP, "run", str(probe_spec(tmp_path, seeds=2)), "--out", str(out),
+             "--tracking-uri", "none", "--no-report", "--num-cpus", "1"],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "8 ok, 0 failed" in result.stdout
+        assert list((ray_tmp / "ray").glob("session_*"))  # its own Ray, under RAY_TMPDIR
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
