@@ -112,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from orchestrator.spec import SpecError
-
+    try:
+        # Inside the try: Ctrl-C while torch/Ray are still importing is a clean exit too.
+        from orchestrator.spec import SpecError
+    except KeyboardInterrupt:
+        return 130
     try:
         commands = {"run": cmd_run, "tune": cmd_tune, "validate": cmd_validate,
                     "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
