@@ -115,8 +115,10 @@ def test_two_concurrent_runs_one_wins_no_corruption(tmp_path) -> None:
     command = [SGSWEEP, "run", str(spec), "--out", str(out), "--tracking-uri", "none",
                "--no-report", "--num-cpus", "1"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (out / ".lock").exists():
+    deadline = time.monotonic() + 120
+    while not (out / ".lock").exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert first.poll() is None, f"the first run ended early: {first.communicate()[1][-3000:]}"
     time.sleep(0.5)
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     first_out, _ = first.communicate(timeout=300)
