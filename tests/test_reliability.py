@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from orchestrator.runner import RunOptions, directory_lock, run_sweep
 from orchestrator.spec import parse_spec
 from orchestrator.sync import mlflow_sync
 from orchestrator.tracking import client_for
+from tests.two_node_sweep import free_ports
 
 BIN = Path(sys.executable).parent
 SGSWEEP = str(BIN / "sgsweep")
@@ -36,9 +36,7 @@ def probe_spec(tmp: Path, name: str = "probe", seeds: int = 10, **params) -> Pat
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def trials_of(out: Path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -31,25 +32,42 @@ block_size: 1
 """
 
 
+_handed_out: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+    """`n` ports free now and not handed out before, picked above Ray's worker ports
+    (10002-19999) and below the kernel's ephemeral range: a port from that range (what
+    bind(0) returns) can become the local end of an outgoing connection before Ray binds it,
+    and `ray start` then fails now and then."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = [p for p in range(20000, max(ephemeral_low, 30000)) if p not in _handed_out]
+    random.shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            break
+    _handed_out.update(ports)
     return ports
 
 
 def ray_start(args: list[str], env: dict[str, str]) -> None:
     ports = free_ports(6)
-    subprocess.run(
-        [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-         "--disable-usage-stats", f"--dashboard-agent-listen-port={ports[0]}",
-         f"--dashboard-agent-grpc-port={ports[1]}", f"--metrics-export-port={ports[2]}",
-         f"--runtime-env-agent-port={ports[3]}", f"--object-manager-port={ports[4]}", *args],
-        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
-    )
+    command = [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+               "--disable-usage-stats", f"--dashboard-agent-listen-port={ports[0]}",
+               f"--dashboard-agent-grpc-port={ports[1]}", f"--metrics-export-port={ports[2]}",
+               f"--runtime-env-agent-port={ports[3]}", f"--object-manager-port={ports[4]}",
+               *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed ({result.returncode}):\n"
+                 f"{(result.stdout + result.stderr)[-4000:]}")
 
 
 def nodes_seen(out: Path) -> set[str]:
