@@ -57,6 +57,23 @@ def isolated(command: list[str]) -> list[str]:
     return [*ISOLATED, "sh", "-c", script]
 
 
+def kill_9_after_parts(command: list[str], out: Path, parts: int, within_s: float) -> None:
+    """Run `command` isolated, and once `out` holds `parts` trial part files (or `within_s`
+    has passed) kill -9 its driver. The driver is PID 1 of its own namespace, so the
+    embedded Ray dies with it, as in a reboot."""
+    wrapper = subprocess.Popen(isolated(command), env=isolated_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if len(list((out / "trials").glob("part-*.parquet"))) >= parts:
+            break
+        time.sleep(0.05)
+    driver = subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True,
+                            text=True).stdout.split()
+    os.kill(int(driver[0]), signal.SIGKILL)
+    wrapper.wait(timeout=60)
+
+
 def test_crashed_worker_is_retried_and_its_trials_recorded_once(ray_cluster, tmp_path) -> None:
     spec = parse_spec({"name": "crash", "task": "probe", "seeds": 6,
                        "params": {"crash_seeds": [2], "crash_once_dir": str(tmp_path / "m")},
@@ -132,20 +149,7 @@ def test_kill_9_of_driver_and_its_ray_then_resume_records_each_trial_once(tmp_pa
     out = tmp_path / "out"
     command = [SGSWEEP, "run", str(spec), "--out", str(out), "--tracking-uri", "none",
                "--no-report", "--num-cpus", "2", "--block-size", "1"]
-    # The driver is PID 1 of its own namespace: kill -9 takes the embedded Ray with it,
-    # as a reboot would.
-    wrapper = subprocess.Popen(isolated(command), env=isolated_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        parts = list((out / "trials").glob("part-*.parquet")) if (out / "trials").exists() else []
-        if len(parts) >= 3:
-            break
-        time.sleep(0.1)
-    driver = subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True,
-                            text=True).stdout.split()
-    os.kill(int(driver[0]), signal.SIGKILL)
-    wrapper.wait(timeout=60)
+    kill_9_after_parts(command, out, parts=3, within_s=120)
     partial = trials_of(out)
     assert 0 < len(partial) < 160
     resumed = subprocess.run(isolated(command), env=isolated_env(), capture_output=True,

@@ -4,10 +4,7 @@ optimum, pruning recorded as such, best.yaml that `sgsweep run` runs, kill -9 + 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ from orchestrator.spec import SpecError, load_spec, parse_spec
 from orchestrator.tracking import client_for
 from orchestrator.tune import TuneOptions, aggregate, load_study, open_study, tune
 from orchestrator.tune_spec import load_tune_spec, parse_tune_spec
-from tests.test_reliability import SGSWEEP, isolated, isolated_env
+from tests.test_reliability import SGSWEEP, isolated, isolated_env, kill_9_after_parts
 
 E1 = {
     "name": "e1-lam", "task": "expert", "params": {"d": 6, "k": 2, "leak": 0.3},
@@ -340,18 +337,7 @@ def test_kill_9_mid_study_then_resume_keeps_finished_trials_and_numbering(
     out = tmp_path / "out"
     command = [SGSWEEP, "tune", str(spec_path), "--out", str(out), "--num-cpus", "2",
                "--tracking-uri", "none", "--no-report"]
-    wrapper = subprocess.Popen(isolated(command), env=isolated_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        parts = list((out / "trials").glob("part-*.parquet")) if (out / "trials").exists() else []
-        if len(parts) >= 3:
-            break
-        time.sleep(0.05)
-    driver = subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True,
-                            text=True).stdout.split()
-    os.kill(int(driver[0]), signal.SIGKILL)
-    wrapper.wait(timeout=60)
+    kill_9_after_parts(command, out, parts=3, within_s=180)
 
     study, _ = load_study(out)
     before = {t.number: (t.state.name, t.params) for t in study.trials}
