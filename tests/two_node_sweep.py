@@ -58,7 +58,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def ray_start(args: list[str], env: dict[str, str]) -> None:
-    ports = free_ports(6)
+    ports = free_ports(5)
     command = [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                "--disable-usage-stats", f"--dashboard-agent-listen-port={ports[0]}",
                f"--dashboard-agent-grpc-port={ports[1]}", f"--metrics-export-port={ports[2]}",
