@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.reports import save_figure, write_table  # noqa: E402
+from analysis.reports import last_checkpoint, save_figure, write_table  # noqa: E402
 from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
 
 RULES = {"bp": "backprop", "mix": "sgprop mixture", "sg": "pure SG"}
@@ -128,9 +128,7 @@ def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     groups = sorted({n.split("/")[2] for n in names if n.startswith("grad_mse/")},
                     key=lambda g: (g in ("hidden", "all", "head"), g))
     rules = [r for r in RULES if any(n.startswith(f"grad_mse/{r}/") for n in names)]
-    last = metrics[metrics.metric.str.startswith("grad_")]
-    last = last[last.step == last.groupby("trial_id").step.transform("max")]
-    wide = last.pivot_table(index="trial_id", columns="metric", values="value")
+    wide = last_checkpoint(metrics, "grad_")
     frame = final[["trial_id", "method", "p_flip"]].merge(wide, left_on="trial_id",
                                                          right_index=True)
     rows = []

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.reports import save_figure, write_table  # noqa: E402
+from analysis.reports import last_checkpoint, save_figure, write_table  # noqa: E402
 from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
 
 RULES = {"bp": "BPTT", "mix": "sgprop mixture", "sg": "pure SG"}
@@ -159,9 +159,7 @@ def lambda_stats(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
 
 
 def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    last = metrics[metrics.metric.str.startswith("grad_")]
-    last = last[last.step == last.groupby("trial_id").step.transform("max")]
-    wide = last.pivot_table(index="trial_id", columns="metric", values="value")
+    wide = last_checkpoint(metrics, "grad_")
     frame = final[["trial_id", "method", "num_envs", "lr"]].merge(
         wide, left_on="trial_id", right_index=True)
     names = set(wide.columns)

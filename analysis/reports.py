@@ -23,6 +23,14 @@ def final_metrics(trials: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     return ok.merge(last, left_on="trial_id", right_index=True, how="left")
 
 
+def last_checkpoint(metrics: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """Metrics named `prefix…` at each trial's last step that logged any of them; one row
+    per trial, one column per metric (gradient statistics are logged at checkpoints)."""
+    rows = metrics[metrics.metric.str.startswith(prefix)]
+    rows = rows[rows.step == rows.groupby("trial_id").step.transform("max")]
+    return rows.pivot_table(index="trial_id", columns="metric", values="value")
+
+
 def varying(frame: pd.DataFrame, params: list[str]) -> list[str]:
     """The params that take more than one value in this sweep."""
     return [p for p in params if p in frame and frame[p].astype(str).nunique() > 1]
