@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 
 from analysis import reports
 from tasks.bandit import BanditConfig, run_block
+from tests.result_frames import run_frames
 
 TINY = dict(width=6, dim=2, fan_in=8, parents=2, slots=2, layers=2, steps=6, eval_points=2,
             batch_size=8, eval_size=60, mse_every=3, mse_batches=2)
 
 
 def frames(variants: list[dict], p_flips: list[float], seeds=(0, 1)):
-    trials, metrics = [], []
-    for v in variants:
-        for p in p_flips:
-            cfg = BanditConfig(**{**TINY, **v, "p_flip": p})
-            for seed, log in zip(seeds, run_block(cfg, list(seeds)), strict=True):
-                tid = f"{v}-{p}-{seed}"
-                trials.append({"trial_id": tid, "status": "ok", "seed": seed,
-                               **dataclasses.asdict(cfg)})
-                metrics += [{"trial_id": tid, "step": s, "metric": n, "value": x}
-                            for n, s, x in zip(log.names, log.steps, log.values, strict=True)]
-    return pd.DataFrame(trials), pd.DataFrame(metrics)
+    configs = {f"{v}-{p}": BanditConfig(**{**TINY, **v, "p_flip": p})
+               for v in variants for p in p_flips}
+    return run_frames(run_block, configs, seeds)
 
 
 def test_report_draws_reward_lambda_and_grad_mse_figures(tmp_path):

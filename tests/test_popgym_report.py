@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import torch
 
 from analysis import reports
 from tasks.popgym_task import PopgymConfig, run_block
+from tests.result_frames import run_frames
 
 torch.set_num_threads(1)
 SGSWEEP = shutil.which("sgsweep", path=str(Path(sys.executable).parent)) or "sgsweep"
@@ -23,16 +23,8 @@ TINY = dict(neurons=12, dim=3, parents=3, input_neurons=4, slots=2, hidden=16, n
 
 
 def frames(variants: list[dict], seeds=(0, 1)):
-    trials, metrics = [], []
-    for v in variants:
-        cfg = PopgymConfig(**{**TINY, **v})
-        for seed, log in zip(seeds, run_block(cfg, list(seeds)), strict=True):
-            tid = f"{v}-{seed}"
-            trials.append({"trial_id": tid, "status": "ok", "seed": seed,
-                           **dataclasses.asdict(cfg)})
-            metrics += [{"trial_id": tid, "step": s, "metric": n, "value": x}
-                        for n, s, x in zip(log.names, log.steps, log.values, strict=True)]
-    return pd.DataFrame(trials), pd.DataFrame(metrics)
+    configs = {f"{v}": PopgymConfig(**{**TINY, **v}) for v in variants}
+    return run_frames(run_block, configs, seeds)
 
 
 def test_report_draws_success_lambda_lr_and_gradient_quality(tmp_path):
