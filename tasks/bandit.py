@@ -380,11 +380,6 @@ def run_block(cfg: BanditConfig, seeds: Sequence[int], device: str = "cpu") -> l
     return [log for seed in seeds for log in BanditBlock(cfg, [seed], device).run()]
 
 
-def paper_shape(actions: int = 9) -> SparseNetShape:
-    """SparseNet at the paper's MNIST sizes (784 pixels, 9 actions)."""
-    return SparseNetShape(inputs=784, actions=actions)
-
-
 def num_parameters(cfg: BanditConfig, pixels: int, actions: int) -> int:
     if cfg.model == "mlp":
         sizes = [pixels] + [cfg.mlp_width] * cfg.mlp_layers + [actions]
