@@ -97,6 +97,8 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     task = get_task(spec.task)
     out_dir = options.out_dir
     started = time.perf_counter()
+    if problem := schedule.unreachable(options.address):
+        raise RunError(problem)  # before DIR is touched
     with directory_lock(out_dir):
         store = ResultStore(out_dir)
         store.prepare()

@@ -13,6 +13,24 @@ from orchestrator.plan import Block
 from orchestrator.spec import Resources
 
 
+def unreachable(address: str | None, timeout_s: float = 10.0) -> str | None:
+    """Why `--address HOST:PORT` cannot be a Ray head, in one line; None if it answers (or is
+    `auto` / `ray://…`, which Ray resolves itself). Ray retries a dead GCS for minutes,
+    printing warnings, so a wrong address is caught here before anything is written."""
+    if not address or address == "auto" or "://" in address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return (f"--address {address}: expected HOST:PORT of the Ray head "
+                "(e.g. 10.0.0.5:6379) or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return (f"--address {address}: no Ray head answers there ({exc.strerror or exc}); "
+                "expected the head's GCS address (`ray start --head` prints it)")
+
+
 def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> None:
     import ray
 

@@ -408,7 +408,10 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
     n_trials = options.n_trials or spec.n_trials
     if spec.sampler == "grid":  # past its last point the grid sampler would repeat points
         n_trials = min(n_trials, math.prod(len(d.grid_values() or []) for d in spec.search))
-    # A --storage that cannot be opened is the user's mistake: say so before DIR is touched.
+    # A --storage or --address that cannot be used is the user's mistake: say so before DIR
+    # is touched.
+    if problem := schedule.unreachable(options.address):
+        raise RunError(problem)
     given_storage = open_storage(out_dir, options.storage) if options.storage else None
     with directory_lock(out_dir):
         info_path = out_dir / STUDY_FILE

@@ -126,6 +126,24 @@ def test_cli_rejects_an_unusable_storage_url_with_one_line_exit_2_and_writes_not
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_cli_refuses_an_address_where_no_ray_head_answers_in_one_line_and_writes_nothing(
+        tmp_path, capsys, command) -> None:
+    # Ray itself would retry a dead GCS address for minutes; nothing listens on this port.
+    from tests.two_node_sweep import free_ports
+
+    spec = tmp_path / "t.yaml"
+    spec.write_text(yaml.safe_dump(_with()))
+    spec = spec if command == "tune" else Path("sweeps/default.yaml")
+    out = tmp_path / "out"
+    for address, expected in ((f"127.0.0.1:{free_ports(1)[0]}", "no Ray head answers there"),
+                              ("headnode", "expected HOST:PORT")):
+        assert main([command, str(spec), "--out", str(out), "--address", address]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --address {address}: ") and expected in err, err
+        assert err.count("\n") == 1 and not out.exists()
+
+
 def test_e1_scalar_lam_scores_like_lams_and_leaves_earlier_trial_ids_unchanged() -> None:
     import dataclasses
 
