@@ -103,13 +103,14 @@ class SyntheticGradients(nn.Module):
 
     def predict(self, layer: int, trace: LayerTrace) -> Tensor:
         """Predicted feedback for h_l (in the predictor's units): (S, B, N, K)."""
-        routing = trace.routing.detach()
         x = trace.x.detach()
         # Σ_m w_m (G_m x + c_m): every slot's affine map first (one bmm over neurons), then
         # the routing-weighted sum; cheaper than forming w_m·x, which is M times larger.
-        per_slot = seed_einsum("sbnd,snmkd->sbnmk", x, getattr(self, f"G{layer}"))
-        per_slot = per_slot + getattr(self, f"c{layer}").unsqueeze(1)
-        return (routing.unsqueeze(-1) * per_slot).sum(-2)
+        # The bmm leaves its output neuron-major, so the routing is laid out alike.
+        per_slot = seed_einsum("sbnd,snmkd->snbmk", x, getattr(self, f"G{layer}"))
+        per_slot = per_slot + getattr(self, f"c{layer}").unsqueeze(2)
+        routing = trace.routing.detach().transpose(1, 2).contiguous()  # (S, N, B, M)
+        return (routing.unsqueeze(-1) * per_slot).sum(-2).transpose(1, 2)
 
 
 @dataclass
@@ -178,6 +179,13 @@ def outer_moments(ew: Tensor, eu: Tensor, x: Tensor | None) -> tuple[Tensor, ...
     return u_sq, (u_bar * u_bar).sum(-1), wu, (w_bar * u_bar).sum(-1)
 
 
+def seed_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """`torch.matmul` one seed (leading dim) at a time, for the reason of `seed_einsum`."""
+    if a.shape[0] == 1:
+        return torch.matmul(a, b)
+    return torch.stack([torch.matmul(x, y) for x, y in zip(a, b, strict=True)])
+
+
 def through_residual(lt: LayerTrace, layer: int, feedback: Tensor) -> Tensor:
     """Feedback on h_l → feedback on the slot mixture (× (1 − tanh²) for l ≥ 1)."""
     if layer == 0:
@@ -207,27 +215,56 @@ def layer_lambda(lt: LayerTrace, layer: int, realised: Tensor, predicted: Tensor
                  previous: Tensor, normalise: bool = True) -> Tensor:
     """The batch's MSE-optimal λ per neuron (S, N) for one SparseNet layer.
 
-    Each sample's parameter-gradient contribution to neuron n is the sum over its blocks
-    (routing keys K, slot weights A, slot biases b) of e_b ⊗ x_b, with e_b the feedback
-    pulled back to `scores` / `pre`; the moments are summed over blocks. With `normalise`,
-    both feedbacks are taken through the residual's tanh first and then made unit vectors
-    per sample and neuron (the reference code's order).
+    Each sample's parameter-gradient contribution to neuron n has three blocks: routing
+    keys e^K_b ⊗ x_b, slot weights e^A_b ⊗ x_b and slot biases e^A_b, with e^A = d ⊗ s
+    (d the feedback on the slot mixture, s_mk = w_m (1 − tanh²) the slot slopes) and e^K
+    the feedback pulled back to the routing scores. The four moments of
+    `lambda_from_moments` are summed over the blocks without forming any contribution:
+    ‖e^A_b ⊗ x_b‖² + ‖e^A_b‖² = (Σ_k d_k² Σ_m s_mk²)(‖x_b‖² + 1), and the batch means come
+    from one contraction over the batch. With `normalise`, both feedbacks are taken through
+    the residual's tanh first and then made unit vectors per sample and neuron (the
+    reference code's order). Tests check it against materialised per-sample gradients.
     """
     w = through_residual(lt, layer, realised)
     p = through_residual(lt, layer, predicted)
     if normalise:
         w, p = unit(w), unit(p)
-    d_scores, d_pre = slot_errors(lt, torch.stack([w, p - w]))
-    x = lt.x.detach()
-    scale = 1.0 / math.sqrt(x.shape[-1])
-    (ew_s, eu_s), (ew_p, eu_p) = d_scores * scale, d_pre.flatten(-2)
-    blocks = (
-        outer_moments(ew_s, eu_s, x),
-        outer_moments(ew_p, eu_p, x),
-        outer_moments(ew_p, eu_p, None),
-    )
-    moments = [sum(parts) for parts in zip(*blocks, strict=True)]
-    return lambda_from_moments(*moments, batch=realised.shape[1], previous=previous)
+
+    # Everything below runs neuron-major, (S, N, B, ...): the layout the forward's slot
+    # einsum leaves `act` in, so no large tensor is copied or read with a stride.
+    def neuron_major(t: Tensor) -> Tensor:
+        return t.detach().transpose(1, 2).contiguous()
+
+    act = neuron_major(lt.act)  # (S, N, B, M, K)
+    routing, x = neuron_major(lt.routing), neuron_major(lt.x)  # (S, N, B, M), (S, N, B, D)
+    wu_pair = torch.stack([neuron_major(w), neuron_major(p - w)], -1)  # (S, N, B, K, 2)
+    w, u = wu_pair.unbind(-1)
+    batch = w.shape[2]
+    r = routing.unsqueeze(-1)
+    slope = torch.addcmul(r, r, act * act, value=-1.0)  # w_m (1 − tanh²): (S, N, B, M, K)
+    slope_sq = (slope * slope).sum(-2)  # (S, N, B, K)
+    x_sq = (x * x).sum(-1)  # (S, N, B)
+    # Feedback on the mixture → routing scores, for w and u at once: (S, N, B, M, 2).
+    d_routing = seed_matmul(act, wu_pair)
+    r2 = routing.unsqueeze(-1)
+    keys = r2 * (d_routing - (r2 * d_routing).sum(-2, keepdim=True)) / math.sqrt(x.shape[-1])
+    key_w, key_u = keys.unbind(-1)
+    u_sq = ((u * u * slope_sq).sum(-1) * (x_sq + 1.0) + (key_u * key_u).sum(-1) * x_sq)
+    wu = ((w * u * slope_sq).sum(-1) * (x_sq + 1.0) + (key_w * key_u).sum(-1) * x_sq)
+    # Batch sums of each block's contributions for w and u (divided by B at the end):
+    # slot weights Σ_b e_b x_bᵀ and routing keys as matrix products over the batch.
+    slot_w = (w.unsqueeze(-2) * slope).flatten(-2)  # (S, N, B, M·K)
+    slot_u = (u.unsqueeze(-2) * slope).flatten(-2)
+    x_t = x.transpose(-1, -2)  # (S, N, D, B)
+    key_sums = seed_matmul(x_t, keys.flatten(-2)).unflatten(-1, (-1, 2))  # (S, N, D, M, 2)
+    sums = [(seed_matmul(x_t, slot_w), seed_matmul(x_t, slot_u)),  # slot weights
+            key_sums.unbind(-1),  # routing keys
+            (slot_w.sum(2), slot_u.sum(2))]  # slot biases
+    dims = lambda t: tuple(range(2, t.dim()))  # noqa: E731 - everything but (S, N)
+    u_mean_sq = sum((bu * bu).sum(dims(bu)) for _, bu in sums) / batch**2
+    w_mean_u_mean = sum((bw * bu).sum(dims(bu)) for bw, bu in sums) / batch**2
+    return lambda_from_moments(u_sq.mean(2), u_mean_sq, wu.mean(2), w_mean_u_mean,
+                               batch=batch, previous=previous)
 
 
 def feedback_norms(realised: Sequence[Tensor], predicted: Sequence[Tensor | None],
@@ -289,7 +326,8 @@ class SGProp:
         shape = model.shape
         self.sg = SyntheticGradients(shape, generators, sg_init).to(model.head.device)
         self.norms: dict[str, Tensor] = {}
-        self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr)
+        # fused: one pass over the parameters, bit-identical to the default loop on CPU
+        self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr, fused=True)
         self.lams = [torch.full((model.seeds, shape.width), rule.lam, device=model.head.device)
                      for _ in range(shape.layers)]
 
