@@ -19,10 +19,11 @@ Metrics (step = number of policy updates so far):
   `lambda/l<i>` (mean λ over layer i's neurons), `lambda_mean` (over all layers), and
   from that step's update `feedback_norm/bp/l<i>` = ‖g_i‖ and `feedback_norm/sg/l<i>` =
   ‖ĝ_i‖ (over the batch, mean-loss units; the reference code logs the same two norms).
-- every `mse_every` steps (0: never), beyond the paper: with the policy, the SG predictor
-  and λ frozen, R = `mse_batches` fresh batches, for each rule's parameter-gradient
-  estimate ĝ_r against the exact population gradient g* of the expected noisy loss
-  (−mean over training contexts of Σ_a π(a|x) E[r|x,a], E[r|x,a] = p + (1−2p)·1[a=y]):
+- every `mse_every` steps (0: never), beyond the paper, at the parameters θ that step's
+  update starts from: with the policy, the SG predictor and λ frozen, R = `mse_batches`
+  fresh batches, for each rule's parameter-gradient estimate ĝ_r against the exact
+  population gradient g* of the expected noisy loss (−mean over training contexts of
+  Σ_a π(a|x) E[r|x,a], E[r|x,a] = p + (1−2p)·1[a=y]):
     `grad_mse/<rule>/<group>`   mean_r ‖ĝ_r − g*‖²
     `grad_bias2/<rule>/<group>` ‖mean_r ĝ_r − g*‖²
     `grad_var/<rule>/<group>`   mean_r ‖ĝ_r − mean ĝ‖²   (mse = bias2 + var)
@@ -31,6 +32,10 @@ Metrics (step = number of policy updates so far):
   rules: `bp` (backprop), and for sgprop `mix` (the current λ-mixture) and `sg` (λ = 0);
   groups: `l0`..`l<L−1>` (hidden layers), `head`, `hidden` (all hidden layers), `all`.
   All rules see the same batches (paired). The head's estimate is the same for every rule.
+  Then the step's actual update Δθ (Adam's, from the learner's own batch):
+    `update_norm/<group>` ‖Δθ‖,  `update_cos/<group>` cos(Δθ, −g*),
+    `update_gain/<group>` −⟨g*, Δθ⟩ (first-order decrease of the expected loss),
+  which tell a better gradient estimate from a larger or better-aimed step.
 
 Randomness: each seed has four independent streams (init, train, eval, mse), so turning
 evaluation or MSE checkpoints on or off never changes a training trajectory.
@@ -303,8 +308,9 @@ class BanditBlock:
                 acc += g
         return total
 
-    def grad_mse(self) -> dict[str, Tensor]:
-        """Gradient-estimation statistics of each rule at the current parameters (S,) each."""
+    def grad_mse(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Gradient-estimation statistics of each rule at the current parameters, (S,) each,
+        and the exact gradient per group, (S, P_group)."""
         groups = self._groups()
         truth = self._flatten(self.exact_gradient(), groups)
         sums: dict[tuple[str, str], Tensor] = {}
@@ -336,6 +342,21 @@ class BanditBlock:
             out[f"grad_cos/{rule}/{group}"] = cos[(rule, group)] / r
         for group, t in truth.items():
             out[f"grad_truth_sq/{group}"] = (t * t).sum(-1)
+        return out, truth
+
+    def update_stats(self, before: list[Tensor], truth: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Norm, cosine with −g* and first-order gain of the update from `before` to now."""
+        groups = self._groups()
+        now = [p.detach() for p in parameters_of(self.model)]
+        delta = self._flatten([a - b for a, b in zip(now, before, strict=True)], groups)
+        out: dict[str, Tensor] = {}
+        for group, d in delta.items():
+            t = truth[group]
+            gain = -(d * t).sum(-1)
+            norm = d.norm(dim=-1)
+            out[f"update_norm/{group}"] = norm
+            out[f"update_cos/{group}"] = gain / (norm * t.norm(dim=-1)).clamp(min=1e-30)
+            out[f"update_gain/{group}"] = gain
         return out
 
     def _groups(self) -> list[tuple[str, list[int]]]:
@@ -366,11 +387,15 @@ class BanditBlock:
                 log.log_dict({name: values[i] for name, values in columns.items()}, step)
 
         for step in range(1, cfg.steps + 1):
+            checkpoint = cfg.mse_every and step % cfg.mse_every == 0
+            if checkpoint:  # at the parameters this step's update starts from
+                grad_stats, truth = self.grad_mse()
+                before = [p.detach().clone() for p in parameters_of(self.model)]
             for name, value in self.train_step().items():
                 window[name] = window.get(name, 0) + value
             count += 1
-            if cfg.mse_every and step % cfg.mse_every == 0:
-                record(self.grad_mse(), step)
+            if checkpoint:
+                record({**grad_stats, **self.update_stats(before, truth)}, step)
             if step in eval_steps:
                 sampled, expected = self.evaluate()
                 metrics = {"eval_reward": sampled, "eval_expected_reward": expected}

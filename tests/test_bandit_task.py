@@ -154,7 +154,7 @@ def grad_metrics(cfg: BanditConfig, seeds=(0,)) -> dict[str, float]:
     block = BanditBlock(cfg, list(seeds))
     for _ in range(5):
         block.train_step()
-    return {k: v[0].item() for k, v in block.grad_mse().items()}
+    return {k: v[0].item() for k, v in block.grad_mse()[0].items()}
 
 
 def test_grad_mse_decomposes_and_backprop_is_unbiased():
@@ -171,6 +171,30 @@ def test_grad_mse_decomposes_and_backprop_is_unbiased():
     assert m["grad_mse/bp/head"] == m["grad_mse/sg/head"]  # the head never uses SG
     assert m["grad_mse/bp/all"] == pytest.approx(
         m["grad_mse/bp/hidden"] + m["grad_mse/bp/head"], rel=1e-5)
+
+
+def test_update_stats_measure_the_steps_adam_update_against_the_exact_gradient():
+    block = BanditBlock(BanditConfig(**{**SMALL, "learner": "backprop"}), [0])
+    block.train_step()
+    _, truth = block.grad_mse()
+    params = parameters_of(block.model)
+    before = [p.detach().clone() for p in params]
+    block.train_step()
+    stats = block.update_stats(before, truth)
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before, strict=True)])
+    g = truth["all"][0]
+    assert stats["update_norm/all"][0].item() == pytest.approx(delta.norm().item(), rel=1e-5)
+    assert stats["update_gain/all"][0].item() == pytest.approx(-(delta @ g).item(), rel=1e-4)
+    cos = -(delta @ g) / (delta.norm() * g.norm())
+    assert stats["update_cos/all"][0].item() == pytest.approx(cos.item(), rel=1e-4)
+
+
+def test_checkpoints_log_gradient_and_update_statistics_at_their_steps():
+    (log,) = run_block(BanditConfig(**{**SMALL, "mse_every": 6, "mse_batches": 2}), [0])
+    steps = {n: s for n, s in zip(log.names, log.steps, strict=True)}
+    assert {s for n, s in zip(log.names, log.steps, strict=True)
+            if n == "update_cos/hidden"} == {6, 12}
+    assert steps["grad_mse/mix/l0"] == 12 and steps["update_norm/l0"] == 12
 
 
 def test_grad_mse_of_the_mixture_equals_backprop_at_lambda_one():
@@ -206,7 +230,7 @@ def test_mse_checkpoints_do_not_change_the_training_trajectory():
     plain = run_block(cfg, [0])[0]
     measured = run_block(BanditConfig(**{**SMALL, "mse_every": 4, "mse_batches": 2}), [0])[0]
     keep = [(n, s, v) for n, s, v in zip(measured.names, measured.steps, measured.values,
-                                         strict=True) if not n.startswith("grad_")]
+                                         strict=True) if not n.startswith(("grad_", "update_"))]
     assert keep == list(zip(plain.names, plain.steps, plain.values, strict=True))
 
 
