@@ -166,3 +166,45 @@ def test_bad_command_lines_are_one_line_exit_2(argv, expected, capsys, tmp_path)
         main(argv)
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and err.startswith(expected), err
+
+
+# Trial ids of shipped sweeps, computed before seeds became ranges (and before any later
+# change): resume keys on them, so a change that alters one would re-run recorded results.
+PINNED_IDS = {
+    "default.yaml": "2b72c04d530f652a",
+    "e1-expert.yaml": "222cb85d86c842f1",
+    "e1-leak.yaml": "06657b8893200c61",
+    "e2-gradmse-digits.yaml": "88e723d60114829b",
+    "e2-lambda-digits.yaml": "f53705d62c120b74",
+    "e2-lr-digits.yaml": "be8881ef86742faf",
+    "e2-parents-digits.yaml": "1e784f8a7497826c",
+    "e2-pflip-digits.yaml": "0b3da3d5035fa94d",
+    "e3-escape-short.yaml": "cc75da747822a795",
+    "e3-escape.yaml": "529816feabb29f80",
+    "e3-explore-short.yaml": "5b41c2f16520c32a",
+    "e3-explore.yaml": "f9ef68e05eadf46f",
+    "e3-gradquality-short.yaml": "f9b16ff34f05e78f",
+    "smoke.yaml": "6b8dc51e4ca8c751",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_IDS))
+def test_trial_ids_of_shipped_sweeps_are_pinned(name: str) -> None:
+    import hashlib
+
+    ids = [t.trial_id for b in plan.expand(load_spec(Path("sweeps") / name)) for t in b.trials]
+    assert hashlib.sha256(",".join(ids).encode()).hexdigest()[:16] == PINNED_IDS[name]
+
+
+def test_trial_ids_of_single_trials_are_pinned() -> None:
+    from orchestrator.tune_spec import load_tune_spec
+
+    default = plan.expand(load_spec("sweeps/default.yaml"))
+    assert [default[0].trials[0].trial_id, default[-1].trials[-1].trial_id] == [
+        "14391617a978f2e2", "cb34987eea06e72b"]
+    tuned = load_tune_spec("sweeps/tune-e1.yaml")
+    (rung,) = plan.expand(tuned.sweep_for({"lam": 0.25}, seeds=tuned.rungs[1]))
+    assert [t.trial_id for t in rung.trials] == ["d13487df7b0ca6a5", "b54cebfdc646c85b"]
+    (best,) = plan.expand(parse_spec(tuned.best_sweep({"lam": 0.25})))
+    assert [best.trials[0].trial_id, best.trials[-1].trial_id, len(best.trials)] == [
+        "50c2243e1a42402a", "a1692b45af959781", 20]
