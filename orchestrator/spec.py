@@ -126,8 +126,7 @@ class _StrictLoader(_Base):  # type: ignore[misc, valid-type]
                     continue  # unhashable: the base constructor names the problem
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"duplicate key {_show(key)} (first at line {first})",
+                        None, None, f"duplicate key {_show(key)} (first at line {first})",
                         key_node.start_mark)
                 lines[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
@@ -187,6 +186,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or "malformed YAML"
+        if context := getattr(exc, "context", None):
+            problem = f"{context}, {problem}"
         raise SpecError(f"{where}: not valid YAML{_at(mark)}: {_clip(problem, 160)}") from None
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a bad date
         line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -306,8 +307,8 @@ def parse_spec(raw: Any, where: str = "<spec>", max_trials: float | None = None)
     num_configs = len(typed_variants) * math.prod(len(typed_grid[k]) for k in keys)
     if num_configs * len(seeds) > max_trials:
         raise SpecError(
-            f"{where}: {_count(num_configs * len(seeds))} trials ({_count(num_configs)} "
-            f"configs from grid and variants × {_count(len(seeds))} seeds), above the limit "
+            f"{where}: {_count(num_configs * len(seeds))} trials ({_count(num_configs, 'config')} "
+            f"from grid and variants × {_count(len(seeds), 'seed')}), above the limit "
             f"of {max_trials:,.0f}; split the sweep, or raise the limit with --max-trials")
 
     required = [name for name, f in fields.items() if f.default is dataclasses.MISSING
@@ -321,12 +322,12 @@ def parse_spec(raw: Any, where: str = "<spec>", max_trials: float | None = None)
 
     block_size = _block_size(raw.get("block_size", "auto"), fail)
     resources = _resources(raw.get("resources", {}), fail)
-    timeout_s = raw.get("timeout_s")
+    written = timeout_s = raw.get("timeout_s")
     if timeout_s is not None:
         timeout_s = _coerce(timeout_s, float, "timeout_s", fail, expected="a number of seconds")
         if not 0 < timeout_s <= MAX_TIMEOUT_S:
             raise fail("timeout_s", f"expected seconds > 0 and at most {MAX_TIMEOUT_S:,.0f}, "
-                                    f"got {_show(timeout_s)}")
+                                    f"got {_show(written)}")
     return SweepSpec(
         name=name, task=task.name, configs=tuple(configs), seeds=seeds, block_size=block_size,
         resources=resources, description=description, source=where, timeout_s=timeout_s,
@@ -358,28 +359,28 @@ def config_dict(config: Any) -> dict[str, Any]:
     return out
 
 
-def unsatisfiable(resources: Resources, nodes: Iterable[Mapping[str, float]]) -> str | None:
+def unsatisfiable(resources: Resources, nodes: Iterable[Mapping[str, float]],
+                  where: str = "any node") -> str | None:
     """Why no node can ever run one block needing `resources`, in one line naming the
     field; None if some node can. `nodes`: each node's total resources as Ray names them
-    (`CPU`, `GPU`, `memory` in bytes)."""
+    (`CPU`, `GPU`, `memory` in bytes); `where` names them in the message."""
     need = {key: amount for key, amount in (
         ("CPU", resources.num_cpus), ("GPU", resources.num_gpus),
         ("memory", resources.memory_gb * 2**30)) if amount > 0}
     nodes = list(nodes)
     if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
         return None
-    hint = "lower it, or give the machine more (--num-cpus / --num-gpus for the embedded Ray)"
     for field, key in (("num_gpus", "GPU"), ("num_cpus", "CPU"), ("memory_gb", "memory")):
         if key in need and not any(node.get(key, 0.0) >= need[key] for node in nodes):
             most = max((node.get(key, 0.0) for node in nodes), default=0.0)
             if key == "memory":
-                asked, have = f"{resources.memory_gb:g} GB of memory", f"{most / 2**30:.1f} GB"
+                asked = f"{_amount(resources.memory_gb)} GB of memory"
+                have = f"{most / 2**30:.1f} GB"
             else:
-                asked, have = f"{need[key]:g} {key}s", f"{most:g}"
-            return (f"resources.{field}: a block needs {asked} but no node has that many "
-                    f"(most on one node: {have}); {hint}")
-    return (f"resources: no node has {_show(dataclasses.asdict(resources))} together "
-            f"(each is found, never on one node); {hint}")
+                unit = key if need[key] == 1 else f"{key}s"
+                asked, have = f"{_amount(need[key])} {unit}", _amount(most)
+            return f"resources.{field}: a block needs {asked}, but {where} has at most {have}"
+    return f"resources: a block needs them all at once, but no node of {where} has"
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -588,8 +589,14 @@ def _first_duplicate(values: list[Any]) -> int | None:
     return None
 
 
-def _count(n: int) -> str:
-    return f"{n:,}" if n < 10**15 else f"{float(n):.2g}"
+def _amount(x: float) -> str:
+    return f"{int(x):,}" if x == int(x) and x < 10**15 else f"{x:.4g}"
+
+
+def _count(n: int, unit: str = "") -> str:
+    """A count for a message: 1,000,000 (or 1e+18 past 10^15), with `unit` pluralised."""
+    text = f"{n:,}" if n < 10**15 else f"{float(n):.2g}"
+    return f"{text} {unit}{'s' if n != 1 else ''}" if unit else text
 
 
 _REPR = reprlib.Repr()
