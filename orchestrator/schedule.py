@@ -14,7 +14,7 @@ from orchestrator.execute import TrialRecord, run_blocks
 from orchestrator.plan import Block
 from orchestrator.spec import Resources, unsatisfiable
 
-CLUSTER_FIT_WAIT_S = 300.0  # how long a cluster (or its autoscaler) may take to offer a node
+CLUSTER_FIT_WAIT_S = 600.0  # how long a cluster (or its autoscaler) may take to offer a node
 
 
 def unreachable(address: str | None, timeout_s: float = 10.0) -> str | None:

@@ -345,3 +345,20 @@ def test_a_cluster_without_a_node_that_fits_is_refused_after_a_bounded_wait() ->
                                          "node of the cluster at 127.0.0.1:"), summary
     assert "has at most 1 (after waiting 4 s for one to join)" in summary["too_big"]
     assert 4 <= summary["waited_s"] < 30 and len(summary["waiting"]) == 1
+
+
+def test_a_timeout_at_its_limit_still_arms_the_timer_for_the_largest_block() -> None:
+    from orchestrator.execute import _timed
+    from orchestrator.spec import DEFAULT_MAX_TRIALS, MAX_TIMEOUT_S
+
+    # A block of S seeds gets S times timeout_s; setitimer overflows past ~9e9 s.
+    assert _timed(lambda: 7, MAX_TIMEOUT_S * DEFAULT_MAX_TRIALS) == 7
+
+
+@pytest.mark.parametrize("command", ["run", "tune", "validate"])
+def test_max_trials_help_states_the_default_the_parser_uses(command, capsys) -> None:
+    from orchestrator.spec import DEFAULT_MAX_TRIALS
+
+    with pytest.raises(SystemExit):
+        main([command, "-h"])
+    assert f"default {DEFAULT_MAX_TRIALS:,}" in " ".join(capsys.readouterr().out.split())
