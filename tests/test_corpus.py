@@ -99,31 +99,36 @@ def test_max_trials_raises_the_limit_for_a_sweep_that_needs_it(capsys) -> None:
     assert "above the limit of 199,999" in capsys.readouterr().err
 
 
-# A handful through the installed console script, as a user runs it (separate processes).
+# A handful through the installed console script, as a user runs it (separate processes,
+# two at a time: each one imports torch).
 THROUGH_THE_COMMAND = [
-    "yaml/alias-bomb-timeout.yaml", "yaml/nesting-flow-20000.yaml", "sizes/seeds-1e18.yaml",
-    "values/timeout-inf-text.yaml", "machine/num-cpus-million.yaml",
+    "yaml/alias-bomb-timeout.yaml", "sizes/seeds-1e18.yaml", "machine/num-cpus-million.yaml",
     "tune/grid-int-range-1e13.yaml",
 ]
 
 
 def test_corpus_subset_is_refused_by_the_installed_command(tmp_path: Path) -> None:
-    runs = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    checks = []
     for i, name in enumerate(THROUGH_THE_COMMAND):
         path = CORPUS / name
         validate_says, run_says = expectations(path)
         dest = tmp_path / f"out{i}"
-        argvs = [([SGSWEEP, "validate", str(path)], validate_says),
-                 ([SGSWEEP, command_for(path), str(path), "--out", str(dest),
-                   "--tracking-uri", "none", "--no-report"], run_says)]
-        for argv, says in argvs:
-            runs.append((path, dest, says, subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-    for path, dest, says, process in runs:
-        out, err = process.communicate(timeout=300)
+        checks.append((path, dest, validate_says, [SGSWEEP, "validate", str(path)]))
+        checks.append((path, dest, run_says, [SGSWEEP, command_for(path), str(path), "--out",
+                                              str(dest), "--tracking-uri", "none",
+                                              "--no-report"]))
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(run, [argv for *_, argv in checks]))
+    for (path, dest, says, argv), done in zip(checks, results, strict=True):
         if says is None:
-            assert process.returncode == 0 and "ok" in out, err
+            assert done.returncode == 0 and ": ok" in done.stdout, (argv, done.stderr)
             continue
-        assert process.returncode == 2 and not out, (process.args, out, err)
-        assert_one_line(err, path, says)
+        assert done.returncode == 2 and not done.stdout, (argv, done.stdout, done.stderr)
+        assert_one_line(done.stderr, path, says)
         assert not dest.exists()
