@@ -343,14 +343,18 @@ def _dimension(name: str, value: Any, hint: Any, field: str, fail) -> Dimension:
     high = _coerce(value["high"], number, f"{field}.high", fail)
     if not low < high:
         raise fail(field, f"expected low < high, got low={_show(low)}, high={_show(high)}")
+    if not math.isfinite(high - low):
+        raise fail(field, f"expected a range of finite width, got low={_show(low)}, "
+                          f"high={_show(high)}")
     log = value.get("log", False)
     if not isinstance(log, bool):
         raise fail(f"{field}.log", f"expected true or false, got {_show(log)}")
     step = value.get("step")
     if step is not None:
         step = _coerce(step, number, f"{field}.step", fail)
-        if not step > 0:
-            raise fail(f"{field}.step", f"expected a step > 0, got {_show(step)}")
+        if not step > 0 or not math.isfinite((high - low) / step):
+            raise fail(f"{field}.step", f"expected a step > 0 that divides the range into "
+                                        f"finitely many values, got {_show(step)}")
         if log and (number is float or step != 1):
             raise fail(f"{field}.step", "expected no step with log: true")
     if log and low <= 0:
@@ -381,7 +385,9 @@ def _check_corners(base: dict[str, Any], search: list[Dimension], where: str) ->
     names = [d.name for d in search]
     variants = [dict(zip(names, point, strict=True)) for point in dict.fromkeys(points)]
     try:
-        first_sweep = parse_spec({**base, "params": {**base["params"], **variants[0]}}, where)
+        # The trial count (n_trials × seeds) is checked by the caller.
+        first_sweep = parse_spec({**base, "params": {**base["params"], **variants[0]}}, where,
+                                 max_trials=math.inf)
     except SpecError as exc:
         raise _at_corner(str(exc), names, variants[0]) from None
     if len(variants) > 1:
