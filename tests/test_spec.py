@@ -179,7 +179,7 @@ PINNED_IDS = {
     "e2-gradmse-digits.yaml": "4caa6287fefefb1b",
     "e2-gradmse-mnist.yaml": "f7c2a5eb9def8d8e",
     "e2-lambda-digits.yaml": "0cf2b9ba2ceb4212",
-    "e2-lambda-mnist.yaml": "6638869b5d6e1ee1",
+    "e2-lambda-mnist.yaml": "74b97b79800598b7",
     "e2-lr-digits.yaml": "29cf57ab3b6e28ba",
     "e2-lr-mlp-digits.yaml": "c8d170f70e6d4629",
     "e2-lr-mnist.yaml": "a7b84f9d9be390d4",
