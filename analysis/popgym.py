@@ -18,15 +18,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.reports import last_checkpoint, save_figure, write_table  # noqa: E402
-from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
+from analysis.reports import last_checkpoint, save_figure, subplots, write_table
+from analysis.stats import mean_se, paired_bootstrap_ratio
 
 RULES = {"bp": "BPTT", "mix": "sgprop mixture", "sg": "pure SG"}
 LAMBDA = ("lambda_mean", "lambda_p25", "lambda_p75", "lambda_min", "lambda_max")
@@ -99,7 +95,7 @@ def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, fo
     if wide.empty:
         return None
     envs = sorted(wide.num_envs.unique())
-    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, n in zip(axes[0], envs, strict=True):
         for method, sub in wide[wide.num_envs == n].groupby("method", sort=True):
             by_step = sub.groupby("step")
@@ -120,7 +116,7 @@ def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, fo
 
 def versus_lr(table: pd.DataFrame, metric: str, label: str, folder: Path) -> Path:
     envs = sorted(table.num_envs.unique())
-    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, n in zip(axes[0], envs, strict=True):
         for method, rows in table[table.num_envs == n].groupby("method", sort=True):
             rows = rows.sort_values("lr")
@@ -142,7 +138,7 @@ def lambda_stats(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
     wide = _seed_curves(metrics, trials, list(LAMBDA))
     if wide.empty:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for (method, n), sub in wide.groupby(["method", "num_envs"], sort=True):
         curve = sub.groupby("step")[list(LAMBDA)].mean()
         line = ax.plot(curve.index, curve.lambda_mean, label=f"{method}, {n} envs: mean")[0]
@@ -195,7 +191,7 @@ def grad_figure(table: pd.DataFrame, folder: Path) -> Path:
     labels = [f"{m}\n{n} envs, lr {lr:g}" for m, n, lr in
               zip(rows.method, rows.num_envs, rows.lr, strict=True)]
     xs = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
+    fig, ax = subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
     for i, (rule, name) in enumerate(RULES.items()):
         col = f"rel_mse_{rule}"
         if col in rows:

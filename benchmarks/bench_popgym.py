@@ -10,7 +10,7 @@
    the ratio.
 3. Seeds batched vs sequential (`--seeds N`, default 6; 0 skips): the training step of N
    seeds, each on its own `num_envs` mazes, per model (BPTT). Sequential = N PopgymRuns
-   stepped one after the other (what the task does, `batched=False`). Batched = the N
+   stepped one after the other (what the task does). Batched = the N
    seeds' parameters stacked (`torch.func.stack_module_state`), the model called under
    `torch.func.vmap` (per-seed weights → batched matmuls), all N·num_envs mazes in one
    MazeBatch, per-seed action/maze streams, one backward of the summed per-seed losses,

@@ -55,14 +55,14 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
 def write_tune_report(out_dir: Path, tracking_uri: str | None = None) -> Path:
     """DIR/report/<study>/ for a tuning directory (`sgsweep tune`): the study's trials,
     history, importances and slice plot, logged to the study's MLflow parent run."""
-    from analysis import reports, tune
+    from analysis import tune
     from orchestrator.tune import study_info
 
     study = study_info(out_dir)["study"]
     folder = out_dir / "report" / study
     folder.mkdir(parents=True, exist_ok=True)
     trials, metrics = load_results(out_dir)
-    files = tune.report(out_dir, folder, trials, metrics, reports.TUNE_REFERENCES)
+    files = tune.report(out_dir, folder, trials, metrics)
     uri = resolve_tracking_uri(out_dir, tracking_uri)
     if uri and files:
         _log_artifacts(uri, study, files, role="study")

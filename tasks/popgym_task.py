@@ -311,6 +311,5 @@ TASK = Task(
     name="popgym",
     config_type=PopgymConfig,
     run_block=run_block,
-    description="E3 POPGym labyrinths: recurrent SparseNet BPTT/sgprop vs GRU/LSTM, grad quality",
-    batched=False,
+    report="analysis.popgym:report",
 )
