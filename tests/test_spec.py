@@ -188,11 +188,11 @@ PINNED_IDS = {
     "e2-pflip-digits.yaml": "dd5209258bdfc45c",
     "e2-pflip-mnist.yaml": "699e266d844152d4",
     "e3-escape-short.yaml": "cc75da747822a795",
-    "example-quadratic.yaml": "c08fb6ec06498373",
     "e3-escape.yaml": "529816feabb29f80",
     "e3-explore-short.yaml": "5b41c2f16520c32a",
     "e3-explore.yaml": "f9ef68e05eadf46f",
     "e3-gradquality-short.yaml": "f9b16ff34f05e78f",
+    "example-quadratic.yaml": "c08fb6ec06498373",
     "smoke.yaml": "6b8dc51e4ca8c751",
 }
 
