@@ -197,6 +197,11 @@ PINNED_IDS = {
 }
 
 
+def test_every_shipped_sweep_file_has_pinned_trial_ids() -> None:
+    shipped = {p.name for p in Path("sweeps").glob("*.yaml") if not p.name.startswith("tune-")}
+    assert shipped == set(PINNED_IDS), "pin the ids of a new sweep file in PINNED_IDS"
+
+
 @pytest.mark.parametrize("name", sorted(PINNED_IDS))
 def test_trial_ids_of_shipped_sweeps_are_pinned(name: str) -> None:
     import hashlib
