@@ -199,6 +199,18 @@ def propagate_time(model: RecurrentSparseNet, trace: SequenceTrace, direct: Tens
                            torch.stack(embed_grads) if params else None)
 
 
+def feedback_norms(prop: TimePropagation, predicted: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """Mean over valid (t, b) and neurons of ‖g_t‖, ‖ĝ_t‖ (mean-loss units), ‖g̃_t‖ per
+    neuron, as the reference logs them (`true_grad_norm`, `pred_norm`, `mixed_grad_norm`)."""
+    count = valid.sum().clamp(min=1) * predicted.shape[-2]
+
+    def mean_norm(v: Tensor) -> Tensor:
+        return (v.detach().norm(dim=-1) * valid[..., None]).sum() / count
+
+    return {"true_grad_norm": mean_norm(prop.realised), "pred_norm": mean_norm(predicted),
+            "mixed_grad_norm": mean_norm(prop.mixed)}
+
+
 class SGPropTime:
     """sgprop through time on a recurrent SparseNet: per-neuron SG, mixed BPTT, adaptive λ.
 
@@ -305,6 +317,7 @@ class SGPropTime:
         if self.rule.adaptive:
             estimate = self.batch_lambda(trace, prop.realised, mixable, batch.valid)
             self.lam = ema(self.lam, estimate, self.rule.momentum)
+        stats.update(feedback_norms(prop, mixable, batch.valid))
         stats["sg_loss"] = self.update_synthetic(preds, prop.mixed, batch.valid)
         return stats
 

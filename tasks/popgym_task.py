@@ -18,7 +18,9 @@ Metrics (step = batch index, 1..batches; batch-level metrics are averaged over t
 `log_every` batches ending at the step):
   success_rate, return_mean, return_p10/p25/p50/p75/p90 (undiscounted episode return as the
   agent saw it), episode_length, env_steps (cumulative valid steps), policy_loss, entropy,
-  grad_norm (before clipping); sgprop: sg_loss, lambda_mean/min/max/p25/p75 (over neurons);
+  grad_norm (before clipping); sgprop: sg_loss, lambda_mean/min/max/p25/p75 (over neurons;
+  λ after this batch's update), true_grad_norm / pred_norm / mixed_grad_norm (mean per-neuron
+  ‖g_t‖, ‖ĝ_t‖, ‖g̃_t‖ over valid steps, mean-loss units, ĝ before this batch's SG step);
   at the last step also success_last5 (mean success of the last 5 batches) and success_auc
   (trapezoid area under success-vs-batch over the batch span, in [0, 1], as the
   reference's `normalized_auc`).

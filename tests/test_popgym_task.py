@@ -205,6 +205,7 @@ def test_training_logs_every_metric() -> None:
     final = run_block(cfg, [0])[0].final()
     for name in ("success_rate", "return_mean", "return_p10", "return_p90", "episode_length",
                  "env_steps", "policy_loss", "entropy", "grad_norm", "sg_loss", "lambda_mean",
+                 "true_grad_norm", "pred_norm", "mixed_grad_norm",
                  "lambda_min", "lambda_max", "lambda_p25", "lambda_p75", "success_last5",
                  "success_auc", "grad_mse/bp/all", "grad_mse/mix/recurrent",
                  "grad_bias2/sg/all", "grad_var/mix/all", "grad_cos/bp/all",
