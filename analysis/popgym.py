@@ -49,7 +49,9 @@ def _frame(final: pd.DataFrame) -> pd.DataFrame:
     final["method"] = final.apply(method_label, axis=1)
     if "learner" in final:
         sg = final.learner == "sgprop"
-        for knob, name in (("sg_lr", "SG lr"), ("lam_schedule", "schedule")):
+        for knob, name in (("sg_lr", "SG lr"), ("lam_schedule", "schedule"),
+                           ("sg_padding", "padding"), ("sg_units", "SG units"),
+                           ("maze_seeds", "mazes")):
             if knob in final and final.loc[sg, knob].astype(str).nunique() > 1:
                 final.loc[sg, "method"] += final.loc[sg, knob].map(
                     lambda v, name=name: f", {name} {v:g}" if isinstance(v, float)
