@@ -497,3 +497,75 @@ def test_recurrent_inits_are_the_references() -> None:
                                        rtol=0, atol=1e-5)
         head = body[-1]
         assert bool((head.bias == 0).all()) and 0.008 < float(head.weight.detach().std()) < 0.012
+
+
+# -- pinned against the reference code --------------------------------------------------------
+# `pinned_case()` builds a small sgprop state (λ per neuron in [0.5, 1], a non-zero SG, the
+# batch of `tiny()` padded to HORIZON, so predictions are mixed at padded steps). The numbers
+# below came from running the authors' unchanged `exp-popgym/trainers.update_model` (float64)
+# on the same weights, SG, λ and batch, outside this repository (the scratch harness maps
+# sgsweep's parameter blocks onto theirs); docs/e3.md §2 has the full-size comparison.
+PIN_SG_LR = 1e-2
+PIN_CLIP = 0.5
+
+
+def pinned_case() -> tuple[RecurrentSparseNet, SGPropTime, Batch, Tensor]:
+    model, batch, adv = tiny(3)
+    learner = SGPropTime(model, adaptive_lambda(1.0, 0.9), PIN_SG_LR, 0.01, horizon=HORIZON,
+                         sg_clip=PIN_CLIP)
+    randomise_sg(learner, seed=4, scale=2.0)  # SG gradient norm 0.96: clipped
+    learner.lam = 0.5 + 0.5 * torch.rand(SHAPE.neurons, generator=torch.Generator()
+                                         .manual_seed(5), dtype=torch.float64)
+    return model, learner, batch, adv
+
+
+def fingerprint(tensors: list[Tensor]) -> list[float]:
+    """Per tensor: its sum and its dot with a fixed random direction (seeded by position)."""
+    out = []
+    for i, x in enumerate(tensors):
+        r = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + i),
+                        dtype=torch.float64)
+        x = x.detach().double()
+        out += [float(x.sum()), float((x * r).sum())]
+    return out
+
+
+REF_GRAD_NORM = 52.97923475092363
+REF_GRADS = [
+    3.3068166260807885e-18, 0.008191691979628424, 7.806255641895632e-18,
+    -0.025055520746006095, 0.16164387215843223, -0.1071552373781026, 0.3508708465060631,
+    0.2329140020901777, 0.628613945210688, 0.6475368200574291, 9.317362419797304e-21,
+    2.0390098804380553e-05, 2.829090043829363e-19, -0.0003186677997888609,
+    6.505213034913027e-19, -0.0005866388420057155, -3.469446951953614e-17,
+    -0.0794728748479778, 2.7755575615628914e-17, 0.03964293208309777,
+    -2.7755575615628914e-17, -0.09205917770832464, 0.03996341347078967,
+    -0.11904443078081456,
+]
+REF_LAMBDA = [
+    0.8350765135362103, 0.6625430757794696, 0.7084055520871345, 0.6850827986237477,
+    0.6594244626555026, 0.9280671443055286, 0.7946298410471758, 0.8740208239493843,
+]
+REF_SG_LOSS = 4.2477290716535405
+REF_SG_GRADS = [
+    0.10849803882904073, 0.05204673840776498, -0.8776550883325516, -0.49148128859480833,
+    -0.13770728303389357, -0.09339038622041823,
+]
+REF_SG_AFTER = [
+    6.813409569742314, 13.21531684029581, 3.9702871658560053, 2.0159289291836844,
+    -3.1413592133022448, 10.530108709474229,
+]
+
+
+def test_one_sgprop_update_matches_numbers_from_the_reference_code() -> None:
+    model, learner, batch, adv = pinned_case()
+    stats = learner.backward(batch, adv)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), PIN_CLIP)
+    assert float(norm) == pytest.approx(REF_GRAD_NORM, rel=1e-10)
+    assert fingerprint([p.grad for p in model.parameters()]) == pytest.approx(
+        REF_GRADS, rel=1e-9, abs=1e-13)
+    assert learner.lam.tolist() == pytest.approx(REF_LAMBDA, rel=1e-12, abs=1e-14)
+    assert float(stats["sg_loss"]) == pytest.approx(REF_SG_LOSS, rel=1e-10)
+    assert fingerprint([p.grad for p in learner.sg.parameters()]) == pytest.approx(
+        REF_SG_GRADS, rel=1e-9, abs=1e-13)  # after the clip at 0.5
+    assert fingerprint(list(learner.sg.parameters())) == pytest.approx(
+        REF_SG_AFTER, rel=1e-9, abs=1e-13)
