@@ -6,6 +6,9 @@ batch, forward, sample actions and noisy rewards, learner backward, Adam step).
 
     python benchmarks/bench_bandit.py                 # paper sizes, 6 seeds
     python benchmarks/bench_bandit.py --small         # the digits sweeps' sizes
+
+Beside the times it prints each step's matrix-product FLOPs (torch's FlopCounterMode):
+exact and load-independent, they bound what any implementation's time ratio can reach.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from tasks.bandit import BanditBlock, BanditConfig
 from tasks.datasets import Dataset
@@ -58,6 +62,13 @@ def step_times(blocks: dict[str, BanditBlock], warmup: int, rounds: int,
     return best
 
 
+def step_flops(block: BanditBlock) -> int:
+    """Matrix-product FLOPs of one training step (counted, not timed)."""
+    with FlopCounterMode(display=False) as counter:
+        block.train_step()
+    return counter.get_total_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="digits-sweep sizes")
@@ -82,11 +93,15 @@ def main() -> None:
                 for name, case in CASES.items()}
 
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    single = step_times(blocks([0]), args.warmup, args.steps, args.device, clock)
-    base = single["SparseNet backprop"]
-    print(f"\n{'one seed':34s} {'ms/step':>9s} {'x SparseNet BP':>15s}")
+    solo = blocks([0])
+    single = step_times(solo, args.warmup, args.steps, args.device, clock)
+    flops = {name: step_flops(block) for name, block in solo.items()}
+    base, base_flops = single["SparseNet backprop"], flops["SparseNet backprop"]
+    print(f"\n{'one seed':34s} {'ms/step':>9s} {'x SparseNet BP':>15s} {'GFLOP':>7s} "
+          f"{'x BP FLOPs':>11s}")
     for name, seconds in single.items():
-        print(f"{name:34s} {1000 * seconds:9.1f} {seconds / base:15.2f}")
+        print(f"{name:34s} {1000 * seconds:9.1f} {seconds / base:15.2f} "
+              f"{flops[name] / 1e9:7.2f} {flops[name] / base_flops:11.2f}")
     if args.no_batching:
         return
     batched = step_times(blocks(list(range(args.seeds))), args.warmup, args.steps, args.device,

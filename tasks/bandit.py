@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +98,9 @@ class BanditConfig:
     eval_contexts: Literal["sampled", "fixed"] = "sampled"
     sg_init: Literal["normal", "zero"] = "normal"  # normal: N(0, 1/D) as the reference
     sg_units: Literal["mean", "sample"] = "mean"  # mean: batch-mean-loss gradients (reference)
+    # false: backprop trains the action head only, hidden layers stay at their init (a
+    # random-features control, beyond the paper: docs/e2.md)
+    train_hidden: bool = field(default=True, metadata={"added_later": True})
     mse_every: int = 0  # gradient-MSE checkpoint period in steps; 0: none
     mse_batches: int = 32  # R fresh batches per checkpoint
 
@@ -146,6 +149,8 @@ class BanditConfig:
             raise ConfigError("mse_batches", f"expected at least 2, got {self.mse_batches}")
         if self.learner == "sgprop" and self.model != "sparsenet":
             raise ConfigError("learner", "sgprop needs model sparsenet (the MLP is BP only)")
+        if not self.train_hidden and self.learner != "backprop":
+            raise ConfigError("train_hidden", "false is a backprop control (head only)")
 
     @property
     def pixels_per_neuron(self) -> int:
@@ -230,7 +235,9 @@ class BanditBlock:
         else:
             self.learner = Backprop(self.model)
         # fused: one pass over the parameters, bit-identical to the default loop on CPU
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.policy_lr, fused=True)
+        trained = (list(self.model.parameters()) if cfg.train_hidden
+                   else self.model.layer_parameters()[-1][1])  # the action head only
+        self.optimizer = torch.optim.Adam(trained, lr=cfg.policy_lr, fused=True)
 
     @property
     def num_seeds(self) -> int:

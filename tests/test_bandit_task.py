@@ -173,6 +173,23 @@ def test_grad_mse_decomposes_and_backprop_is_unbiased():
         m["grad_mse/bp/hidden"] + m["grad_mse/bp/head"], rel=1e-5)
 
 
+@pytest.mark.parametrize("model", ["sparsenet", "mlp"])
+def test_head_only_control_leaves_hidden_layers_at_their_init(model):
+    block = BanditBlock(BanditConfig(**{**SMALL, "learner": "backprop", "model": model,
+                                        "mlp_width": 8, "train_hidden": False}), [0])
+    groups = block.model.layer_parameters()
+    before = [p.detach().clone() for _, params in groups for p in params]
+    for _ in range(3):
+        block.train_step()
+    after = [p.detach() for _, params in groups for p in params]
+    n_head = len(groups[-1][1])
+    assert all(torch.equal(a, b) for a, b in zip(before[:-n_head], after[:-n_head],
+                                                 strict=True))
+    assert not torch.equal(before[-1], after[-1])
+    with pytest.raises(ConfigError, match="train_hidden"):
+        BanditConfig(**{**SMALL, "learner": "sgprop", "train_hidden": False}).validate()
+
+
 def test_update_stats_measure_the_steps_adam_update_against_the_exact_gradient():
     block = BanditBlock(BanditConfig(**{**SMALL, "learner": "backprop"}), [0])
     block.train_step()
