@@ -5,7 +5,8 @@
   num_envs; the sweep's only LR when it has one), a panel per num_envs; the same for the
   mean episode return (`return_mean_vs_env_steps.png`: informative where success is rare);
 - `success_last5_vs_lr.png`, `success_auc_vs_lr.png`: last-5-batch success and normalised
-  success AUC (mean success over all batches) against the LR, a line per method;
+  success AUC (trapezoid area under success vs batch over the span, as the reference)
+  against the LR, a line per method;
 - `lambda_stats.png`: sgprop's λ over training at the chosen LR — mean, p25–p75 band,
   min and max over neurons (each averaged over seeds);
 - `grad_quality.png` and table `e3_grad_quality`: at the last checkpoint, each rule's
@@ -45,7 +46,9 @@ def _frame(final: pd.DataFrame) -> pd.DataFrame:
     final["method"] = final.apply(method_label, axis=1)
     if "learner" in final:
         sg = final.learner == "sgprop"
-        for knob, name in (("sg_lr", "SG lr"), ("lam_schedule", "schedule")):
+        for knob, name in (("sg_lr", "SG lr"), ("lam_schedule", "schedule"),
+                           ("sg_padding", "padding"), ("sg_units", "SG units"),
+                           ("maze_seeds", "mazes")):
             if knob in final and final.loc[sg, knob].astype(str).nunique() > 1:
                 final.loc[sg, "method"] += final.loc[sg, knob].map(
                     lambda v, name=name: f", {name} {v:g}" if isinstance(v, float)
