@@ -48,7 +48,7 @@ def submit(work: Path, ray_tmp: str) -> str:
     # Ray's files in a short private folder: job ids restart at 1 in every local cluster.
     return sh("sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=2",
               "--gpus-per-node=1", "--time=10", f"--output={work}/job-%j.out",
-              f"--export=ALL,SGSWEEP_DASHBOARD=0,SGSWEEP_NODE_WAIT_S=90,"
+              f"--export=ALL,SGSWEEP_DASHBOARD=0,SGSWEEP_NODE_WAIT_S=240,"
               f"SGSWEEP_RAY_TMPDIR={ray_tmp}",
               str(ROOT / "deploy/slurm/sgsweep.sbatch"), str(work / "spec.yaml"),
               str(work / "out"))
@@ -93,12 +93,12 @@ def run_job(work: Path, stop: str | None, ray_tmp: str) -> dict:
     started = time.monotonic()
     info: dict = {"job": job, "stop": stop, "rows_before": before}
     if stop is not None:
-        wait_for(lambda: len(recorded(out)) >= before + 8 or ended(job), 240,
+        wait_for(lambda: len(recorded(out)) >= before + 8 or ended(job), 600,
                  f"job {job} to record 8 trials")
         info["ended_before_signal"] = ended(job)
         info["signal_at_s"] = round(time.monotonic() - started, 1)
         sh("scancel", "--signal=TERM", *STOP_FLAGS[stop], job)
-    wait_for(lambda: ended(job), 300, f"job {job} to end")
+    wait_for(lambda: ended(job), 600, f"job {job} to end")
     info["wall_s"] = round(time.monotonic() - started, 1)
     info["state"] = job_field(job, "JobState")
     info["exit_code"] = job_field(job, "ExitCode")

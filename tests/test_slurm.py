@@ -28,14 +28,14 @@ def _local_slurm(*args: str, timeout: float) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1700)
 def test_sweep_stopped_by_term_to_steps_then_preempted_then_resubmitted_records_each_trial_once(
         tmp_path):
     install = _local_slurm("install", timeout=600)
     assert install.returncode == 0, install.stderr
     result = _local_slurm("run", str(tmp_path / "slurm"), "--", sys.executable,
                           str(ROOT / "tests" / "slurm_sweep.py"), str(tmp_path / "sweep"),
-                          "steps", "full", timeout=1100)
+                          "steps", "full", timeout=1650)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     stopped, preempted, last = summary["jobs"]
