@@ -40,8 +40,16 @@ STOP_FLAGS = {"steps": [], "batch": ["--batch"], "full": ["--full"]}
 RAY_PROCESSES = "ray start|gcs_server|raylet|ray/_private/workers|dashboard/agent.py"
 
 
-def sh(*command: str) -> str:
-    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+def sh(*command: str, tries: int = 1) -> str:
+    """stdout of `command`; up to `tries` attempts (a Slurm client on a machine at load ~100
+    was seen to die of SIGPIPE once: only idempotent queries and signals are retried)."""
+    for attempt in range(tries):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode == 0:
+            return done.stdout.strip()
+        time.sleep(1 + attempt)
+    raise SystemExit(f"{' '.join(command)} failed {tries}x: exit {done.returncode}, "
+                     f"{done.stderr.strip()[:300]}")
 
 
 def submit(work: Path, ray_tmp: str) -> str:
@@ -55,7 +63,7 @@ def submit(work: Path, ray_tmp: str) -> str:
 
 
 def job_field(job: str, field: str) -> str:
-    text = sh("scontrol", "-o", "show", "job", job)
+    text = sh("scontrol", "-o", "show", "job", job, tries=5)
     return next((kv.split("=", 1)[1] for kv in text.split() if kv.startswith(f"{field}=")), "")
 
 
@@ -97,7 +105,7 @@ def run_job(work: Path, stop: str | None, ray_tmp: str) -> dict:
                  f"job {job} to record 8 trials")
         info["ended_before_signal"] = ended(job)
         info["signal_at_s"] = round(time.monotonic() - started, 1)
-        sh("scancel", "--signal=TERM", *STOP_FLAGS[stop], job)
+        sh("scancel", "--signal=TERM", *STOP_FLAGS[stop], job, tries=5)
     wait_for(lambda: ended(job), 600, f"job {job} to end")
     info["wall_s"] = round(time.monotonic() - started, 1)
     info["state"] = job_field(job, "JobState")
