@@ -99,6 +99,9 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     started = time.perf_counter()
     if problem := schedule.unreachable(options.address):
         raise RunError(problem)  # before DIR is touched
+    if problem := schedule.unfit(spec.resources, options.address, options.num_cpus,
+                                 options.num_gpus, progress=options.progress):
+        raise RunError(f"{spec.source}: {problem}")
     with directory_lock(out_dir):
         store = ResultStore(out_dir)
         store.prepare()

@@ -412,6 +412,9 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
     # is touched.
     if problem := schedule.unreachable(options.address):
         raise RunError(problem)
+    if problem := schedule.unfit(spec.sweep.resources, options.address, options.num_cpus,
+                                 options.num_gpus, progress=options.progress):
+        raise RunError(f"{spec.source}: {problem}")
     given_storage = open_storage(out_dir, options.storage) if options.storage else None
     with directory_lock(out_dir):
         info_path = out_dir / STUDY_FILE
