@@ -93,7 +93,7 @@ def finite(module: torch.nn.Module) -> bool:
 # wrong device passing for a GPU one).
 ELSEWHERE = {
     "E3": "PopgymRun moves itself to the CPU (NumPy environment); "
-          "an E3 sweep with num_gpus still records device=cuda",
+          "E3 sweeps run and record device=cpu even where Ray gives them a GPU",
 }
 
 

@@ -75,6 +75,8 @@ class Task:
     optional `validate()` method raises `ConfigError` for cross-field problems.
     `batched` says whether `run_block` computes many seeds as one batched computation;
     either way, each seed's result must equal running that seed alone.
+    `uses_gpu` False: the task computes on the CPU whatever GPU Ray assigns, so its blocks
+    are run, and their trials recorded, with device "cpu".
     """
 
     name: str
@@ -82,6 +84,7 @@ class Task:
     run_block: BlockRunner
     description: str = ""
     batched: bool = False
+    uses_gpu: bool = True
 
     def config_fields(self) -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(self.config_type)}

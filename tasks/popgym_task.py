@@ -313,4 +313,5 @@ TASK = Task(
     run_block=run_block,
     description="E3 POPGym labyrinths: recurrent SparseNet BPTT/sgprop vs GRU/LSTM, grad quality",
     batched=False,
+    uses_gpu=False,  # PopgymRun computes on the CPU (see its __init__)
 )
