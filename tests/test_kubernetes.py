@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+from orchestrator.plan import expand
+from orchestrator.spec import parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy" / "kubernetes"
 RAYJOB_SCHEMA = Path(__file__).resolve().parent / "kuberay_rayjob_schema.yaml"
 # The oldest Kubernetes the manifests are meant for, and the newest the package knows.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
@@ -103,7 +108,7 @@ def _unknown_container_key(rayjob: dict, mlflow: list[dict]) -> None:
 
 def _wrong_type_in_worker_pod(rayjob: dict, mlflow: list[dict]) -> None:
     pod = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
-    pod["containers"][0]["volumeMounts"][1]["readOnly"] = "yes"
+    pod["containers"][0]["volumeMounts"][0]["readOnly"] = "yes"
 
 
 def _misspelt_metadata_field(rayjob: dict, mlflow: list[dict]) -> None:
@@ -159,9 +164,10 @@ def test_rayjob_runs_sgsweep_on_its_own_cluster_with_gpu_workers_and_token_auth(
     rayjob, _ = load_manifests()
     spec = rayjob["spec"]
     entrypoint = spec["entrypoint"].split()
-    assert entrypoint[:2] == ["sgsweep", "run"] and "--address" in entrypoint
-    assert entrypoint[entrypoint.index("--address") + 1] == "auto"
-    out = entrypoint[entrypoint.index("--out") + 1]
+    run = entrypoint[entrypoint.index("sgsweep"):]
+    assert run[:2] == ["sgsweep", "run"] and "--address" in run
+    assert run[run.index("--address") + 1] == "auto"
+    out = run[run.index("--out") + 1]
     assert out.startswith("/results/")
     cluster = spec["rayClusterSpec"]
     assert cluster["authOptions"] == {"mode": "token"}
@@ -174,6 +180,24 @@ def test_rayjob_runs_sgsweep_on_its_own_cluster_with_gpu_workers_and_token_auth(
         mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
         assert "/results" in mounts  # the driver writes there; every pod sees it
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "sgsweep-results"
+
+
+def test_rayjob_runs_the_shipped_sweep_asking_gpus_with_the_same_trial_ids() -> None:
+    # The entrypoint rewrites the shipped sweep's `resources` line: run that rewrite here
+    # (without its redirection) and check the result is the same sweep, asking GPUs.
+    rayjob, _ = load_manifests()
+    rewrite, run = rayjob["spec"]["entrypoint"].split(" && ")
+    command, target = rewrite.split(" > ")
+    assert run.split()[2] == target  # `sgsweep run` runs the rewritten file
+    shipped_path = ROOT / command.split()[-1]
+    rewritten = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout
+    shipped = parse_spec(yaml.safe_load(shipped_path.read_text()), str(shipped_path))
+    gpu = parse_spec(yaml.safe_load(rewritten), "rewritten")
+    assert gpu.resources.num_gpus == 0.25 and shipped.resources.num_gpus == 0
+    assert gpu.name == shipped.name  # same results folder layout
+    assert ([t.trial_id for b in expand(gpu) for t in b.trials]
+            == [t.trial_id for b in expand(shipped) for t in b.trials])
 
 
 def test_mlflow_manifest_serves_the_tracking_uri_the_rayjob_logs_to() -> None:
