@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("out", type=Path, help="results directory")
     ui.add_argument("--port", type=_positive_int, default=5000)
 
+    dashboard = sub.add_parser("dashboard", help="start optuna-dashboard on 127.0.0.1 for "
+                                                 "a `sgsweep tune` results directory")
+    dashboard.add_argument("out", type=Path, help="results directory of `sgsweep tune`")
+    dashboard.add_argument("--port", type=_positive_int, default=8080)
+
     validate = sub.add_parser("validate", help="check a sweep file and print its size")
     validate.add_argument("spec", type=Path)
     _add_max_trials(validate)
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "tune": cmd_tune, "validate": cmd_validate,
                     "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
-                    "ui": cmd_ui}
+                    "ui": cmd_ui, "dashboard": cmd_dashboard}
         return commands[args.command](args)
     except (SpecError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -292,6 +297,55 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {args.out} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
           flush=True)
     os.execv(command[0], command)
+    return 0  # not reached
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard for the study DIR/tune.json names, on 127.0.0.1. What tune.json says
+    is checked first: only an existing journal file or database is ever opened."""
+    import json
+    import os
+    import shutil
+
+    from orchestrator.tune import JOURNAL, STUDY_FILE
+
+    where = args.out / STUDY_FILE
+    if not where.is_file():
+        raise UserError(f"{args.out}: no Optuna study here (expected {where} from `sgsweep "
+                        "tune`)")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: expected a port number from 1 to 65535")
+    try:
+        info = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{where}: not readable as JSON ({exc})") from None
+    storage = info.get("storage") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or not isinstance(info.get("study"), str) or not (
+            storage is None or isinstance(storage, str)):
+        raise UserError(f"{where}: expected a JSON object with a study name and a storage")
+    scheme, _, rest = (storage or "").partition("://")
+    if not storage:  # the default: a journal file in DIR
+        storage = str(args.out / JOURNAL)
+        if not Path(storage).is_file():
+            raise UserError(f"{where}: the study's journal {storage} is missing")
+    elif not rest:  # a journal file given with --storage
+        if not Path(storage).is_file():
+            raise UserError(f"{where}: storage {storage[:200]!r} is not an existing journal file")
+    elif scheme == "sqlite":  # never create a database file
+        if not Path(rest.removeprefix("/")).is_file():
+            raise UserError(f"{where}: storage {storage[:200]!r}: no such SQLite file")
+    elif scheme.split("+")[0] not in ("postgresql", "mysql"):
+        raise UserError(f"{where}: storage {storage[:200]!r}: expected a journal file or a "
+                        "sqlite, postgresql or mysql URL")
+    command = [shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable))
+               or "optuna-dashboard", storage, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"optuna-dashboard for study {info['study']!r} on http://127.0.0.1:{args.port} "
+          "(Ctrl-C stops it)", flush=True)
+    try:
+        os.execv(command[0], command)
+    except OSError as exc:
+        raise UserError(f"cannot start optuna-dashboard ({exc}); install it with "
+                        "`pip install optuna-dashboard`") from None
     return 0  # not reached
 
 

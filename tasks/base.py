@@ -77,7 +77,9 @@ class Task:
     result must equal running that seed alone). `report` and `tune_reference` name, as
     "module:function", the analysis that draws the task's report and the closed-form
     optimum a tuning report compares a study against; they are imported only when a report
-    is written, so a task stays free of plotting and pandas.
+    is written, so a task stays free of plotting and pandas. `uses_gpu` False: the task
+    computes on the CPU whatever GPU Ray assigns, so its blocks are run, and their trials
+    recorded, with device "cpu".
     """
 
     name: str
@@ -85,6 +87,7 @@ class Task:
     run_block: BlockRunner
     report: str = ""
     tune_reference: str = ""
+    uses_gpu: bool = True
 
     def config_fields(self) -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(self.config_type)}

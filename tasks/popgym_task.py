@@ -357,4 +357,5 @@ TASK = Task(
     config_type=PopgymConfig,
     run_block=run_block,
     report="analysis.popgym:report",
+    uses_gpu=False,  # PopgymRun computes on the CPU (see its __init__)
 )

@@ -249,3 +249,21 @@ def test_bad_config_is_one_line_error_naming_the_field(change: dict, field: str 
 
 def test_task_is_registered() -> None:
     assert REGISTRY["popgym"].config_type is PopgymConfig
+
+
+def test_e3_trials_given_a_gpu_compute_and_are_recorded_on_the_cpu() -> None:
+    # PopgymRun computes on the CPU (NumPy environment); a trial Ray gave a GPU must not
+    # claim cuda in the results' device column. A task that uses the GPU keeps it.
+    from orchestrator.execute import run_blocks
+    from orchestrator.plan import Block, Trial
+
+    config = dataclasses.asdict(PopgymConfig(env="escape", length=10, **{**TINY,
+                                                                           "batches": 1}))
+    block = Block("c", config, (Trial("t0", "c", 0),))
+    (record,) = run_blocks("popgym", [block], device="cuda")
+    assert record.status == "ok", record.error
+    assert record.device == "cpu"
+    probe = Block("p", {"steps": 1}, (Trial("p0", "p", 0),))
+    (record,) = run_blocks("probe", [probe], device="cuda")
+    assert record.status == "ok" and record.device == "cuda"
+    assert record.metrics.values[record.metrics.names.index("on_cuda")] == 1.0
