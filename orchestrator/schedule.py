@@ -1,4 +1,8 @@
-"""Ray side of the engine: connect (embedded local Ray by default), run chunks as tasks."""
+"""Ray side of the engine: connect (embedded local Ray by default), run chunks as tasks.
+
+There is no cancel: on a stop the driver stops waiting and shuts the session down, which
+ends its tasks with it (`ray.cancel` racing a finishing task can abort the driver).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import socket
 from typing import Any
 
+from orchestrator import signals
 from orchestrator.execute import TrialRecord, run_blocks
 from orchestrator.plan import Block
 from orchestrator.spec import Resources
@@ -31,7 +36,12 @@ def unreachable(address: str | None, timeout_s: float = 10.0) -> str | None:
                 "expected the head's GCS address (`ray start --head` prints it)")
 
 
+class StartError(RuntimeError):
+    """Ray did not start or could not be joined (one line, not the user's mistake)."""
+
+
 def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> None:
+    """Join the Ray cluster at `address`, or start an embedded one; `StartError` if not."""
     import ray
 
     if ray.is_initialized():
@@ -41,15 +51,27 @@ def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = No
         "include_dashboard": False, "logging_level": "WARNING", "configure_logging": True,
         "log_to_driver": True,
     }
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        if num_gpus is not None:
-            kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
-        # "local": always a fresh embedded Ray. Without it ray.init() joins whatever
-        # cluster `ray start` last recorded in /tmp/ray/ray_current_cluster (or RAY_ADDRESS),
-        # and fails on a stale record; clusters are reached only through --address.
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            if num_gpus is not None:
+                kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
+            # "local": always a fresh embedded Ray. Without it ray.init() joins whatever
+            # cluster `ray start` last recorded in /tmp/ray/ray_current_cluster (or
+            # RAY_ADDRESS), and fails on a stale record; clusters need --address. Its GCS
+            # and raylet must outlive a Ctrl-C at the terminal, which reaches the whole
+            # process group: the driver stops them itself (`shutdown`) once it has stopped.
+            with signals.shielded_children():
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - e.g. "node timed out during startup"
+        text = str(exc).strip().splitlines()
+        with contextlib.suppress(Exception):  # what did start (a GCS without its raylet)
+            ray.shutdown()
+        raise StartError(f"Ray did not start: {type(exc).__name__}: "
+                         f"{text[0][:300] if text else ''}") from None
+    finally:
+        signals.reinstall()  # ray.init replaces the SIGTERM handler with its own
 
 
 def parallelism(resources: Resources) -> int:
@@ -90,17 +112,6 @@ def _remote_run_chunk():
     import ray
 
     return ray.remote(_run_chunk)
-
-
-def cancel(refs) -> None:
-    """Best effort on Ctrl-C: stop chunks still running. An error here must not hide the
-    interrupt, and an embedded Ray is shut down right after anyway."""
-    import ray
-
-    for ref in refs:
-        # The task may have finished or its worker be gone already.
-        with contextlib.suppress(Exception):
-            ray.cancel(ref, force=True)
 
 
 def shutdown() -> None:

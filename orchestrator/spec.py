@@ -14,6 +14,7 @@ A sweep file is YAML:
     block_size: auto                # seeds run as one block (int or auto)
     resources: {num_cpus: 1, num_gpus: 0}   # per block, mapped to Ray resources
     timeout_s: 600                  # per trial; a trial past it is recorded as failed
+    tracking_level: auto            # tracker runs: config | seed | auto (docs/mlflow.md)
 
 Every problem raises `SpecError` with one line naming the file, the field and what was
 expected.
@@ -33,11 +34,12 @@ from typing import Any, Literal
 
 import yaml
 
+from orchestrator.tracking.view import DEFAULT_LEVEL, LEVELS
 from tasks import REGISTRY, ConfigError, Task
 
 TOP_LEVEL_KEYS = {
     "name", "task", "description", "params", "grid", "variants", "seeds", "block_size",
-    "resources", "timeout_s",
+    "resources", "timeout_s", "tracking_level",
 }
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory_gb"}
 RESERVED_COLUMNS = {
@@ -69,6 +71,7 @@ class SweepSpec:
     description: str = ""
     source: str = ""
     timeout_s: float | None = None
+    tracking_level: str = DEFAULT_LEVEL
 
     @property
     def num_trials(self) -> int:
@@ -184,10 +187,14 @@ def parse_spec(raw: Any, where: str = "<spec>") -> SweepSpec:
     if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(
             timeout_s, (int, float)) or timeout_s <= 0):
         raise fail("timeout_s", f"expected a number of seconds > 0, got {timeout_s!r}")
+    tracking_level = raw.get("tracking_level", DEFAULT_LEVEL)
+    if tracking_level not in LEVELS:
+        raise fail("tracking_level", f"expected one of {list(LEVELS)}, got {tracking_level!r}")
     return SweepSpec(
         name=name, task=task.name, configs=tuple(configs), seeds=seeds, block_size=block_size,
         resources=resources, description=description, source=where,
         timeout_s=float(timeout_s) if timeout_s is not None else None,
+        tracking_level=tracking_level,
     )
 
 

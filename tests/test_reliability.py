@@ -19,7 +19,7 @@ import pytest
 from orchestrator.runner import RunOptions, directory_lock, run_sweep
 from orchestrator.spec import parse_spec
 from orchestrator.sync import mlflow_sync
-from orchestrator.tracking import client_for
+from orchestrator.tracking.mlflow_tracker import client_for
 from tests.two_node_sweep import free_ports
 
 BIN = Path(sys.executable).parent
