@@ -29,6 +29,7 @@ from orchestrator.spec import SweepSpec
 from orchestrator.tracking import (
     Invocation,
     InvocationInfo,
+    NoTracker,
     open_tracker,
     resolve_tracking_uri,
 )
@@ -132,29 +133,32 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
         invocation = uuid.uuid4().hex[:12]
 
         tracking_uri = resolve_tracking_uri(out_dir, options.tracking_uri)
-        tracker = open_tracker(tracking_uri, out_dir)
         level = options.tracking_level or spec.tracking_level
-        view = sync.sweep_view(out_dir, spec.name, spec.task, sync.latest_trials(out_dir),
-                               configs.items(), level) if tracking_uri else None
-        live = tracker.start(
-            InvocationInfo(
-                sweep=spec.name, task=spec.task, invocation=invocation, out_dir=out_dir,
-                params={"task": spec.task, "num_trials": spec.num_trials,
-                        "num_pending": num_pending, "num_configs": len(spec.configs),
-                        "seeds": list(spec.seeds), "description": spec.description},
-                artifacts=[options.spec_path] if options.spec_path else []),
-            view, {b.config_id: {t.trial_id for t in b.trials} for b in pending},
-            options.progress)
-
         progress = Progress(num_pending, live=options.live, enabled=options.show_progress)
         first_errors: list[str] = []
+        live: Invocation = NoTracker().start(None, None, {})
+
+        def start_tracker() -> Invocation:
+            # After Ray is up: the tracker's start-up (imports, opening the store, repairs)
+            # must not slow the embedded Ray's own start-up on a loaded machine.
+            view = sync.sweep_view(out_dir, spec.name, spec.task, sync.latest_trials(out_dir),
+                                   configs.items(), level) if tracking_uri else None
+            return open_tracker(tracking_uri, out_dir).start(
+                InvocationInfo(
+                    sweep=spec.name, task=spec.task, invocation=invocation, out_dir=out_dir,
+                    params={"task": spec.task, "num_trials": spec.num_trials,
+                            "num_pending": num_pending, "num_configs": len(spec.configs),
+                            "seeds": list(spec.seeds), "description": spec.description},
+                    artifacts=[options.spec_path] if options.spec_path else []),
+                view, {b.config_id: {t.trial_id for t in b.trials} for b in pending},
+                options.progress)
 
         def counts() -> dict[str, int]:
             return {"trials_ok": progress.ok, "trials_failed": progress.failed}
 
-        def stop(status: str, line: str) -> signals.Interrupted:
+        def stop(status: str) -> signals.Interrupted:
             live.finish(status, counts())
-            options.progress(line)
+            options.progress(resume)
             return signals.Interrupted(signals.requested() or signal.SIGINT, reported=True)
 
         resume = (f"interrupted: completed trials are saved in {out_dir}; run the same "
@@ -165,7 +169,8 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                 f"{len(pending)} configs")
             try:
                 if not signals.requested():
-                    _start_ray(options, live, counts)
+                    schedule.connect(options.address, options.num_cpus, options.num_gpus)
+                    live = start_tracker()
                 if not signals.requested():
                     _run_pending(spec, task, pending, configs, store, live, invocation,
                                  options, progress, first_errors)
@@ -173,9 +178,10 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                 if options.address is None:
                     schedule.shutdown()
             if signals.requested():
-                raise stop("KILLED", resume)
+                raise stop("KILLED")
         else:
             options.progress(f"{spec.name}: all {spec.num_trials} trials already recorded")
+            live = start_tracker()  # nothing to run; earlier results may need mirroring
         store.compact()
         if live.backlog:
             options.progress(f"  logging {live.backlog} trials to MLflow "
@@ -184,22 +190,13 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
             options.progress(resume)
             raise signals.Interrupted(signals.requested() or signal.SIGINT, reported=True)
         if signals.requested():
-            raise stop("KILLED", resume)
+            raise stop("KILLED")
         return RunSummary(
             total=spec.num_trials, skipped=skipped, ok=progress.ok, failed=progress.failed,
             wall_s=time.perf_counter() - started, tracking_uri=tracking_uri,
             parent_run_id=live.parent_run_id, tracking_error=live.error,
             first_errors=first_errors,
         )
-
-
-def _start_ray(options: RunOptions, live: Invocation, counts: Callable[[], dict]) -> None:
-    """Connect to Ray; if it does not start, the invocation is closed FAILED."""
-    try:
-        schedule.connect(options.address, options.num_cpus, options.num_gpus)
-    except schedule.StartError:
-        live.finish("FAILED", counts())
-        raise
 
 
 def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict[str, Any],

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import socket
+import sys
 from typing import Any
 
 from orchestrator import signals
@@ -57,21 +58,43 @@ def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = No
         else:
             if num_gpus is not None:
                 kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
-            # "local": always a fresh embedded Ray. Without it ray.init() joins whatever
-            # cluster `ray start` last recorded in /tmp/ray/ray_current_cluster (or
-            # RAY_ADDRESS), and fails on a stale record; clusters need --address. Its GCS
-            # and raylet must outlive a Ctrl-C at the terminal, which reaches the whole
-            # process group: the driver stops them itself (`shutdown`) once it has stopped.
-            with signals.shielded_children():
-                ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+            _start_embedded(num_cpus or os.cpu_count() or 1, kwargs)
     except Exception as exc:  # noqa: BLE001 - e.g. "node timed out during startup"
-        text = str(exc).strip().splitlines()
         with contextlib.suppress(Exception):  # what did start (a GCS without its raylet)
             ray.shutdown()
-        raise StartError(f"Ray did not start: {type(exc).__name__}: "
-                         f"{text[0][:300] if text else ''}") from None
+        raise StartError(f"Ray did not start: {_one_line(exc)}") from None
     finally:
         signals.reinstall()  # ray.init replaces the SIGTERM handler with its own
+
+
+def _start_embedded(num_cpus: int, kwargs: dict[str, Any], attempts: int = 2) -> None:
+    """A fresh local Ray ("local": without it ray.init() joins whatever cluster `ray start`
+    last recorded in /tmp/ray/ray_current_cluster or RAY_ADDRESS, and fails on a stale
+    record; clusters are reached only through --address).
+
+    On a loaded machine its raylet can give up waiting for its Python agents to start
+    ("timed out during startup"); a second attempt usually finds them warm. Its GCS and
+    raylet must outlive a Ctrl-C at the terminal, which reaches the whole process group:
+    the driver stops them itself (`shutdown`) once it has stopped."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with signals.shielded_children():
+                ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if attempt == attempts or signals.requested():
+                raise
+            print(f"warning: Ray did not start ({_one_line(exc)}); trying once more",
+                  file=sys.stderr)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 def parallelism(resources: Resources) -> int:
