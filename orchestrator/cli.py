@@ -21,15 +21,17 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit code 2."""
 
 
-def _number(kind: type, minimum: float, inclusive: bool, expected: str):
-    """An argparse type: `kind(text)` at least (or above) `minimum`."""
+def _number(kind: type, minimum: float, inclusive: bool, expected: str,
+            maximum: float = float("inf")):
+    """An argparse type: `kind(text)` at least (or above) `minimum`, at most `maximum`."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value < minimum or (not inclusive and value == minimum):
+        if value is None or value < minimum or (not inclusive and value == minimum) \
+                or value > maximum:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
@@ -37,7 +39,7 @@ def _number(kind: type, minimum: float, inclusive: bool, expected: str):
 
 
 _positive_int = _number(int, 1, True, "a positive integer")
-_port = _number(int, 1, True, "a port number in 1..65535")
+_port = _number(int, 1, True, "a port number in 1..65535", maximum=65535)
 _non_negative_int = _number(int, 0, True, "an integer >= 0")
 _positive_float = _number(float, 0.0, False, "a number > 0")
 
