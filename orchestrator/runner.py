@@ -170,8 +170,8 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
             try:
                 if not signals.requested():
                     schedule.connect(options.address, options.num_cpus, options.num_gpus)
-                    live = start_tracker()
                 if not signals.requested():
+                    live = start_tracker()
                     _run_pending(spec, task, pending, configs, store, live, invocation,
                                  options, progress, first_errors)
             finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -59,6 +60,14 @@ def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = No
             if num_gpus is not None:
                 kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
             _start_embedded(num_cpus or os.cpu_count() or 1, kwargs)
+    except SystemExit as exc:
+        # ray.init installs a SIGTERM handler that calls sys.exit(15): a SIGTERM during
+        # start-up arrives here. Stop as for any signal (the caller polls `requested`).
+        if exc.code != signal.SIGTERM:
+            raise
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        signals.request(signal.SIGTERM)
     except Exception as exc:  # noqa: BLE001 - e.g. "node timed out during startup"
         with contextlib.suppress(Exception):  # what did start (a GCS without its raylet)
             ray.shutdown()

@@ -70,6 +70,13 @@ def requested() -> int | None:
     return _requested
 
 
+def request(signum: int) -> None:
+    """Record a stop asked for by other means (a library's own handler caught it)."""
+    global _requested
+    if _requested is None:
+        _requested = signum
+
+
 def check() -> None:
     """Raise `Interrupted` if a stop was asked for."""
     if _requested is not None:

@@ -37,8 +37,8 @@ from orchestrator.record import ResultStore
 from orchestrator.runner import RunError, _lost_chunk, directory_lock, save_spec_copy
 from orchestrator.spec import SpecError, load_spec
 from orchestrator.tracking import (
+    InvocationInfo,
     Study,
-    StudyInfo,
     error_line,
     open_tracker,
     resolve_tracking_uri,
@@ -311,8 +311,8 @@ def start_study(uri: str | None, spec: TuneSpec, out_dir: Path, artifacts: list[
     params = {"task": spec.task, "objective": json.dumps(vars(spec.objective)),
               "search": json.dumps(search), "seeds": json.dumps(list(spec.seeds)),
               "sampler": spec.sampler, "pruner": spec.pruner, "rung_size": spec.rung_size}
-    return open_tracker(uri, out_dir).start_study(StudyInfo(
-        study=spec.name, task=spec.task, out_dir=out_dir,
+    return open_tracker(uri, out_dir).start_study(InvocationInfo(
+        sweep=spec.name, task=spec.task, invocation="", out_dir=out_dir,
         params={k: str(v) for k, v in params.items()}, artifacts=artifacts))
 
 

@@ -36,7 +36,7 @@ from orchestrator.tracking.view import (
 
 __all__ = [
     "DEFAULT_LEVEL", "LEVELS", "Invocation", "InvocationInfo", "NoTracker", "Study",
-    "StudyInfo", "SweepView", "SyncSummary", "Tracker", "TrialRow", "dir_id", "error_line",
+    "SweepView", "SyncSummary", "Tracker", "TrialRow", "dir_id", "error_line",
     "open_tracker", "resolve_tracking_uri",
 ]
 
@@ -83,22 +83,12 @@ def dir_id(out_dir: Path) -> str:
 
 @dataclass
 class InvocationInfo:
-    """One `sgsweep run` invocation, as its tracker run describes it."""
+    """One `sgsweep run` invocation (or one `sgsweep tune` study: `sweep` is the study's
+    name), as its tracker run describes it."""
 
     sweep: str
     task: str
     invocation: str
-    out_dir: Path
-    params: dict[str, Any] = field(default_factory=dict)
-    artifacts: Sequence[Path] = ()
-
-
-@dataclass
-class StudyInfo:
-    """One `sgsweep tune` study, as its tracker run describes it."""
-
-    study: str
-    task: str
     out_dir: Path
     params: dict[str, Any] = field(default_factory=dict)
     artifacts: Sequence[Path] = ()
@@ -169,7 +159,7 @@ class Tracker(ABC):
         """Make the view of `view.sweep` exactly what Parquet holds (idempotent)."""
 
     @abstractmethod
-    def start_study(self, info: StudyInfo) -> Study: ...
+    def start_study(self, info: InvocationInfo) -> Study: ...
 
     @abstractmethod
     def attach(self, sweep: str, out_dir: Path, files: Sequence[Path],
@@ -210,7 +200,7 @@ class NoTracker(Tracker):
     def sync(self, view: SweepView) -> SyncSummary:
         raise TrackingError("no tracking store (--tracking-uri none)")
 
-    def start_study(self, info: StudyInfo) -> Study:
+    def start_study(self, info: InvocationInfo) -> Study:
         return _NoStudy()
 
     def attach(self, sweep, out_dir, files, role="invocation") -> None:

@@ -42,7 +42,6 @@ from orchestrator.tracking import (
     Invocation,
     InvocationInfo,
     Study,
-    StudyInfo,
     SyncSummary,
     Tracker,
     TrackingError,
@@ -622,15 +621,15 @@ class MlflowStudy(Study):
     hold everything).
     """
 
-    def __init__(self, tracker: MlflowTracker, info: StudyInfo) -> None:
+    def __init__(self, tracker: MlflowTracker, info: InvocationInfo) -> None:
         self.error: str | None = None
         self.client = None
         self.parent_id: str | None = None
         try:
             self.client = client_for(tracker.uri)
-            self.exp_id = experiment_id(self.client, info.study,
+            self.exp_id = experiment_id(self.client, info.sweep,
                                         artifact_root(info.out_dir, tracker.uri),
-                                        note=f"sgsweep tuning study `{info.study}`: one run "
+                                        note=f"sgsweep tuning study `{info.sweep}`: one run "
                                              "per Optuna trial under the study's run.")
             runs = self.client.search_runs(
                 [self.exp_id], filter_string=f"tags.`{ROLE}` = 'study'", max_results=1)
@@ -638,8 +637,8 @@ class MlflowStudy(Study):
                 self.parent_id = runs[0].info.run_id
                 self.client.update_run(self.parent_id, status="RUNNING")
             else:
-                run = self.client.create_run(self.exp_id, run_name=f"study {info.study}", tags={
-                    ROLE: "study", SWEEP: info.study, "sgsweep.task": info.task,
+                run = self.client.create_run(self.exp_id, run_name=f"study {info.sweep}", tags={
+                    ROLE: "study", SWEEP: info.sweep, "sgsweep.task": info.task,
                     "sgsweep.out_dir": str(info.out_dir.resolve())})
                 self.parent_id = run.info.run_id
                 _log(self.client, self.parent_id, params=info.params)
@@ -732,7 +731,7 @@ class MlflowTracker(Tracker):
             raise TrackingError(f"--tracking-uri {self.uri}: {error_line(exc)}") from None
         return mirror.summary
 
-    def start_study(self, info: StudyInfo) -> Study:
+    def start_study(self, info: InvocationInfo) -> Study:
         return MlflowStudy(self, info)
 
     def attach(self, sweep: str, out_dir: Path, files: Sequence[Path],
