@@ -95,7 +95,7 @@ class Driver:
         for line in self.process.stderr:
             self.err.append(line)
 
-    def wait_until(self, ready, what: str, within_s: float = 240) -> None:
+    def wait_until(self, ready, what: str, within_s: float = 600) -> None:
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline and self.process.poll() is None and not ready():
             time.sleep(0.05)
@@ -105,7 +105,7 @@ class Driver:
     def signal_group(self, signum: int) -> None:
         os.killpg(self.process.pid, signum)
 
-    def finish(self, timeout: float = 240) -> tuple[int, str, str]:
+    def finish(self, timeout: float = 600) -> tuple[int, str, str]:
         out = self.process.stdout.read()
         self.process.wait(timeout=timeout)
         self._reader.join(timeout=10)
@@ -206,7 +206,7 @@ def test_two_concurrent_runs_one_wins_no_corruption(tmp_path) -> None:
         time.sleep(0.05)
     assert first.poll() is None, f"the first run ended early: {first.communicate()[1][-3000:]}"
     time.sleep(0.5)
-    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     first_out, _ = first.communicate(timeout=300)
     assert first.returncode == 0 and "80 ok" in first_out
     assert second.returncode == 2 and "another sgsweep run" in second.stderr
@@ -220,11 +220,11 @@ def test_kill_9_of_driver_and_its_ray_then_resume_records_each_trial_once(tmp_pa
     out = tmp_path / "out"
     command = [SGSWEEP, "run", str(spec), "--out", str(out), "--no-report", "--num-cpus", "2",
                "--block-size", "1"]
-    kill_9_after_parts(command, out, parts=3, within_s=240)
+    kill_9_after_parts(command, out, parts=3, within_s=600)
     partial = trials_of(out)
     assert 0 < len(partial) < 160
     resumed = subprocess.run(isolated(command), env=isolated_env(), capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{160 - len(partial)} ok, 0 failed, {len(partial)} already recorded" in resumed.stdout
     trials = trials_of(out)
@@ -255,7 +255,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path) -> None:
     assert_clean_stop(code, err, 130)
     done = len(trials_of(out))
     assert [r.info.status for r in runs_by_role(out, "probe")["invocation"]] == ["KILLED"]
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600,
                              env=isolated_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = trials_of(out)
@@ -283,7 +283,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path) -> None:
         assert_clean_stop(code, err, expected)
     invocations = runs_by_role(out, "probe")["invocation"]
     assert [r.info.status for r in invocations] == ["KILLED", "KILLED"]
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600,
                              env=isolated_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(trials_of(out)) == 120
@@ -340,7 +340,7 @@ def test_ctrl_c_and_sigterm_during_start_up_stop_cleanly(tmp_path) -> None:
             starting = Driver(command, env)
             starting.wait_until(
                 lambda n=sessions: len(list((ray_tmp / "ray").glob("session_2*/logs"))) > n,
-                "Ray's start-up", within_s=240)
+                "Ray's start-up", within_s=600)
             if signum == signal.SIGINT:
                 starting.signal_group(signum)
             else:
@@ -365,7 +365,7 @@ def test_ray_that_does_not_start_is_one_line_and_leaves_nothing_running(tmp_path
     result = subprocess.run(
         [SGSWEEP, "run", str(probe_spec(tmp_path, seeds=2)), "--out", str(out), "--no-report",
          "--num-cpus", "1"], env={**isolated_env(), "RAY_TMPDIR": str(not_a_dir)},
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]

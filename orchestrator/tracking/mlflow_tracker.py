@@ -763,8 +763,12 @@ class MlflowTracker(Tracker):
                 continue  # MLflow's own empty "Default"
             is_sweep = bool(client.search_runs([exp.experiment_id], CONFIG_FILTER,
                                                max_results=1))
+            # The model-training view (MLflow 3.17 decides it by this URL parameter, else by a
+            # browser setting that defaults to GenAI); configuration runs sorted by name (the
+            # UI nests runs under their parents only when sorted by date, unfiltered).
             query = "workflowType=machine_learning"
             if is_sweep:
-                query += "&searchFilter=" + quote(CONFIG_FILTER, safe="")
+                query += (f"&searchFilter={quote(CONFIG_FILTER, safe='')}"
+                          f"&orderByKey={quote('tags.`mlflow.runName`', safe='')}&orderByAsc=true")
             urls.append((exp.name, f"{base}/#/experiments/{exp.experiment_id}/runs?{query}"))
         return urls
