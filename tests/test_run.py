@@ -13,6 +13,7 @@ from orchestrator import plan
 from orchestrator.report import load_results, write_report
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import parse_spec
+from orchestrator.sync import sync_dir
 from orchestrator.tracking import default_tracking_uri
 from orchestrator.tracking.mlflow_tracker import client_for
 from tests.mirror import assert_exact_mirror
@@ -77,6 +78,8 @@ def test_mlflow_mirrors_parquet_one_run_per_config_under_the_invocation(finished
     out, summary = finished
     counts = assert_exact_mirror(out, default_tracking_uri(out), seed_runs="none")
     assert counts == {"invocation": 1, "config": 8}  # E1's millisecond trials: no seed runs
+    again = sync_dir(out, default_tracking_uri(out))  # the live view == the synced view
+    assert (again.configs_written, again.closed, again.present) == (0, 0, 32)
     client = client_for(default_tracking_uri(out))
     experiment = client.get_experiment_by_name("it")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
@@ -101,6 +104,10 @@ def test_seed_level_nests_a_run_per_trial_under_its_config(ray_cluster, tmp_path
     experiment = client.get_experiment_by_name("it")
     names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
     assert "partial · seed 2" in names
+    # What the run wrote live is what a sync from Parquet would write: nothing to redo.
+    again = sync_dir(tmp_path, default_tracking_uri(tmp_path))
+    assert (again.configs_written, again.seeds_written, again.closed, again.present) == (
+        0, 0, 0, 6)
 
 
 def test_rerun_skips_recorded_trials(finished, ray_cluster) -> None:
