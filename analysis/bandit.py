@@ -4,13 +4,20 @@ Each figure is drawn when the sweep varies what it needs:
 - `final_reward_vs_<lr|p_flip|parents>.png`: final eval reward vs that parameter, a line
   per method (drawn when the parameter takes several values within a method);
 - `reward_curves.png`: eval reward over training per method, a panel per p_flip (the
-  paper's curves at p_flip 0.4, and the λ-ablation curves when the sweep varies λ);
+  paper's curves at p_flip 0.4, and the λ-ablation curves when the sweep varies λ), and
+  below it each method's difference to SparseNet BP, paired over seeds, with a 95%
+  paired-bootstrap CI (when the sweep has SparseNet BP);
 - `lambda_traces.png`: layer-averaged adaptive λ over training, a line per p_flip;
 - `grad_mse_vs_pflip.png`, `grad_mse_ratio_vs_pflip.png`, `grad_mse_layers.png`,
   `grad_mse_over_training.png`: the gradient-estimation MSE of each rule (see
   tasks/bandit.py for the metric names), with MSE_BP / MSE_rule ratios and paired
   bootstrap 95% CIs over seeds;
-- tables `e2_final_rewards` and `e2_grad_mse` (.csv and .md).
+- `e2_mechanism` table and `mechanism.png`, at every gradient checkpoint: each rule's
+  MSE, bias² and variance relative to ‖g*‖², cosine with g*, MSE_BP / MSE_rule with
+  paired-bootstrap CIs per layer, and each method's actual update (‖Δθ‖, cos(Δθ, −g*),
+  first-order gain −⟨g*, Δθ⟩): is a gain a better gradient estimate or a different step?
+- tables `e2_final_rewards` (with the paired difference to SparseNet BP) and
+  `e2_grad_mse` (.csv and .md).
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.reports import last_checkpoint, save_figure, write_table  # noqa: E402
-from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
+from analysis.stats import mean_se, paired_bootstrap_diff, paired_bootstrap_ratio  # noqa: E402
 
 RULES = {"bp": "backprop", "mix": "sgprop mixture", "sg": "pure SG"}
 CONDITIONS = ("lr", "p_flip", "parents")
+BASELINE = "SparseNet BP"
 
 
 def method_label(row: pd.Series) -> str:
@@ -44,8 +52,19 @@ def _varies(frame: pd.DataFrame, column: str) -> bool:
     return column in frame and bool((frame.groupby("method")[column].nunique() > 1).any())
 
 
+def paired_with_baseline(group: pd.DataFrame, base: pd.DataFrame, column: str,
+                         ) -> tuple[float, float, float] | None:
+    """Mean difference to the baseline over the seeds both have, with a paired CI."""
+    pairs = group[["seed", column]].merge(base[["seed", column]], on="seed",
+                                          suffixes=("", "_base")).dropna()
+    if len(pairs) < 2:
+        return None
+    return paired_bootstrap_diff(pairs[column].to_numpy(), pairs[f"{column}_base"].to_numpy())
+
+
 def final_reward_table(final: pd.DataFrame) -> pd.DataFrame:
-    keys = ["method"] + [c for c in CONDITIONS if _varies(final, c)]
+    conditions = [c for c in CONDITIONS if _varies(final, c)]
+    keys = ["method"] + conditions
     rows = []
     for key, group in final.groupby(keys, sort=True):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
@@ -53,6 +72,14 @@ def final_reward_table(final: pd.DataFrame) -> pd.DataFrame:
         for metric in ("eval_reward", "eval_expected_reward"):
             if metric in group:
                 row[f"{metric}_mean"], row[f"{metric}_se"] = mean_se(group[metric].to_numpy())
+        base = final[final.method == BASELINE]
+        for c in conditions:
+            if c != "lr":  # a method's own LR is not the baseline's
+                base = base[base[c] == row[c]]
+        paired = (paired_with_baseline(group, base, "eval_reward")
+                  if row["method"] != BASELINE and "seed" in final else None)
+        if paired is not None:
+            row["diff_vs_bp"], row["diff_vs_bp_low"], row["diff_vs_bp_high"] = paired
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -87,21 +114,54 @@ def curves(metrics: pd.DataFrame, info: pd.DataFrame, metric: str) -> pd.DataFra
     return out
 
 
+def paired_curves(metrics: pd.DataFrame, info: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per (method, p_flip, step): mean difference to SparseNet BP over shared seeds, with a
+    95% paired-bootstrap CI."""
+    rows = metrics[metrics.metric == metric].merge(info, on="trial_id")
+    base = rows[rows.method == BASELINE][["p_flip", "step", "seed", "value"]]
+    out = []
+    others = rows[rows.method != BASELINE]
+    for (method, p, step), group in others.groupby(["method", "p_flip", "step"], sort=True):
+        paired = paired_with_baseline(group, base[(base.p_flip == p) & (base.step == step)],
+                                      "value")
+        if paired is not None:
+            out.append({"method": method, "p_flip": p, "step": step, "diff": paired[0],
+                        "low": paired[1], "high": paired[2]})
+    return pd.DataFrame(out)
+
+
 def reward_curves(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Path | None:
     data = curves(metrics, info, "eval_reward")
     if data.empty:
         return None
+    diffs = paired_curves(metrics, info, "eval_reward") if "seed" in info else pd.DataFrame()
     flips = sorted(data.p_flip.unique())
-    fig, axes = plt.subplots(1, len(flips), figsize=(4.5 * len(flips), 3.8), squeeze=False)
+    rows = 2 if not diffs.empty else 1
+    fig, axes = plt.subplots(rows, len(flips), figsize=(4.5 * len(flips), 3.8 * rows),
+                             squeeze=False)
+    colours = {m: f"C{i}" for i, m in enumerate(sorted(data.method.unique()))}
     for ax, p in zip(axes[0], flips, strict=True):
         for method, line in data[data.p_flip == p].groupby("method", sort=True):
-            ax.plot(line.step, line["mean"], label=method)
-            ax.fill_between(line.step, line["mean"] - line.se, line["mean"] + line.se, alpha=0.2)
-        ax.set_title(f"p_flip = {p:g}", fontsize=9)
+            ax.plot(line.step, line["mean"], label=method, color=colours[method])
+            ax.fill_between(line.step, line["mean"] - line.se, line["mean"] + line.se,
+                            alpha=0.2, color=colours[method])
+        ax.set_title(f"p_flip = {p:g} (mean ± SEM over seeds)", fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel("eval reward (noise-free)")
         ax.grid(True, alpha=0.3)
     axes[0][-1].legend(fontsize=7)
+    if rows == 2:
+        for ax, p in zip(axes[1], flips, strict=True):
+            for method, line in diffs[diffs.p_flip == p].groupby("method", sort=True):
+                ax.plot(line.step, line["diff"], label=method, color=colours[method])
+                ax.fill_between(line.step, line.low, line.high, alpha=0.2,
+                                color=colours[method])
+            ax.axhline(0.0, color="k", lw=0.8, ls="--")
+            ax.set_title(f"difference to {BASELINE}, paired over seeds (95% bootstrap CI)",
+                         fontsize=8)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("Δ eval reward")
+            ax.grid(True, alpha=0.3)
     return save_figure(fig, folder / "reward_curves.png")
 
 
@@ -137,6 +197,8 @@ def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
             row = {"method": method, "p_flip": p, "group": layer, "seeds": len(group)}
             truth = group[f"grad_truth_sq/{layer}"].to_numpy()
             for rule in rules:
+                if group[f"grad_mse/{rule}/{layer}"].isna().all():
+                    continue  # a rule this method's learner does not form
                 mse = group[f"grad_mse/{rule}/{layer}"].to_numpy()
                 row[f"rel_mse_{rule}"] = float(np.mean(mse / truth))
                 row[f"bias2_{rule}"] = float(group[f"grad_bias2/{rule}/{layer}"].mean())
@@ -229,13 +291,87 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
     return files
 
 
+GROUP_ORDER = {"hidden": 100, "head": 101, "all": 102}
+
+
+def mechanism_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, p_flip, checkpoint step, group): each rule's error decomposition relative
+    to ‖g*‖², MSE_BP / MSE_rule with a paired-bootstrap CI over seeds, and the update."""
+    rows = metrics[metrics.metric.str.match(r"(grad|update)_")]
+    wide = rows.pivot_table(index=["trial_id", "step"], columns="metric",
+                            values="value").reset_index()
+    wide = wide.merge(final[["trial_id", "method", "p_flip"]], on="trial_id")
+    groups = sorted({c.split("/")[-1] for c in wide.columns if c.startswith("grad_truth_sq/")},
+                    key=lambda g: (GROUP_ORDER.get(g, 0), g))
+    out = []
+    for (method, p, step), frame in wide.groupby(["method", "p_flip", "step"], sort=True):
+        for group in groups:
+            truth = frame[f"grad_truth_sq/{group}"].to_numpy()
+            row = {"method": method, "p_flip": p, "step": step, "group": group,
+                   "seeds": len(frame), "truth_norm": float(np.mean(np.sqrt(truth)))}
+            for rule in RULES:
+                column = f"grad_mse/{rule}/{group}"
+                if column not in frame or frame[column].isna().all():
+                    continue
+                for stat in ("mse", "bias2", "var"):
+                    row[f"{stat}_{rule}"] = float(np.mean(
+                        frame[f"grad_{stat}/{rule}/{group}"].to_numpy() / truth))
+                row[f"cos_{rule}"] = float(frame[f"grad_cos/{rule}/{group}"].mean())
+                if rule != "bp":
+                    ratio = paired_bootstrap_ratio(frame[f"grad_mse/bp/{group}"].to_numpy(),
+                                                   frame[column].to_numpy(), 500)
+                    row[f"ratio_bp_{rule}"], row[f"ratio_bp_{rule}_low"], \
+                        row[f"ratio_bp_{rule}_high"] = ratio
+            for stat in ("norm", "cos", "gain"):
+                column = f"update_{stat}/{group}"
+                if column in frame and frame[column].notna().any():
+                    row[f"update_{stat}"], row[f"update_{stat}_se"] = mean_se(
+                        frame[column].dropna().to_numpy())
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def mechanism_figure(table: pd.DataFrame, folder: Path) -> Path:
+    """Left: MSE_BP / MSE_mixture per layer over checkpoints (sgprop runs). Right: the
+    update's cosine with −g* over checkpoints, every method (all parameters)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    mixed = table[table.get("ratio_bp_mix", pd.Series(dtype=float)).notna()] \
+        if "ratio_bp_mix" in table else table.iloc[0:0]
+    for (method, group), line in mixed.groupby(["method", "group"], sort=True):
+        if group in ("all", "head"):
+            continue
+        err = np.vstack([line.ratio_bp_mix - line.ratio_bp_mix_low,
+                         line.ratio_bp_mix_high - line.ratio_bp_mix])
+        axes[0].errorbar(line.step, line.ratio_bp_mix, yerr=err, marker="o", capsize=3,
+                         label=f"{method}: {group}")
+    axes[0].axhline(1.0, color="k", ls="--", lw=0.8)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("training step")
+    axes[0].set_ylabel("MSE_BP / MSE_mixture (> 1: mixture better)")
+    axes[0].set_title("gradient-estimate MSE vs the exact gradient (95% CI)", fontsize=9)
+    axes[0].legend(fontsize=6)
+    updates = table[(table.group == "all")]
+    if "update_cos" in updates:
+        for method, line in updates.dropna(subset=["update_cos"]).groupby("method"):
+            axes[1].errorbar(line.step, line.update_cos, yerr=line.update_cos_se, marker="o",
+                             capsize=3, label=method)
+    axes[1].axhline(0.0, color="k", ls="--", lw=0.8)
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel("cos(update, −exact gradient)")
+    axes[1].set_title("how well each method's actual step is aimed (mean ± SEM)", fontsize=9)
+    axes[1].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    return save_figure(fig, folder / "mechanism.png")
+
+
 def report(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
            folder: Path) -> list[Path]:
     final = final.copy()
     final["method"] = final.apply(method_label, axis=1)
     if "p_flip" not in final:
         final["p_flip"] = 0.4
-    info = final[["trial_id", "method", "p_flip"]]
+    info = final[[c for c in ("trial_id", "method", "p_flip", "seed") if c in final]]
     files = write_table(final_reward_table(final), folder, "e2_final_rewards")
     for column in CONDITIONS:
         if _varies(final, column) and "eval_reward" in final:
@@ -247,4 +383,7 @@ def report(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
         table = grad_table(final, metrics)
         files += write_table(table, folder, "e2_grad_mse")
         files += grad_figures(table, metrics, info, folder)
+        mechanism = mechanism_table(final, metrics)
+        files += write_table(mechanism, folder, "e2_mechanism")
+        files.append(mechanism_figure(mechanism, folder))
     return files

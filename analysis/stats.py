@@ -37,6 +37,25 @@ def paired_bootstrap_ratio(
     return float(ratio), float(low), float(high)
 
 
+def paired_bootstrap_diff(
+    a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Mean of a − b with a paired percentile-bootstrap CI (pairs resampled together).
+
+    Pairs are e.g. two methods' rewards on the same seed. Returns (difference, low, high).
+    """
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or x.size == 0:
+        raise ValueError("expected two 1-d arrays of equal, non-zero length")
+    diff = x - y
+    rng = np.random.default_rng(seed)
+    boot = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(1)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(boot, [alpha, 1 - alpha])
+    return float(diff.mean()), float(low), float(high)
+
+
 def _safe_ratio(a, b):
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(b == 0, np.where(a == 0, 1.0, np.inf), a / np.where(b == 0, 1, b))

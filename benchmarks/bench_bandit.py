@@ -6,6 +6,9 @@ batch, forward, sample actions and noisy rewards, learner backward, Adam step).
 
     python benchmarks/bench_bandit.py                 # paper sizes, 6 seeds
     python benchmarks/bench_bandit.py --small         # the digits sweeps' sizes
+
+Beside the times it prints each step's matrix-product FLOPs (torch's FlopCounterMode):
+exact and load-independent, they bound what any implementation's time ratio can reach.
 """
 
 from __future__ import annotations
@@ -14,17 +17,18 @@ import argparse
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from tasks.bandit import BanditBlock, BanditConfig
 from tasks.datasets import Dataset
 
 CASES = {
     "SparseNet sgprop (adaptive λ)": dict(learner="sgprop", adaptive=True),
-    "SparseNet sgprop (fixed λ=0.5)": dict(learner="sgprop", adaptive=False, lam=0.5),
+    "SparseNet sgprop (fixed λ=0.9)": dict(learner="sgprop", adaptive=False, lam=0.9),
     "SparseNet backprop": dict(learner="backprop"),
     "MLP backprop": dict(learner="backprop", model="mlp"),
 }
-SMALL = dict(width=32, dim=4, fan_in=16, slots=3, mlp_width=100)
+SMALL = dict(width=32, dim=4, slots=3, mlp_width=100)
 
 
 def synthetic(pixels: int, n: int = 2048) -> Dataset:
@@ -35,18 +39,18 @@ def synthetic(pixels: int, n: int = 2048) -> Dataset:
 
 
 def step_times(blocks: dict[str, BanditBlock], warmup: int, rounds: int,
-               device: str) -> dict[str, float]:
+               device: str, clock=time.perf_counter) -> dict[str, float]:
     """Fastest seconds per training step of each block, steps interleaved across blocks.
 
     One step of every block per round, so load from other processes hits all cases alike,
     and the minimum over rounds is each case's undisturbed cost.
     """
     def one_step(block: BanditBlock) -> float:
-        start = time.perf_counter()
+        start = clock()
         block.train_step()
         if device != "cpu":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return clock() - start
 
     for block in blocks.values():
         for _ in range(warmup):
@@ -58,6 +62,13 @@ def step_times(blocks: dict[str, BanditBlock], warmup: int, rounds: int,
     return best
 
 
+def step_flops(block: BanditBlock) -> int:
+    """Matrix-product FLOPs of one training step (counted, not timed)."""
+    with FlopCounterMode(display=False) as counter:
+        block.train_step()
+    return counter.get_total_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="digits-sweep sizes")
@@ -67,25 +78,34 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--no-batching", action="store_true", help="skip the seed-block test")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time (steadier on a shared machine, "
+                             "one thread, CPU device only)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = SMALL if args.small else {}
     data = synthetic(64 if args.small else 784)
     print(f"device {args.device}, {torch.get_num_threads()} threads, "
-          f"{'digits-sweep' if args.small else 'paper'} sizes, batch 64")
+          f"{'digits-sweep' if args.small else 'paper'} sizes, batch 64, {args.clock} clock")
     def blocks(seeds: list[int]) -> dict[str, BanditBlock]:
         return {name: BanditBlock(BanditConfig(**sizes, **case), seeds, args.device, data=data)
                 for name, case in CASES.items()}
 
-    single = step_times(blocks([0]), args.warmup, args.steps, args.device)
-    base = single["SparseNet backprop"]
-    print(f"\n{'one seed':34s} {'ms/step':>9s} {'x SparseNet BP':>15s}")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    solo = blocks([0])
+    single = step_times(solo, args.warmup, args.steps, args.device, clock)
+    flops = {name: step_flops(block) for name, block in solo.items()}
+    base, base_flops = single["SparseNet backprop"], flops["SparseNet backprop"]
+    print(f"\n{'one seed':34s} {'ms/step':>9s} {'x SparseNet BP':>15s} {'GFLOP':>7s} "
+          f"{'x BP FLOPs':>11s}")
     for name, seconds in single.items():
-        print(f"{name:34s} {1000 * seconds:9.1f} {seconds / base:15.2f}")
+        print(f"{name:34s} {1000 * seconds:9.1f} {seconds / base:15.2f} "
+              f"{flops[name] / 1e9:7.2f} {flops[name] / base_flops:11.2f}")
     if args.no_batching:
         return
-    batched = step_times(blocks(list(range(args.seeds))), args.warmup, args.steps, args.device)
+    batched = step_times(blocks(list(range(args.seeds))), args.warmup, args.steps, args.device,
+                         clock)
     print(f"\n{f'{args.seeds} seeds':34s} {'block ms':>9s} {'sequential ms':>14s} {'speedup':>8s}")
     for name, block in batched.items():
         sequential = args.seeds * single[name]

@@ -94,7 +94,7 @@ def optimal_lambda(
     u_mean = u.mean(0)
     w_mean = realised.mean(0)
     u_mean_sq = (u_mean * u_mean).sum(-1)
-    var = ((u * u).sum(-1).mean(0) - u_mean_sq) / (batch - 1)
+    var = torch.clamp(((u * u).sum(-1).mean(0) - u_mean_sq) / (batch - 1), min=0.0)
     cov = ((realised * u).sum(-1).mean(0) - (w_mean * u_mean).sum(-1)) / (batch - 1)
     bias_sq = torch.clamp(u_mean_sq - var, min=0.0)
     denom = var + bias_sq
@@ -125,7 +125,8 @@ def lambda_from_moments(
     """
     if batch < 2:
         return previous.clone()
-    var = (u_sq_mean - u_mean_sq) / (batch - 1)
+    # ≥ 0 in exact arithmetic; clamped against round-off as the reference code does.
+    var = torch.clamp((u_sq_mean - u_mean_sq) / (batch - 1), min=0.0)
     cov = (wu_mean - w_mean_u_mean) / (batch - 1)
     bias_sq = torch.clamp(u_mean_sq - var, min=0.0)
     denom = var + bias_sq

@@ -3,21 +3,28 @@
 Objective: REINFORCE without baseline, loss = −mean_b r_b log π(a_b|x_b) per seed (seeds are
 summed, which leaves each seed's gradient its own).
 
-Units: `g_l` below is the gradient of the *batch-mean* loss w.r.t. h_l (what backprop
-delivers). The synthetic-gradient predictor learns the per-sample feedback, B·g_l, so its
-targets do not shrink with the batch size; it enters the mixture as ĝ_l / B.
+Every default below is what the authors' code (`exp-mnist-bandit/`) computes; the
+`sg_init`, `sg_units` and `normalise` options name our deviations (docs/deviations.md).
 
-sgprop, per training step (PAPER.md §1), on one batch and one forward pass:
+Units: `g_l` below is the gradient of the *batch-mean* loss w.r.t. h_l (what backprop
+delivers). By default (`sg_units="mean"`, the reference) the synthetic-gradient predictor
+regresses g_l itself and enters the mixture as predicted. `sg_units="sample"` regresses
+the per-sample feedback B·g_l (targets that do not shrink with the batch size) and mixes
+ĝ_l / B. The predictor's G and c start N(0, 1/D_l) (`sg_init="normal"`, the reference)
+or at zero (`sg_init="zero"`: mixtures then start at λ·g).
+
+sgprop, per training step, on one batch and one forward pass:
 1. SG update. Targets by the bootstrapped recursion, top-down with the current predictor:
    t_L = g_L,  t_{l−1} = (∂h_l/∂h_{l−1})^T [λ_l t_l + (1−λ_l) ĝ_l]; one Adam step on
-   Σ_l mean (ĝ_l(x_l) − B·t_l)² (targets detached).
+   Σ_l mean (ĝ_l(x_l) − t_l)² (targets detached).
 2. Policy update with the just-updated predictor:
    g̃_l = λ_l g_l + (1−λ_l) ĝ_l,  θ_l-gradient = (∂h_l/∂θ_l)^T g̃_l,
    g_{l−1} = (∂h_l/∂h_{l−1})^T g̃_l (the mixed gradient flows on).
-3. Adaptive λ: from this batch's g_l and ĝ_l (each normalised to a unit vector per sample
-   and neuron, our reading of PAPER.md), the per-neuron MSE-optimal λ of
-   `learners.feedback` — computed from outer-product moments, never materialising the
-   (B, N, P) per-sample parameter gradients — then λ ← EMA(λ, λ̂, momentum). The new λ is
+3. Adaptive λ: from this batch's g_l and ĝ_l — taken through the residual's tanh to the
+   neuron's slot mixture first, then normalised to a unit vector per sample and neuron
+   (`normalise`, the reference's order) — the per-neuron MSE-optimal λ of
+   `learners.feedback`, computed from outer-product moments, never materialising the
+   (B, N, P) per-sample parameter gradients; then λ ← EMA(λ, λ̂, momentum). The new λ is
    used from the next step on, so a batch never chooses its own mixing weight.
 
 λ = 1 reproduces backprop's parameter gradients bit for bit (`mix` returns g itself);
@@ -58,31 +65,52 @@ def parameters_of(model: Model) -> list[nn.Parameter]:
     return [p for _, group in model.layer_parameters() for p in group]
 
 
+SG_INITS = ("normal", "zero")
+SG_UNITS = ("mean", "sample")
+
+
 class SyntheticGradients(nn.Module):
     """Per-neuron SG predictors ĝ(x) = Σ_m w_m(x) (G_m x + c_m) for every SparseNet layer.
 
     w is the neuron's own routing (detached: the SG optimiser does not train it) and x its
-    local input: no label, no reward. Zero-initialised, so λ-mixtures start at λ·g.
+    local input: no label, no reward. `init="normal"` draws G and c from N(0, 1/D_l), one
+    seed at a time from that seed's generator (the reference code's init); `"zero"` starts
+    every prediction at 0.
     """
 
-    def __init__(self, shape: SparseNetShape, seeds: int) -> None:
+    def __init__(self, shape: SparseNetShape, generators: Sequence[torch.Generator],
+                 init: str = "normal") -> None:
         super().__init__()
+        if init not in SG_INITS:
+            raise ValueError(f"unknown SG init {init!r}; expected one of {SG_INITS}")
         self.layers = shape.layers
         n, m, k = shape.width, shape.slots, shape.dim
+        draws: list[list[tuple[Tensor, Tensor]]] = []
+        for gen in generators:
+            per_layer = []
+            for layer in range(shape.layers):
+                d = shape.input_dim(layer)
+                if init == "zero":
+                    per_layer.append((torch.zeros(n, m, k, d), torch.zeros(n, m, k)))
+                else:
+                    std = 1.0 / math.sqrt(d)
+                    per_layer.append((torch.randn(n, m, k, d, generator=gen) * std,
+                                      torch.randn(n, m, k, generator=gen) * std))
+            draws.append(per_layer)
         for layer in range(shape.layers):
-            d = shape.input_dim(layer)
-            setattr(self, f"G{layer}", nn.Parameter(torch.zeros(seeds, n, m, k, d)))
-            setattr(self, f"c{layer}", nn.Parameter(torch.zeros(seeds, n, m, k)))
+            setattr(self, f"G{layer}", nn.Parameter(torch.stack([s[layer][0] for s in draws])))
+            setattr(self, f"c{layer}", nn.Parameter(torch.stack([s[layer][1] for s in draws])))
 
     def predict(self, layer: int, trace: LayerTrace) -> Tensor:
-        """Predicted per-sample feedback for h_l: (S, B, N, K)."""
-        routing = trace.routing.detach()
+        """Predicted feedback for h_l (in the predictor's units): (S, B, N, K)."""
         x = trace.x.detach()
         # Σ_m w_m (G_m x + c_m): every slot's affine map first (one bmm over neurons), then
         # the routing-weighted sum; cheaper than forming w_m·x, which is M times larger.
-        per_slot = seed_einsum("sbnd,snmkd->sbnmk", x, getattr(self, f"G{layer}"))
-        per_slot = per_slot + getattr(self, f"c{layer}").unsqueeze(1)
-        return (routing.unsqueeze(-1) * per_slot).sum(-2)
+        # The bmm leaves its output neuron-major, so the routing is laid out alike.
+        per_slot = seed_einsum("sbnd,snmkd->snbmk", x, getattr(self, f"G{layer}"))
+        per_slot = per_slot + getattr(self, f"c{layer}").unsqueeze(2)
+        routing = trace.routing.detach().transpose(1, 2).contiguous()  # (S, N, B, M)
+        return (routing.unsqueeze(-1) * per_slot).sum(-2).transpose(1, 2)
 
 
 @dataclass
@@ -151,15 +179,31 @@ def outer_moments(ew: Tensor, eu: Tensor, x: Tensor | None) -> tuple[Tensor, ...
     return u_sq, (u_bar * u_bar).sum(-1), wu, (w_bar * u_bar).sum(-1)
 
 
+def seed_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """`torch.matmul` one seed (leading dim) at a time, for the reason of `seed_einsum`."""
+    if a.shape[0] == 1:
+        return torch.matmul(a, b)
+    return torch.stack([torch.matmul(x, y) for x, y in zip(a, b, strict=True)])
+
+
+def through_residual(lt: LayerTrace, layer: int, feedback: Tensor) -> Tensor:
+    """Feedback on h_l → feedback on the slot mixture (× (1 − tanh²) for l ≥ 1)."""
+    if layer == 0:
+        return feedback
+    return feedback * (1.0 - torch.tanh(lt.mixed.detach()) ** 2)
+
+
 def local_errors(lt: LayerTrace, layer: int, feedback: Tensor) -> tuple[Tensor, Tensor]:
     """Pull feedback on h_l (..., S, B, N, K) back to (scores, pre) of the same neuron.
 
     The closed form of the layer's own backward pass (leading dims broadcast, so several
     feedbacks go through at once); tests check it against autograd.
     """
-    d_mixed = feedback
-    if layer > 0:
-        d_mixed = feedback * (1.0 - torch.tanh(lt.mixed.detach()) ** 2)
+    return slot_errors(lt, through_residual(lt, layer, feedback))
+
+
+def slot_errors(lt: LayerTrace, d_mixed: Tensor) -> tuple[Tensor, Tensor]:
+    """Feedback on the slot mixture (..., S, B, N, K) → (scores, pre) of the same neuron."""
     routing, act = lt.routing.detach(), lt.act.detach()
     d_pre = d_mixed.unsqueeze(-2) * routing.unsqueeze(-1) * (1.0 - act * act)
     d_routing = (d_mixed.unsqueeze(-2) * act).sum(-1)
@@ -171,23 +215,70 @@ def layer_lambda(lt: LayerTrace, layer: int, realised: Tensor, predicted: Tensor
                  previous: Tensor, normalise: bool = True) -> Tensor:
     """The batch's MSE-optimal λ per neuron (S, N) for one SparseNet layer.
 
-    Each sample's parameter-gradient contribution to neuron n is the sum over its blocks
-    (routing keys K, slot weights A, slot biases b) of e_b ⊗ x_b, with e_b the feedback
-    pulled back to `scores` / `pre`; the moments are summed over blocks.
+    Each sample's parameter-gradient contribution to neuron n has three blocks: routing
+    keys e^K_b ⊗ x_b, slot weights e^A_b ⊗ x_b and slot biases e^A_b, with e^A = d ⊗ s
+    (d the feedback on the slot mixture, s_mk = w_m (1 − tanh²) the slot slopes) and e^K
+    the feedback pulled back to the routing scores. The four moments of
+    `lambda_from_moments` are summed over the blocks without forming any contribution:
+    ‖e^A_b ⊗ x_b‖² + ‖e^A_b‖² = (Σ_k d_k² Σ_m s_mk²)(‖x_b‖² + 1), and the batch means come
+    from one contraction over the batch. With `normalise`, both feedbacks are taken through
+    the residual's tanh first and then made unit vectors per sample and neuron (the
+    reference code's order). Tests check it against materialised per-sample gradients.
     """
-    w = unit(realised) if normalise else realised
-    u = (unit(predicted) if normalise else predicted) - w
-    d_scores, d_pre = local_errors(lt, layer, torch.stack([w, u]))
-    x = lt.x.detach()
-    scale = 1.0 / math.sqrt(x.shape[-1])
-    (ew_s, eu_s), (ew_p, eu_p) = d_scores * scale, d_pre.flatten(-2)
-    blocks = (
-        outer_moments(ew_s, eu_s, x),
-        outer_moments(ew_p, eu_p, x),
-        outer_moments(ew_p, eu_p, None),
-    )
-    moments = [sum(parts) for parts in zip(*blocks, strict=True)]
-    return lambda_from_moments(*moments, batch=realised.shape[1], previous=previous)
+    w = through_residual(lt, layer, realised)
+    p = through_residual(lt, layer, predicted)
+    if normalise:
+        w, p = unit(w), unit(p)
+
+    # Everything below runs neuron-major, (S, N, B, ...): the layout the forward's slot
+    # einsum leaves `act` in, so no large tensor is copied or read with a stride.
+    def neuron_major(t: Tensor) -> Tensor:
+        return t.detach().transpose(1, 2).contiguous()
+
+    act = neuron_major(lt.act)  # (S, N, B, M, K)
+    routing, x = neuron_major(lt.routing), neuron_major(lt.x)  # (S, N, B, M), (S, N, B, D)
+    wu_pair = torch.stack([neuron_major(w), neuron_major(p - w)], -1)  # (S, N, B, K, 2)
+    w, u = wu_pair.unbind(-1)
+    batch = w.shape[2]
+    r = routing.unsqueeze(-1)
+    slope = torch.addcmul(r, r, act * act, value=-1.0)  # w_m (1 − tanh²): (S, N, B, M, K)
+    slope_sq = (slope * slope).sum(-2)  # (S, N, B, K)
+    x_sq = (x * x).sum(-1)  # (S, N, B)
+    # Feedback on the mixture → routing scores, for w and u at once: (S, N, B, M, 2).
+    d_routing = seed_matmul(act, wu_pair)
+    r2 = routing.unsqueeze(-1)
+    keys = r2 * (d_routing - (r2 * d_routing).sum(-2, keepdim=True)) / math.sqrt(x.shape[-1])
+    key_w, key_u = keys.unbind(-1)
+    u_sq = ((u * u * slope_sq).sum(-1) * (x_sq + 1.0) + (key_u * key_u).sum(-1) * x_sq)
+    wu = ((w * u * slope_sq).sum(-1) * (x_sq + 1.0) + (key_w * key_u).sum(-1) * x_sq)
+    # Batch sums of each block's contributions for w and u (divided by B at the end):
+    # slot weights Σ_b e_b x_bᵀ and routing keys as matrix products over the batch.
+    slot_w = (w.unsqueeze(-2) * slope).flatten(-2)  # (S, N, B, M·K)
+    slot_u = (u.unsqueeze(-2) * slope).flatten(-2)
+    x_t = x.transpose(-1, -2)  # (S, N, D, B)
+    key_sums = seed_matmul(x_t, keys.flatten(-2)).unflatten(-1, (-1, 2))  # (S, N, D, M, 2)
+    sums = [(seed_matmul(x_t, slot_w), seed_matmul(x_t, slot_u)),  # slot weights
+            key_sums.unbind(-1),  # routing keys
+            (slot_w.sum(2), slot_u.sum(2))]  # slot biases
+    dims = lambda t: tuple(range(2, t.dim()))  # noqa: E731 - everything but (S, N)
+    u_mean_sq = sum((bu * bu).sum(dims(bu)) for _, bu in sums) / batch**2
+    w_mean_u_mean = sum((bw * bu).sum(dims(bu)) for bw, bu in sums) / batch**2
+    return lambda_from_moments(u_sq.mean(2), u_mean_sq, wu.mean(2), w_mean_u_mean,
+                               batch=batch, previous=previous)
+
+
+def feedback_norms(realised: Sequence[Tensor], predicted: Sequence[Tensor | None],
+                   ) -> dict[str, Tensor]:
+    """Per layer, ‖g_l‖ and ‖ĝ_l‖ over the whole batch (mean-loss units), per seed (S,).
+
+    The same quantities the reference code logs at its evaluation steps.
+    """
+    norms: dict[str, Tensor] = {}
+    for layer, (g, p) in enumerate(zip(realised, predicted, strict=True)):
+        norms[f"feedback_norm/bp/l{layer}"] = g.detach().flatten(1).norm(dim=1)
+        if p is not None:
+            norms[f"feedback_norm/sg/l{layer}"] = p.flatten(1).norm(dim=1)
+    return norms
 
 
 class Backprop:
@@ -223,13 +314,20 @@ class SGProp:
     """sgprop on a SparseNet with per-neuron SG predictors and fixed or adaptive λ."""
 
     def __init__(self, model: SparseNet, rule: FeedbackRule, sg_lr: float,
-                 normalise: bool = True) -> None:
+                 generators: Sequence[torch.Generator], normalise: bool = True,
+                 sg_init: str = "normal", sg_units: str = "mean") -> None:
+        """`generators`: one per seed, for the SG predictor's init (see SyntheticGradients)."""
+        if sg_units not in SG_UNITS:
+            raise ValueError(f"unknown SG units {sg_units!r}; expected one of {SG_UNITS}")
         self.model = model
         self.rule = rule
         self.normalise = normalise
+        self.sg_units = sg_units
         shape = model.shape
-        self.sg = SyntheticGradients(shape, model.seeds).to(model.head.device)
-        self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr)
+        self.sg = SyntheticGradients(shape, generators, sg_init).to(model.head.device)
+        self.norms: dict[str, Tensor] = {}
+        # fused: one pass over the parameters, bit-identical to the default loop on CPU
+        self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr, fused=True)
         self.lams = [torch.full((model.seeds, shape.width), rule.lam, device=model.head.device)
                      for _ in range(shape.layers)]
 
@@ -243,12 +341,17 @@ class SGProp:
     def forward(self, images: Tensor) -> Trace:
         return self.model(images, cut=True)
 
+    def unit_scale(self, batch: int) -> float:
+        """SG units per mean-loss unit: 1 (`mean`, the reference) or B (`sample`)."""
+        return float(batch) if self.sg_units == "sample" else 1.0
+
     def predictions(self, trace: Trace, batch: int) -> list[Tensor | None]:
         """Current SG predictions in mean-loss units (None where no predictor is needed)."""
         if not self.rule.uses_predictor:
             return [None] * len(trace.layers)
+        scale = self.unit_scale(batch)
         with torch.no_grad():
-            return [self.sg.predict(layer, lt) / batch for layer, lt in enumerate(trace.layers)]
+            return [self.sg.predict(layer, lt) / scale for layer, lt in enumerate(trace.layers)]
 
     def top(self, trace: Trace, actions: Tensor, rewards: Tensor) -> tuple[Tensor, Tensor]:
         """(head gradient, g_L) of the REINFORCE loss; touches only the head's graph."""
@@ -258,13 +361,13 @@ class SGProp:
 
     def update_synthetic(self, trace: Trace, top_grad: Tensor) -> Tensor:
         """One SG step on bootstrapped targets; returns the per-seed SG loss (S,)."""
-        batch = top_grad.shape[1]
+        scale = self.unit_scale(top_grad.shape[1])
         lams = [self.mixing(layer) for layer in range(len(trace.layers))]
         preds = [self.sg.predict(layer, lt) for layer, lt in enumerate(trace.layers)]
         targets = propagate(self.model, trace, top_grad, lams,
-                            [p.detach() / batch for p in preds], params=False).realised
+                            [p.detach() / scale for p in preds], params=False).realised
         per_seed = sum(
-            ((p - batch * t.detach()) ** 2).mean((1, 2, 3))
+            ((p - scale * t.detach()) ** 2).mean((1, 2, 3))
             for p, t in zip(preds, targets, strict=True)
         )
         self.sg_optimizer.zero_grad(set_to_none=True)
@@ -285,6 +388,7 @@ class SGProp:
         params = parameters_of(self.model)
         for p, g in zip(params, [*prop.grads, head], strict=True):
             p.grad = g
+        self.norms = feedback_norms(prop.realised, predicted)
         if self.rule.adaptive:
             for layer, lt in enumerate(trace.layers):
                 estimate = layer_lambda(lt, layer, prop.realised[layer], predicted[layer],
@@ -297,9 +401,9 @@ class SGProp:
         """Gradient estimates of backprop (λ=1), the current mixture and pure SG (λ=0)."""
         trace = self.forward(images)
         head, top_grad = self.top(trace, actions, rewards)
-        batch = top_grad.shape[1]
+        scale = self.unit_scale(top_grad.shape[1])
         with torch.no_grad():
-            predicted = [self.sg.predict(layer, lt) / batch
+            predicted = [self.sg.predict(layer, lt) / scale
                          for layer, lt in enumerate(trace.layers)]
         layers = range(len(trace.layers))
         settings: dict[str, list[Lam]] = {

@@ -5,7 +5,8 @@ computation; seed s only ever touches slice s, and each slice is drawn from that
 generator, so a seed's numbers do not depend on which block it runs in.
 
 Shapes: S seeds, B batch, I pixels, N neurons per layer (`width`), K neuron output dim
-(`dim`), M slots, P parents, D_l input dim of layer l (D_0 = `fan_in` pixels,
+(`dim`), M slots, P parents, D_l input dim of layer l (D_0 = `fan_in` pixels, by
+default P·K as in the reference code, so the parents sweep varies layer 0's fan-in too;
 D_l = P·K for l ≥ 1), A actions.
 
 SparseNet, layer l (all N neurons at once: one gather + einsums, no loop over neurons):
@@ -14,8 +15,8 @@ SparseNet, layer l (all N neurons at once: one gather + einsums, no loop over ne
     h_l    = Σ_m w_m tanh(A_m x + b_m)                   (S, B, N, K)
     h_l    = tanh(h_l) + h_{l−1}                         for l ≥ 1 (residual)
     logits = flat(h_L) Kact^T / √(N·K)                   (S, B, A)
-Init: every parameter N(0, 1/D_l) (the head 1/D_{L−1}); at the paper's sizes that is
-N(0, 1/50) throughout and the parameter count is 2,818,000.
+Init (as the reference code): every parameter N(0, 1/D_l) (the head 1/D_{L−1}); at the
+paper's sizes that is N(0, 1/50) throughout and the parameter count is 2,818,000.
 
 `forward(images, cut=True)` makes each layer's input a fresh leaf, so the sgprop learner
 can take one vector-Jacobian product per layer and mix what flows between layers.
@@ -58,12 +59,16 @@ class SparseNetShape:
     layers: int = 5  # L
     width: int = 200  # N
     dim: int = 10  # K
-    fan_in: int = 50  # pixels read by a layer-0 neuron
+    fan_in: int | None = None  # pixels read by a layer-0 neuron; None: P·K (the reference)
     parents: int = 5  # P
     slots: int = 5  # M
 
+    @property
+    def pixels_per_neuron(self) -> int:
+        return self.parents * self.dim if self.fan_in is None else self.fan_in
+
     def input_dim(self, layer: int) -> int:
-        return self.fan_in if layer == 0 else self.parents * self.dim
+        return self.pixels_per_neuron if layer == 0 else self.parents * self.dim
 
     def num_parameters(self) -> int:
         per_layer = [
@@ -133,7 +138,7 @@ class SparseNet(nn.Module):
         for layer in range(shape.layers):
             d = shape.input_dim(layer)
             if layer == 0:
-                wiring = random_subsets(n, shape.inputs, shape.fan_in, gen)
+                wiring = random_subsets(n, shape.inputs, shape.pixels_per_neuron, gen)
             else:
                 wiring = random_subsets(n, n, shape.parents, gen)
             std = 1.0 / math.sqrt(d)
@@ -193,25 +198,33 @@ class SparseNet(nn.Module):
 
 
 class MLP(nn.Module):
-    """`layers` tanh layers of `width`, then a linear action head; PyTorch's default init.
+    """`layers` tanh layers of `width`, then a linear action head.
 
+    Init `xavier` (the reference code): Xavier-normal weights, std √(2/(fan_in + fan_out)),
+    zero biases. `torch`: PyTorch's nn.Linear default, U(±1/√fan_in) weights and biases.
     At 784 inputs, width 745, 5 layers and 9 actions it has 2,814,619 parameters, matched
     to SparseNet's 2,818,000.
     """
 
     def __init__(self, inputs: int, actions: int, width: int, layers: int,
-                 generators: Sequence[torch.Generator]) -> None:
+                 generators: Sequence[torch.Generator], init: str = "xavier") -> None:
         super().__init__()
+        if init not in ("xavier", "torch"):
+            raise ValueError(f"unknown MLP init {init!r}; expected xavier or torch")
         sizes = [inputs] + [width] * layers + [actions]
         self.depth = len(sizes) - 1
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            bound = 1.0 / math.sqrt(fan_in)
-            draws = [
-                (torch.rand(fan_in, fan_out, generator=g), torch.rand(1, fan_out, generator=g))
-                for g in generators
-            ]
-            weight = torch.stack([w for w, _ in draws]) * (2 * bound) - bound
-            bias = torch.stack([b for _, b in draws]) * (2 * bound) - bound
+            if init == "xavier":
+                std = math.sqrt(2.0 / (fan_in + fan_out))
+                weight = torch.stack([torch.randn(fan_in, fan_out, generator=g) * std
+                                      for g in generators])
+                bias = torch.zeros(len(generators), 1, fan_out)
+            else:
+                bound = 1.0 / math.sqrt(fan_in)
+                draws = [(torch.rand(fan_in, fan_out, generator=g),
+                          torch.rand(1, fan_out, generator=g)) for g in generators]
+                weight = torch.stack([w for w, _ in draws]) * (2 * bound) - bound
+                bias = torch.stack([b for _, b in draws]) * (2 * bound) - bound
             setattr(self, f"weight{i}", nn.Parameter(weight))  # (S, in, out)
             setattr(self, f"bias{i}", nn.Parameter(bias))  # (S, 1, out)
 

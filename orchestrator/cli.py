@@ -67,6 +67,13 @@ def _add_engine_options(command: argparse.ArgumentParser, retried: str) -> None:
                          help=f"retries of a {retried} whose Ray worker or node died (default 3)")
     command.add_argument("--no-report", action="store_true",
                          help="skip the report at the end")
+    _add_max_trials(command)
+
+
+def _add_max_trials(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--max-trials", type=_positive_int, default=None, metavar="N",
+                         help="refuse a file of more trials (configs x seeds; default "
+                              "100,000: orchestrator.spec.DEFAULT_MAX_TRIALS)")
 
 
 def _add_level_option(command: argparse.ArgumentParser, default_help: str = "the sweep "
@@ -122,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a sweep file and print its size")
     validate.add_argument("spec", type=Path)
+    _add_max_trials(validate)
 
     report = sub.add_parser("report", help="tables and figures for a results directory")
     report.add_argument("out", type=Path, help="results directory")
@@ -166,19 +174,19 @@ def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.spec import load_spec, load_yaml
+    from orchestrator.spec import load_yaml, parse_spec
 
     raw = load_yaml(args.spec)
     if isinstance(raw, dict) and "search" in raw:  # a tune file
         from orchestrator.tune_spec import parse_tune_spec
 
-        tuned = parse_tune_spec(raw, str(args.spec))
+        tuned = parse_tune_spec(raw, str(args.spec), args.max_trials)
         print(f"{args.spec}: ok — study {tuned.name!r}, task {tuned.task!r}, searching "
               f"{[d.name for d in tuned.search]}, {tuned.n_trials} trials x "
               f"{len(tuned.seeds)} seeds in {len(tuned.rungs)} rungs ({tuned.sampler}, "
               f"{tuned.pruner} pruner)")
         return 0
-    spec = load_spec(args.spec)
+    spec = parse_spec(raw, str(args.spec), args.max_trials)
     print(f"{args.spec}: ok — sweep {spec.name!r}, task {spec.task!r}, "
           f"{len(spec.configs)} configs x {len(spec.seeds)} seeds = {spec.num_trials} trials")
     return 0
@@ -188,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.runner import RunError, RunOptions, run_sweep
     from orchestrator.spec import load_spec
 
-    spec = load_spec(args.spec)  # raises SpecError before anything is written
+    spec = load_spec(args.spec, args.max_trials)  # raises SpecError before anything is written
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory")
     options = RunOptions(
@@ -231,7 +239,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from orchestrator.tune import TuneOptions, tune
     from orchestrator.tune_spec import load_tune_spec
 
-    spec = load_tune_spec(args.spec)  # raises SpecError before anything is written
+    spec = load_tune_spec(args.spec, args.max_trials)  # SpecError before anything is written
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory")
     options = TuneOptions(

@@ -58,7 +58,7 @@ def _deadline(seconds: float | None) -> Iterator[None]:
         raise TrialTimeout(f"timed out after {seconds:g}s")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, 1e9))  # past ~9e9 s setitimer overflows
     try:
         yield
     finally:

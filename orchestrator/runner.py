@@ -114,6 +114,12 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     started = time.perf_counter()
     if problem := schedule.unreachable(options.address):
         raise RunError(problem)  # before DIR is touched
+    with signals.deferred():  # a cluster's fit check connects to Ray and may wait
+        problem = schedule.unfit(spec.resources, options.address, options.num_cpus,
+                                 options.num_gpus, progress=options.progress,
+                                 stop=lambda: signals.requested() is not None)
+    if problem:
+        raise RunError(f"{spec.source}: {problem}")
     with signals.deferred(), directory_lock(out_dir):
         store = ResultStore(out_dir)
         store.prepare()

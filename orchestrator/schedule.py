@@ -12,12 +12,16 @@ import os
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator import signals
 from orchestrator.execute import TrialRecord, run_blocks
 from orchestrator.plan import Block
-from orchestrator.spec import Resources
+from orchestrator.spec import Resources, unsatisfiable
+
+CLUSTER_FIT_WAIT_S = 600.0  # how long a cluster (or its autoscaler) may take to offer a node
 
 
 def unreachable(address: str | None, timeout_s: float = 10.0) -> str | None:
@@ -104,6 +108,61 @@ def _start_embedded(num_cpus: int, kwargs: dict[str, Any], attempts: int = 2) ->
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def unfit(resources: Resources, address: str | None, num_cpus: int | None,
+          num_gpus: int | None, wait_s: float = CLUSTER_FIT_WAIT_S,
+          progress: Callable[[str], None] = print,
+          stop: Callable[[], bool] = lambda: False) -> str | None:
+    """Why no node will ever run one block of `resources`, in one line; None if one can.
+
+    Embedded Ray: compared, before it starts, with what it will have: `num_cpus`/`num_gpus`
+    (else this machine's CPUs, and the GPUs torch sees) and the physical memory. A cluster:
+    connects and waits up to `wait_s` for a node that fits, asking the autoscaler for one
+    meanwhile, since Ray itself would leave such a block pending forever. The wait ends
+    early (None) when `stop()` says so (a signal: the caller stops)."""
+    if not address:
+        gpus = num_gpus if num_gpus is not None else _visible_gpus() if resources.num_gpus else 0
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        problem = unsatisfiable(resources, [{"CPU": num_cpus or os.cpu_count() or 1,
+                                             "GPU": gpus, "memory": memory}],
+                                "the embedded Ray")
+        return problem and (f"{problem} (this machine's, or what --num-cpus / --num-gpus "
+                            "give it); lower it, or run on a cluster with --address")
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    connect(address, num_cpus, num_gpus)
+    if stop():  # a SIGTERM during ray.init (see `connect`)
+        return None
+    deadline, asked = time.monotonic() + wait_s, False
+    try:
+        while True:
+            problem = unsatisfiable(resources, [n["Resources"] for n in ray.nodes() if n["Alive"]],
+                                    f"any node of the cluster at {address}")
+            if problem is None or stop():
+                return None
+            if time.monotonic() >= deadline:
+                return problem and (f"{problem} (after waiting {wait_s:.0f} s for one to "
+                                    "join); lower it, or add such a node")
+            if not asked:
+                bundle = {k: v for k, v in (("CPU", resources.num_cpus),
+                                            ("GPU", resources.num_gpus),
+                                            ("memory", int(resources.memory_gb * 2**30))) if v}
+                request_resources(bundles=[bundle])  # an autoscaler may start a node
+                asked = True
+                progress(f"{problem}; waiting up to {wait_s:.0f} s for one to join")
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        if asked:
+            request_resources(bundles=[])  # the submitted tasks carry the demand from here
+
+
+def _visible_gpus() -> int:
+    """GPUs a task's "cuda" device can reach on this machine."""
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def parallelism(resources: Resources) -> int:

@@ -328,6 +328,12 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
     # is touched.
     if problem := schedule.unreachable(options.address):
         raise RunError(problem)
+    with signals.deferred():  # a cluster's fit check connects to Ray and may wait
+        problem = schedule.unfit(spec.sweep.resources, options.address, options.num_cpus,
+                                 options.num_gpus, progress=options.progress,
+                                 stop=lambda: signals.requested() is not None)
+    if problem:
+        raise RunError(f"{spec.source}: {problem}")
     given_storage = open_storage(out_dir, options.storage) if options.storage else None
     with signals.deferred(), directory_lock(out_dir):
         info_path = out_dir / STUDY_FILE

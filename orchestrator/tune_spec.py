@@ -16,7 +16,10 @@
     sampler: tpe                    # tpe | cmaes | random | grid, or {type: tpe, seed: 0}
     pruner: wilcoxon                # wilcoxon | median | none, or {type: wilcoxon, ...}
     reeval_seeds: 20                # fresh seeds of best.yaml (default: as many as `seeds`)
-    block_size / resources / timeout_s / description: as in a sweep file
+    resources / timeout_s / description: as in a sweep file
+
+`block_size` is refused: each rung's seeds run as one block, so `rung_size` is the block
+size of a study.
 
 `objective.value` turns one seed's metric history into a number (`final`: its value at the
 last step; `mean`: its mean over steps, an area under the curve); `objective.aggregate`
@@ -24,13 +27,16 @@ combines seeds (`mean`, `iqm`: interquartile mean, or `median`).
 
 Every problem raises `SpecError` with one line naming the file, the field and what was
 expected, like sweep files: the fixed part is checked by the sweep-file parser itself, and
-the search space by building the task config at every corner of it.
+the search space by building the task config at every corner of it. Sizes are bounded as in
+sweep files: `n_trials` × seeds and `reeval_seeds` by the trial limit, the grid sampler's
+grid (which Optuna materialises) by MAX_GRID_POINTS, computed before a value is listed.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -41,20 +47,27 @@ from typing import Any, Literal
 import yaml
 
 from orchestrator.spec import (
+    DEFAULT_MAX_TRIALS,
+    INT_LIMIT,
+    Seeds,
     SpecError,
     SweepSpec,
+    _clip,
     _coerce,
+    _count,
+    _first_duplicate,
     _kind,
     _mapping,
-    _seeds,
+    _show,
     _type_name,
+    check_name,
     load_yaml,
+    parse_seeds,
     parse_spec,
 )
 from tasks import REGISTRY
 
-SWEEP_KEYS = {"name", "task", "description", "params", "seeds", "block_size", "resources",
-              "timeout_s"}
+SWEEP_KEYS = {"name", "task", "description", "params", "seeds", "resources", "timeout_s"}
 TUNE_KEYS = {"search", "objective", "n_trials", "rung_size", "parallelism", "sampler",
              "pruner", "reeval_seeds"}
 SAMPLERS = ("tpe", "cmaes", "random", "grid")
@@ -65,6 +78,10 @@ DIRECTIONS = ("minimize", "maximize")
 # Corners of the search space checked against the task's own validation (beyond this many,
 # each parameter's corners are checked with the others at their lower end).
 MAX_CORNERS = 256
+# Points of the grid sampler's grid: Optuna lists them all up front.
+MAX_GRID_POINTS = 100_000
+OPTUNA_SEED_LIMIT = 2**32  # numpy's seed range, which Optuna's samplers use
+MAX_METRIC = 250
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,16 @@ class Dimension:
     def corners(self) -> list[Any]:
         return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
 
+    def grid_size(self) -> int | None:
+        """How many values `grid_values` lists (computed, not listed); None if unbounded."""
+        if self.kind == "categorical":
+            return len(self.choices)
+        if self.kind == "int" and not self.log:
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        if self.kind == "float" and self.step:
+            return int(round((self.high - self.low) / self.step)) + 1
+        return None
+
     def grid_values(self) -> list[Any] | None:
         """Every value, when there are finitely many (the grid sampler needs them)."""
         if self.kind == "categorical":
@@ -103,8 +130,7 @@ class Dimension:
         if self.kind == "int" and not self.log:
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.kind == "float" and self.step:
-            count = int(round((self.high - self.low) / self.step)) + 1
-            return [self.low + i * self.step for i in range(count)]
+            return [self.low + i * self.step for i in range(self.grid_size() or 0)]
         return None
 
 
@@ -124,27 +150,27 @@ class TuneSpec:
     search: tuple[Dimension, ...]
     objective: Objective
     n_trials: int
-    seeds: tuple[int, ...]
+    seeds: Seeds
     rung_size: int
     parallelism: int | None
     sampler: str
     sampler_options: dict[str, Any]
     pruner: str
     pruner_options: dict[str, Any]
-    reeval_seeds: tuple[int, ...]
+    reeval_seeds: Seeds
     sweep: SweepSpec  # the fixed part at the search space's first corner (resources, ...)
     source: str = ""
 
     @property
     def rungs(self) -> list[tuple[int, ...]]:
         """Seeds in the order they run: one rung after another."""
-        return [self.seeds[i:i + self.rung_size]
+        return [tuple(self.seeds[i:i + self.rung_size])
                 for i in range(0, len(self.seeds), self.rung_size)]
 
     def distributions(self) -> dict[str, Any]:
         return {d.name: d.distribution() for d in self.search}
 
-    def sweep_for(self, values: Mapping[str, Any], seeds: tuple[int, ...] | None = None,
+    def sweep_for(self, values: Mapping[str, Any], seeds: Seeds | None = None,
                   name: str | None = None) -> SweepSpec:
         """The one-config sweep that evaluates `values` (raises SpecError if invalid)."""
         raw = {**self.base, "params": {**self.base.get("params", {}), **values},
@@ -153,23 +179,30 @@ class TuneSpec:
 
     def best_sweep(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """A ready-to-run sweep file (as a mapping) that re-evaluates `values` on fresh seeds."""
+        seeds = self.reeval_seeds
         raw = {**self.base, "name": f"{self.name}-best",
                "params": {**self.base.get("params", {}), **dict(values)},
-               "seeds": list(self.reeval_seeds)}
+               "seeds": ({"start": seeds.start, "count": len(seeds)}
+                         if isinstance(seeds, range) else list(seeds))}
         about = self.base.get("description")
         raw["description"] = f"best parameters of study {self.name} on fresh seeds" + (
             f" ({about})" if about else "")
         return raw
 
 
-def load_tune_spec(path: str | Path) -> TuneSpec:
+def load_tune_spec(path: str | Path, max_trials: int | None = None) -> TuneSpec:
     path = Path(path)
-    return parse_tune_spec(load_yaml(path), str(path))
+    return parse_tune_spec(load_yaml(path), str(path), max_trials)
 
 
-def parse_tune_spec(raw: Any, where: str = "<tune spec>") -> TuneSpec:
+def parse_tune_spec(raw: Any, where: str = "<tune spec>",
+                    max_trials: int | None = None) -> TuneSpec:
+    """Validate a tune mapping: at most `max_trials` trials, n_trials × seeds (None:
+    DEFAULT_MAX_TRIALS)."""
+    max_trials = DEFAULT_MAX_TRIALS if max_trials is None else max_trials
+
     def fail(field: str, message: str) -> SpecError:
-        return SpecError(f"{where}: {field}: {message}")
+        return SpecError(f"{where}: {_clip(field, 80)}: {message}")
 
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where}: expected a mapping of tune fields, got {_kind(raw)}")
@@ -178,15 +211,20 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>") -> TuneSpec:
         if swept in keys:
             raise fail(swept, "not used in a tune file; search parameters under `search` "
                               "(a list of values is {choices: [...]})")
+    if "block_size" in keys:
+        raise fail("block_size", "not used in a tune file; each rung's seeds run as one "
+                                 "block (set rung_size)")
     unknown = sorted(keys - SWEEP_KEYS - TUNE_KEYS)
     if unknown:
         raise fail(unknown[0], f"unknown field; expected one of {sorted(SWEEP_KEYS | TUNE_KEYS)}")
     for required in ("name", "task", "seeds", "search", "objective", "n_trials"):
         if required not in raw:
             raise fail(required, "missing (required)")
+    check_name(raw["name"], "name", fail)
     task_name = raw["task"]
     if not isinstance(task_name, str) or task_name not in REGISTRY:
-        raise fail("task", f"unknown task {task_name!r}; expected one of {sorted(REGISTRY)}")
+        raise fail("task", f"unknown task {_show(task_name)}; expected one of "
+                           f"{sorted(REGISTRY)}")
     task = REGISTRY[task_name]
     hints = typing.get_type_hints(task.config_type)
     fields = task.config_fields()
@@ -207,11 +245,16 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>") -> TuneSpec:
 
     base = {k: raw[k] for k in SWEEP_KEYS if k in raw}
     base["params"] = params
-    seeds = _seeds(raw["seeds"], fail)
+    seeds = parse_seeds(raw["seeds"], "seeds", fail)
+    n_trials = _positive_int(raw["n_trials"], "n_trials", fail)
+    if n_trials * len(seeds) > max_trials:
+        raise SpecError(
+            f"{where}: {_count(n_trials * len(seeds))} trials ({_count(n_trials)} Optuna trials "
+            f"× {_count(len(seeds))} seeds), above the limit of {max_trials:,}; lower n_trials "
+            "or seeds, or raise the limit with --max-trials")
     sweep = _check_corners(base, search, where)
 
     objective = _objective(raw["objective"], fail)
-    n_trials = _positive_int(raw["n_trials"], "n_trials", fail)
     pruner_raw = raw.get("pruner", "wilcoxon")
     pruner_name = pruner_raw.get("type") if isinstance(pruner_raw, Mapping) else pruner_raw
     rung_default = len(seeds) if pruner_name == "none" else max(1, math.ceil(len(seeds) / 4))
@@ -224,9 +267,12 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>") -> TuneSpec:
     pruner, pruner_options = _choice_with_options(
         raw.get("pruner", "wilcoxon"), "pruner", PRUNERS,
         {"p_threshold": float, "n_startup_steps": int, "n_startup_trials": int}, fail)
+    if not 0 <= sampler_options.get("seed", 0) < OPTUNA_SEED_LIMIT:
+        raise fail("sampler.seed", f"expected an integer in [0, 2^32), got "
+                                   f"{_show(sampler_options['seed'])}")
     if "p_threshold" in pruner_options and not 0 < pruner_options["p_threshold"] < 1:
         raise fail("pruner.p_threshold", f"expected a p-value in (0, 1), got "
-                                         f"{pruner_options['p_threshold']!r}")
+                                         f"{_show(pruner_options['p_threshold'])}")
     for key in ("n_startup_steps", "n_startup_trials"):
         if pruner_options.get(key, 0) < 0:
             raise fail(f"pruner.{key}", f"expected an integer >= 0, got {pruner_options[key]}")
@@ -234,20 +280,29 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>") -> TuneSpec:
         raise fail("sampler", "cmaes searches numbers only; use tpe for choices")
     if sampler == "grid":
         for d in search:
-            if d.grid_values() is None:
+            if d.grid_size() is None:
                 raise fail(f"search.{d.name}", "the grid sampler needs finitely many values "
                                                "(choices, an int range, or a float step)")
+        points = math.prod(d.grid_size() or 0 for d in search)
+        if points > MAX_GRID_POINTS:
+            sizes = " × ".join(f"{d.name} {_count(d.grid_size() or 0)}" for d in search)
+            raise fail("sampler", f"the grid has {_count(points)} points ({sizes}), above "
+                                  f"the limit of {MAX_GRID_POINTS:,} that the grid sampler "
+                                  "lists; use a coarser step, fewer choices, or tpe")
 
     reeval = raw.get("reeval_seeds", len(seeds))
     if isinstance(reeval, int) and not isinstance(reeval, bool) and reeval >= 1:
-        start = max(seeds) + 1
-        reeval_seeds = tuple(range(start, start + reeval))
-    else:
-        reeval_seeds = _seeds(reeval, lambda f, m: fail(f.replace("seeds", "reeval_seeds", 1), m))
-        shared = sorted(set(reeval_seeds) & set(seeds))
-        if shared:
-            raise fail("reeval_seeds", f"expected seeds not used in tuning, got {shared[0]} "
-                                       "(in `seeds` too)")
+        largest = seeds[-1] if isinstance(seeds, range) else max(seeds)
+        reeval = {"start": largest + 1, "count": reeval}  # the N seeds after the tuning seeds
+    reeval_seeds = parse_seeds(reeval, "reeval_seeds", fail)
+    if len(reeval_seeds) > DEFAULT_MAX_TRIALS:
+        raise fail("reeval_seeds", f"{_count(len(reeval_seeds))} seeds for best.yaml, above "
+                                   f"the limit of {DEFAULT_MAX_TRIALS:,} trials of a sweep")
+    tuning = seeds if isinstance(seeds, range) else set(seeds)  # `in`: O(1) either way
+    shared = next((s for s in reeval_seeds if s in tuning), None)
+    if shared is not None:
+        raise fail("reeval_seeds", f"expected seeds not used in tuning, got {shared} "
+                                   "(in `seeds` too)")
     return TuneSpec(
         name=sweep.name, task=task.name, base=base, search=tuple(search), objective=objective,
         n_trials=n_trials, seeds=seeds, rung_size=rung_size, parallelism=parallelism,
@@ -260,7 +315,7 @@ def _dimension(name: str, value: Any, hint: Any, field: str, fail) -> Dimension:
     if not isinstance(value, Mapping):
         raise fail(field, f"expected a distribution such as {{low: 0.0, high: 1.0}} or "
                           f"{{choices: [...]}}, got {_kind(value)}")
-    keys = set(value)
+    keys = set(map(str, value))
     unknown = sorted(keys - {"low", "high", "log", "step", "choices"})
     if unknown:
         raise fail(f"{field}.{unknown[0]}", "unknown; expected low, high, log, step or choices")
@@ -272,11 +327,11 @@ def _dimension(name: str, value: Any, hint: Any, field: str, fail) -> Dimension:
             raise fail(f"{field}.choices", f"expected a non-empty list, got {_kind(choices)}")
         typed = [_coerce(v, hint, f"{field}.choices[{i}]", fail) for i, v in enumerate(choices)]
         for i, v in enumerate(typed):
-            if v in typed[:i]:
-                raise fail(f"{field}.choices[{i}]", f"duplicate value {choices[i]!r}")
             if isinstance(v, tuple):
                 raise fail(f"{field}.choices[{i}]", "expected a single value (Optuna "
                                                     "choices are numbers, text or booleans)")
+        if (i := _first_duplicate(typed)) is not None:
+            raise fail(f"{field}.choices[{i}]", f"duplicate value {_show(choices[i])}")
         return Dimension(name, "categorical", choices=tuple(typed))
     for needed in ("low", "high"):
         if needed not in keys:
@@ -287,19 +342,23 @@ def _dimension(name: str, value: Any, hint: Any, field: str, fail) -> Dimension:
     low = _coerce(value["low"], number, f"{field}.low", fail)
     high = _coerce(value["high"], number, f"{field}.high", fail)
     if not low < high:
-        raise fail(field, f"expected low < high, got low={low!r}, high={high!r}")
+        raise fail(field, f"expected low < high, got low={_show(low)}, high={_show(high)}")
+    if not math.isfinite(high - low):
+        raise fail(field, f"expected a range of finite width, got low={_show(low)}, "
+                          f"high={_show(high)}")
     log = value.get("log", False)
     if not isinstance(log, bool):
-        raise fail(f"{field}.log", f"expected true or false, got {log!r}")
+        raise fail(f"{field}.log", f"expected true or false, got {_show(log)}")
     step = value.get("step")
     if step is not None:
         step = _coerce(step, number, f"{field}.step", fail)
-        if not step > 0:
-            raise fail(f"{field}.step", f"expected a step > 0, got {step!r}")
+        if not step > 0 or not math.isfinite((high - low) / step):
+            raise fail(f"{field}.step", f"expected a step > 0 that divides the range into "
+                                        f"finitely many values, got {_show(step)}")
         if log and (number is float or step != 1):
             raise fail(f"{field}.step", "expected no step with log: true")
     if log and low <= 0:
-        raise fail(f"{field}.low", f"expected low > 0 with log: true, got {low!r}")
+        raise fail(f"{field}.low", f"expected low > 0 with log: true, got {_show(low)}")
     return Dimension(name, "int" if number is int else "float", low=low, high=high, log=log,
                      step=step)
 
@@ -313,56 +372,72 @@ def _number_type(hint: Any) -> type | None:
 
 def _check_corners(base: dict[str, Any], search: list[Dimension], where: str) -> SweepSpec:
     """Type-check and validate the task config at the search space's corners, by the
-    sweep-file parser itself (its `grid.x` field names become `search.x`)."""
+    sweep-file parser itself (its `params.x` / `variants[i].x` fields become `search.x`).
+    The first corner is parsed as a sweep (returned); all corners then as the variants of
+    one sweep, so the check is linear in the number of corners."""
     corners = [d.corners() for d in search]
     if math.prod(len(c) for c in corners) <= MAX_CORNERS:
-        points = list(itertools.product(*corners))
+        points = itertools.product(*corners)
     else:
         first = tuple(c[0] for c in corners)
-        points = [first] + [first[:i] + (v,) + first[i + 1:]
-                            for i, c in enumerate(corners) for v in c[1:]]
+        points = itertools.chain([first], (first[:i] + (v,) + first[i + 1:]
+                                           for i, c in enumerate(corners) for v in c[1:]))
     names = [d.name for d in search]
-    variants = [dict(zip(names, point, strict=True)) for point in points]
-    unique = [v for i, v in enumerate(variants) if v not in variants[:i]]
+    variants = [dict(zip(names, point, strict=True)) for point in dict.fromkeys(points)]
     try:
-        for variant in unique:
-            sweep = parse_spec({**base, "params": {**base["params"], **variant}}, where)
-            if variant is unique[0]:
-                first_sweep = sweep
+        # The trial count (n_trials × seeds) is checked by the caller.
+        first_sweep = parse_spec({**base, "params": {**base["params"], **variants[0]}}, where,
+                                 max_trials=math.inf)
     except SpecError as exc:
-        message = str(exc)
-        for name in names:
-            message = message.replace(f": params.{name}:", f": search.{name}:")
-        at = ", ".join(f"{k}={v!r}" for k, v in variant.items())
-        raise SpecError(f"{message} (at search corner {at})") from None
+        raise _at_corner(str(exc), names, variants[0]) from None
+    if len(variants) > 1:
+        try:
+            parse_spec({**base, "variants": variants}, where, max_trials=math.inf)
+        except SpecError as exc:
+            message = str(exc)
+            found = re.search(r"variants\[(\d+)\]", message)
+            if found is None:
+                raise
+            message = message.replace(f" (at {found.group(0)})", "")
+            message = re.sub(r": variants\[\d+\]\.", ": params.", message)
+            raise _at_corner(message, names, variants[int(found.group(1))]) from None
     return first_sweep
+
+
+def _at_corner(message: str, names: list[str], corner: dict[str, Any]) -> SpecError:
+    for name in names:
+        message = message.replace(f": params.{name}:", f": search.{name}:")
+    at = ", ".join(f"{k}={_show(v)}" for k, v in corner.items())
+    return SpecError(f"{message} (at search corner {_clip(at, 200)})")
 
 
 def _objective(value: Any, fail) -> Objective:
     if not isinstance(value, Mapping):
         raise fail("objective", "expected a mapping such as {metric: eval_reward, "
                                 f"direction: maximize}}, got {_kind(value)}")
-    unknown = sorted(set(value) - {"metric", "direction", "aggregate", "value"})
+    unknown = sorted(set(map(str, value)) - {"metric", "direction", "aggregate", "value"})
     if unknown:
         raise fail(f"objective.{unknown[0]}", "unknown; expected metric, direction, "
                                               "aggregate or value")
     metric = value.get("metric")
-    if not isinstance(metric, str) or not metric:
-        raise fail("objective.metric", f"expected a recorded metric's name, got {metric!r}")
+    if (not isinstance(metric, str) or not metric or len(metric) > MAX_METRIC
+            or not metric.isprintable()):
+        raise fail("objective.metric", f"expected a recorded metric's name (at most "
+                                       f"{MAX_METRIC} printable characters), got {_show(metric)}")
     out = {"metric": metric}
     for key, choices in (("direction", DIRECTIONS), ("aggregate", AGGREGATES),
                          ("value", VALUES)):
         if key in value:
             if value[key] not in choices:
                 raise fail(f"objective.{key}", f"expected one of {list(choices)}, "
-                                               f"got {value[key]!r}")
+                                               f"got {_show(value[key])}")
             out[key] = value[key]
     return Objective(**out)
 
 
 def _positive_int(value: Any, field: str, fail) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise fail(field, f"expected a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < INT_LIMIT:
+        raise fail(field, f"expected a positive integer, got {_show(value)}")
     return value
 
 
@@ -370,7 +445,7 @@ def _choice_with_options(value: Any, field: str, choices: tuple[str, ...],
                          option_types: dict[str, type], fail) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {}
     if isinstance(value, Mapping):
-        unknown = sorted(set(value) - {"type"} - set(option_types))
+        unknown = sorted(set(map(str, value)) - {"type"} - set(option_types))
         if unknown:
             raise fail(f"{field}.{unknown[0]}",
                        f"unknown; expected type or one of {sorted(option_types)}")
@@ -379,14 +454,14 @@ def _choice_with_options(value: Any, field: str, choices: tuple[str, ...],
                 options[key] = _coerce(value[key], kind, f"{field}.{key}", fail)
         value = value.get("type", choices[0])
     if value not in choices:
-        raise fail(field, f"expected one of {list(choices)}, got {value!r}")
+        raise fail(field, f"expected one of {list(choices)}, got {_show(value)}")
     allowed = {"wilcoxon": {"p_threshold", "n_startup_steps"},
                "median": {"n_startup_trials", "n_startup_steps"}}.get(value, set())
     if field == "sampler":
         allowed = {"seed"}
     extra = sorted(set(options) - allowed)
     if extra:
-        raise fail(f"{field}.{extra[0]}", f"not an option of {field} {value!r}")
+        raise fail(f"{field}.{extra[0]}", f"not an option of {field} {_show(value)}")
     return value, options
 
 

@@ -1,22 +1,29 @@
-"""E2: the noisy contextual bandit (PAPER.md §2 E2), and the gradient MSE of each rule.
+"""E2: the noisy contextual bandit, and the gradient MSE of each rule.
 
 Classification becomes a bandit: the context is an image, the actions are the classes that
 are not excluded (the paper drops digit 2), the reward is 1[a = label] flipped with
 probability `p_flip`. The policy (SparseNet or MLP) is trained by REINFORCE without a
 baseline, batch 64, Adam, by `backprop` or `sgprop` (fixed λ, or adaptive λ from λ₀).
-Evaluation: held-out images, actions sampled from the policy, noise-free reward.
+Evaluation: `eval_size` test images drawn with replacement, actions sampled from the
+policy, noise-free reward. Defaults follow the authors' code (`exp-mnist-bandit/`);
+`fan_in`, `mlp_init`, `eval_contexts`, `sg_init`, `sg_units` and `lam_normalise` name our
+deviations from it (docs/deviations.md).
 
 Metrics (step = number of policy updates so far):
-- at `eval_points` evenly spaced steps (the last one = `steps`):
+- at `eval_points` steps spread as the reference code spreads them (int(linspace(1,
+  steps, eval_points)): the first after one update, the last at `steps`):
   `eval_reward` (sampled actions, noise-free reward: the paper's metric),
-  `eval_expected_reward` (mean π(label|x): the same quantity without sampling noise),
+  `eval_expected_reward` (mean π(label|x) on the same contexts, without action noise),
   `train_reward` (mean observed noisy reward since the previous evaluation),
   sgprop only: `sg_loss` (mean SG regression loss since the previous evaluation),
-  `lambda/l<i>` (mean λ over layer i's neurons) and `lambda_mean` (over all layers).
-- every `mse_every` steps (0: never), beyond the paper: with the policy, the SG predictor
-  and λ frozen, R = `mse_batches` fresh batches, for each rule's parameter-gradient
-  estimate ĝ_r against the exact population gradient g* of the expected noisy loss
-  (−mean over training contexts of Σ_a π(a|x) E[r|x,a], E[r|x,a] = p + (1−2p)·1[a=y]):
+  `lambda/l<i>` (mean λ over layer i's neurons), `lambda_mean` (over all layers), and
+  from that step's update `feedback_norm/bp/l<i>` = ‖g_i‖ and `feedback_norm/sg/l<i>` =
+  ‖ĝ_i‖ (over the batch, mean-loss units; the reference code logs the same two norms).
+- every `mse_every` steps (0: never), beyond the paper, at the parameters θ that step's
+  update starts from: with the policy, the SG predictor and λ frozen, R = `mse_batches`
+  fresh batches, for each rule's parameter-gradient estimate ĝ_r against the exact
+  population gradient g* of the expected noisy loss (−mean over training contexts of
+  Σ_a π(a|x) E[r|x,a], E[r|x,a] = p + (1−2p)·1[a=y]):
     `grad_mse/<rule>/<group>`   mean_r ‖ĝ_r − g*‖²
     `grad_bias2/<rule>/<group>` ‖mean_r ĝ_r − g*‖²
     `grad_var/<rule>/<group>`   mean_r ‖ĝ_r − mean ĝ‖²   (mse = bias2 + var)
@@ -25,6 +32,10 @@ Metrics (step = number of policy updates so far):
   rules: `bp` (backprop), and for sgprop `mix` (the current λ-mixture) and `sg` (λ = 0);
   groups: `l0`..`l<L−1>` (hidden layers), `head`, `hidden` (all hidden layers), `all`.
   All rules see the same batches (paired). The head's estimate is the same for every rule.
+  Then the step's actual update Δθ (Adam's, from the learner's own batch):
+    `update_norm/<group>` ‖Δθ‖,  `update_cos/<group>` cos(Δθ, −g*),
+    `update_gain/<group>` −⟨g*, Δθ⟩ (first-order decrease of the expected loss),
+  which tell a better gradient estimate from a larger or better-aimed step.
 
 Randomness: each seed has four independent streams (init, train, eval, mse), so turning
 evaluation or MSE checkpoints on or off never changes a training trajectory.
@@ -34,7 +45,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -61,7 +72,7 @@ class BanditConfig:
     learner: Literal["backprop", "sgprop"] = "sgprop"
     model: Literal["sparsenet", "mlp"] = "sparsenet"
     dataset: Literal["digits", "mnist"] = "digits"
-    data_dir: str | None = None  # mnist: folder with the four IDX files
+    data_dir: str | None = None  # mnist: IDX folder; None: the MNIST `make install` put in place
     exclude: tuple[int, ...] = (2,)  # classes dropped from the bandit
     p_flip: float = 0.4  # probability that the reward is flipped
     steps: int = 1500
@@ -75,20 +86,26 @@ class BanditConfig:
     layers: int = 5  # SparseNet
     width: int = 200
     dim: int = 10
-    fan_in: int = 50
+    fan_in: int | None = None  # pixels per layer-0 neuron; None: dim × parents (reference)
     parents: int = 5
     slots: int = 5
     mlp_width: int = 745
     mlp_layers: int = 5
+    mlp_init: Literal["xavier", "torch"] = "xavier"  # xavier: the reference's init
     eval_points: int = 20
-    eval_size: int = 4000  # held-out images per evaluation (at most the test set)
+    eval_size: int = 4000  # test contexts per evaluation
+    # sampled: drawn with replacement (reference); fixed: the first eval_size, each once
+    eval_contexts: Literal["sampled", "fixed"] = "sampled"
+    sg_init: Literal["normal", "zero"] = "normal"  # normal: N(0, 1/D) as the reference
+    sg_units: Literal["mean", "sample"] = "mean"  # mean: batch-mean-loss gradients (reference)
+    # false: backprop trains the action head only, hidden layers stay at their init (a
+    # random-features control, beyond the paper: docs/e2.md)
+    train_hidden: bool = field(default=True, metadata={"added_later": True})
     mse_every: int = 0  # gradient-MSE checkpoint period in steps; 0: none
     mse_batches: int = 32  # R fresh batches per checkpoint
 
     def validate(self) -> None:
         if self.dataset == "mnist":
-            if self.data_dir is None:
-                raise ConfigError("data_dir", "dataset mnist needs a folder of IDX files")
             try:
                 datasets.mnist_paths(self.data_dir)
             except datasets.DatasetError as exc:
@@ -102,7 +119,8 @@ class BanditConfig:
         if not 0.0 <= self.p_flip <= 1.0:
             raise ConfigError("p_flip", f"expected a probability in [0, 1], got {self.p_flip}")
         positive = {"steps": self.steps, "layers": self.layers, "width": self.width,
-                    "dim": self.dim, "fan_in": self.fan_in, "parents": self.parents,
+                    "dim": self.dim, "fan_in": self.pixels_per_neuron,
+                    "parents": self.parents,
                     "slots": self.slots, "mlp_width": self.mlp_width,
                     "mlp_layers": self.mlp_layers, "eval_points": self.eval_points,
                     "eval_size": self.eval_size}
@@ -116,9 +134,11 @@ class BanditConfig:
         if not self.sg_lr > 0:
             raise ConfigError("sg_lr", f"expected a positive learning rate, got {self.sg_lr}")
         check_lambda(self.lam, self.lam_momentum)
-        if self.fan_in > datasets.PIXELS[self.dataset]:
+        if self.pixels_per_neuron > datasets.PIXELS[self.dataset]:
+            where = "" if self.fan_in is not None else (
+                f" (fan_in defaults to dim × parents = {self.pixels_per_neuron})")
             raise ConfigError("fan_in", f"{self.dataset} has only "
-                                        f"{datasets.PIXELS[self.dataset]} pixels")
+                                        f"{datasets.PIXELS[self.dataset]} pixels{where}")
         if self.parents > self.width:
             raise ConfigError("parents", f"expected at most width = {self.width}")
         if self.eval_points > self.steps:
@@ -129,6 +149,12 @@ class BanditConfig:
             raise ConfigError("mse_batches", f"expected at least 2, got {self.mse_batches}")
         if self.learner == "sgprop" and self.model != "sparsenet":
             raise ConfigError("learner", "sgprop needs model sparsenet (the MLP is BP only)")
+        if not self.train_hidden and self.learner != "backprop":
+            raise ConfigError("train_hidden", "false is a backprop control (head only)")
+
+    @property
+    def pixels_per_neuron(self) -> int:
+        return self.dim * self.parents if self.fan_in is None else self.fan_in
 
     @property
     def policy_lr(self) -> float:
@@ -138,8 +164,11 @@ class BanditConfig:
         return rule_for(self.learner, self.lam, self.adaptive, self.lam_momentum)
 
     def eval_steps(self) -> list[int]:
-        return sorted({round(k * self.steps / self.eval_points)
-                       for k in range(1, self.eval_points + 1)})
+        """int(linspace(1, steps, eval_points)), as the reference code (duplicates merged);
+        a single evaluation is at the end (linspace would put it after the first step)."""
+        if self.eval_points == 1:
+            return [self.steps]
+        return sorted({int(v) for v in np.linspace(1, self.steps, num=self.eval_points)})
 
 
 @functools.lru_cache(maxsize=4)
@@ -190,17 +219,25 @@ class BanditBlock:
         self.actions = len(self.classes)
         self.train_x = data.train_x.to(self.device)
         self.train_y = data.train_y.to(self.device)
-        self.test_x = data.test_x[: cfg.eval_size].to(self.device)
-        self.test_y = data.test_y[: cfg.eval_size].to(self.device)
+        if cfg.eval_contexts == "fixed":
+            self.test_x = data.test_x[: cfg.eval_size].to(self.device)
+            self.test_y = data.test_y[: cfg.eval_size].to(self.device)
+        else:
+            self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
         self.gens = {name: [stream(s, name) for s in self.seeds] for name in STREAMS}
         self.model = build_model(cfg, data.pixels, self.actions, self.gens["init"]).to(self.device)
         self.learner: Backprop | SGProp
         if cfg.learner == "sgprop":
             assert isinstance(self.model, SparseNet)
-            self.learner = SGProp(self.model, cfg.rule(), cfg.sg_lr, cfg.lam_normalise)
+            # The SG predictor's init draws continue the init stream after the model's.
+            self.learner = SGProp(self.model, cfg.rule(), cfg.sg_lr, self.gens["init"],
+                                  cfg.lam_normalise, cfg.sg_init, cfg.sg_units)
         else:
             self.learner = Backprop(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.policy_lr)
+        # fused: one pass over the parameters, bit-identical to the default loop on CPU
+        trained = (list(self.model.parameters()) if cfg.train_hidden
+                   else self.model.layer_parameters()[-1][1])  # the action head only
+        self.optimizer = torch.optim.Adam(trained, lr=cfg.policy_lr, fused=True)
 
     @property
     def num_seeds(self) -> int:
@@ -211,10 +248,14 @@ class BanditBlock:
 
     def sample_batch(self, gens: list[torch.Generator]) -> tuple[Tensor, Tensor]:
         """Each seed's own batch of training contexts: images (S, B, I), labels (S, B)."""
-        n = self.train_x.shape[0]
-        idx = torch.stack([torch.randint(n, (self.cfg.batch_size,), generator=g)
+        return self._draw(self.train_x, self.train_y, gens, self.cfg.batch_size)
+
+    def _draw(self, images: Tensor, labels: Tensor, gens: list[torch.Generator], n: int,
+              ) -> tuple[Tensor, Tensor]:
+        """n contexts per seed drawn with replacement: (S, n, I), (S, n)."""
+        idx = torch.stack([torch.randint(images.shape[0], (n,), generator=g)
                            for g in gens]).to(self.device)
-        return self.train_x[idx], self.train_y[idx]
+        return images[idx], labels[idx]
 
     def act(self, logits: Tensor, labels: Tensor, gens: list[torch.Generator],
             ) -> tuple[Tensor, Tensor]:
@@ -242,13 +283,18 @@ class BanditBlock:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[Tensor, Tensor]:
-        """(sampled-action reward, expected reward), each (S,), on the held-out images."""
+        """(sampled-action reward, expected reward), each (S,), on test contexts."""
+        gens = self.gens["eval"]
+        if self.cfg.eval_contexts == "sampled":
+            test_x, test_y = self._draw(self.test_x, self.test_y, gens, self.cfg.eval_size)
+        else:
+            test_x = self.test_x.expand(self.num_seeds, *self.test_x.shape)
+            test_y = self.test_y.expand(self.num_seeds, -1)
         sampled, expected = [], []
-        uniforms = self._uniform(self.gens["eval"], self.test_x.shape[0])
-        for start in range(0, self.test_x.shape[0], CHUNK):
-            images = self.test_x[start:start + CHUNK]
-            labels = self.test_y[start:start + CHUNK].expand(self.num_seeds, -1)
-            probs = torch.softmax(self._logits(images), -1)
+        uniforms = self._uniform(gens, test_y.shape[1])
+        for start in range(0, test_y.shape[1], CHUNK):
+            labels = test_y[:, start:start + CHUNK]
+            probs = torch.softmax(self.model.logits(test_x[:, start:start + CHUNK]), -1)
             actions = sample_actions(probs, uniforms[:, start:start + CHUNK])
             sampled.append((actions == labels).to(torch.float32))
             expected.append(probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1))
@@ -269,8 +315,9 @@ class BanditBlock:
                 acc += g
         return total
 
-    def grad_mse(self) -> dict[str, Tensor]:
-        """Gradient-estimation statistics of each rule at the current parameters (S,) each."""
+    def grad_mse(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Gradient-estimation statistics of each rule at the current parameters, (S,) each,
+        and the exact gradient per group, (S, P_group)."""
         groups = self._groups()
         truth = self._flatten(self.exact_gradient(), groups)
         sums: dict[tuple[str, str], Tensor] = {}
@@ -302,6 +349,21 @@ class BanditBlock:
             out[f"grad_cos/{rule}/{group}"] = cos[(rule, group)] / r
         for group, t in truth.items():
             out[f"grad_truth_sq/{group}"] = (t * t).sum(-1)
+        return out, truth
+
+    def update_stats(self, before: list[Tensor], truth: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Norm, cosine with −g* and first-order gain of the update from `before` to now."""
+        groups = self._groups()
+        now = [p.detach() for p in parameters_of(self.model)]
+        delta = self._flatten([a - b for a, b in zip(now, before, strict=True)], groups)
+        out: dict[str, Tensor] = {}
+        for group, d in delta.items():
+            t = truth[group]
+            gain = -(d * t).sum(-1)
+            norm = d.norm(dim=-1)
+            out[f"update_norm/{group}"] = norm
+            out[f"update_cos/{group}"] = gain / (norm * t.norm(dim=-1)).clamp(min=1e-30)
+            out[f"update_gain/{group}"] = gain
         return out
 
     def _groups(self) -> list[tuple[str, list[int]]]:
@@ -332,11 +394,15 @@ class BanditBlock:
                 log.log_dict({name: values[i] for name, values in columns.items()}, step)
 
         for step in range(1, cfg.steps + 1):
+            checkpoint = cfg.mse_every and step % cfg.mse_every == 0
+            if checkpoint:  # at the parameters this step's update starts from
+                grad_stats, truth = self.grad_mse()
+                before = [p.detach().clone() for p in parameters_of(self.model)]
             for name, value in self.train_step().items():
                 window[name] = window.get(name, 0) + value
             count += 1
-            if cfg.mse_every and step % cfg.mse_every == 0:
-                record(self.grad_mse(), step)
+            if checkpoint:
+                record({**grad_stats, **self.update_stats(before, truth)}, step)
             if step in eval_steps:
                 sampled, expected = self.evaluate()
                 metrics = {"eval_reward": sampled, "eval_expected_reward": expected}
@@ -345,6 +411,7 @@ class BanditBlock:
                     lams = self.learner.lambda_means()
                     metrics.update({f"lambda/l{i}": lam for i, lam in enumerate(lams)})
                     metrics["lambda_mean"] = torch.stack(lams).mean(0)
+                    metrics.update(self.learner.norms)
                 record(metrics, step)
                 window, count = {}, 0
         return logs
@@ -353,9 +420,9 @@ class BanditBlock:
 def build_model(cfg: BanditConfig, pixels: int, actions: int,
                 generators: Sequence[torch.Generator]) -> SparseNet | MLP:
     if cfg.model == "mlp":
-        return MLP(pixels, actions, cfg.mlp_width, cfg.mlp_layers, generators)
+        return MLP(pixels, actions, cfg.mlp_width, cfg.mlp_layers, generators, cfg.mlp_init)
     shape = SparseNetShape(inputs=pixels, actions=actions, layers=cfg.layers, width=cfg.width,
-                           dim=cfg.dim, fan_in=cfg.fan_in, parents=cfg.parents,
+                           dim=cfg.dim, fan_in=cfg.pixels_per_neuron, parents=cfg.parents,
                            slots=cfg.slots)
     return SparseNet(shape, generators)
 
@@ -384,8 +451,8 @@ def num_parameters(cfg: BanditConfig, pixels: int, actions: int) -> int:
     if cfg.model == "mlp":
         sizes = [pixels] + [cfg.mlp_width] * cfg.mlp_layers + [actions]
         return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    return SparseNetShape(pixels, actions, cfg.layers, cfg.width, cfg.dim, cfg.fan_in,
-                          cfg.parents, cfg.slots).num_parameters()
+    return SparseNetShape(pixels, actions, cfg.layers, cfg.width, cfg.dim,
+                          cfg.pixels_per_neuron, cfg.parents, cfg.slots).num_parameters()
 
 
 TASK = Task(

@@ -121,7 +121,7 @@ def test_lambda_one_gives_exactly_backprops_parameter_gradients():
     model = SparseNet(TINY, gens(0, 1))
     images, actions, rewards = batch(model)
     expected = Backprop(model).rule_gradients(images, actions, rewards)["bp"]
-    learner = SGProp(model, lambda_mixture(1.0), sg_lr=1e-3)
+    learner = SGProp(model, lambda_mixture(1.0), sg_lr=1e-3, generators=gens(0, 1))
     randomise_sg(learner)
     trace = learner.forward(images)
     head, top = learner.top(trace, actions, rewards)
@@ -139,7 +139,7 @@ def test_lambda_one_gives_exactly_backprops_parameter_gradients():
 def test_lambda_zero_hidden_gradients_are_purely_local_sg_gradients():
     model = SparseNet(TINY, gens(0))
     images, actions, rewards = batch(model)
-    learner = SGProp(model, lambda_mixture(0.0), sg_lr=1e-2)
+    learner = SGProp(model, lambda_mixture(0.0), sg_lr=1e-2, generators=gens(0))
     randomise_sg(learner)
     before = [p.detach().clone() for p in learner.sg.parameters()]
     trace = learner.forward(images)
@@ -147,10 +147,9 @@ def test_lambda_zero_hidden_gradients_are_purely_local_sg_gradients():
     # The SG update came first: the policy learnt from the *updated* predictor.
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.sg.parameters(),
                                                       strict=True))
-    b = images.shape[1]
     for layer, (_, params) in enumerate(model.layer_parameters()[:-1]):
         lt = trace.layers[layer]
-        local = learner.sg.predict(layer, lt).detach() / b
+        local = learner.sg.predict(layer, lt).detach()  # mean-loss units, mixed as predicted
         expected = torch.autograd.grad(lt.out, params, grad_outputs=local, retain_graph=True)
         for p, e in zip(params, expected, strict=True):
             torch.testing.assert_close(p.grad, e, rtol=0, atol=0)
@@ -165,7 +164,7 @@ def test_lambda_zero_hidden_gradients_are_purely_local_sg_gradients():
 def test_sg_targets_bootstrap_from_the_layer_above_prediction():
     model = SparseNet(TINY, gens(4))
     images, actions, rewards = batch(model)
-    learner = SGProp(model, lambda_mixture(0.0), sg_lr=1e-3)
+    learner = SGProp(model, lambda_mixture(0.0), sg_lr=1e-3, generators=gens(4))
     randomise_sg(learner)
     trace = learner.forward(images)
     _, top = learner.top(trace, actions, rewards)
@@ -215,10 +214,18 @@ def test_adaptive_lambda_moments_equal_optimal_lambda_on_materialised_gradients(
         realised = torch.randn(lt.out.shape, generator=g, dtype=torch.float64)
         predicted = realised.mean(1, keepdim=True) + 0.3 * torch.randn(
             lt.out.shape, generator=g, dtype=torch.float64)
+        # Normalised: unit vectors of the feedback on the slot mixture (after the residual's
+        # tanh, the reference's order), expressed back as feedback on h_l for autograd.
+        factor = (1 - torch.tanh(lt.mixed.detach()) ** 2) if layer > 0 else torch.ones(1)
+
+        def unit_after_tanh(v: torch.Tensor, factor: torch.Tensor = factor) -> torch.Tensor:
+            f = factor * v
+            return f / f.norm(dim=-1, keepdim=True) / factor
+
         for normalise in (False, True):
             got = layer_lambda(lt, layer, realised, predicted, previous, normalise)
-            w = realised / realised.norm(dim=-1, keepdim=True) if normalise else realised
-            wh = predicted / predicted.norm(dim=-1, keepdim=True) if normalise else predicted
+            w = unit_after_tanh(realised) if normalise else realised
+            wh = unit_after_tanh(predicted) if normalise else predicted
             expected = optimal_lambda(per_sample_contributions(model, lt, layer, w),
                                       per_sample_contributions(model, lt, layer, wh),
                                       previous[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from analysis import reports
 from tasks.bandit import BanditConfig, run_block
@@ -33,6 +34,24 @@ def test_report_draws_reward_lambda_and_grad_mse_figures(tmp_path):
     assert (table.ratio_bp_mix > 0).all()
     rewards = pd.read_csv(tmp_path / "e2_final_rewards.csv")
     assert set(rewards.method) == {"SparseNet sgprop adaptive λ", "SparseNet sgprop λ=0.5"}
+
+
+def test_report_pairs_methods_with_backprop_and_tables_the_mechanism(tmp_path):
+    variants = [{"learner": "sgprop"}, {"learner": "backprop"}]
+    trials, metrics = frames(variants, [0.4], seeds=(0, 1, 2))
+    files = reports.write("bandit", trials, metrics, list(BanditConfig.__dataclass_fields__),
+                          tmp_path)
+    assert {"reward_curves.png", "e2_mechanism.csv", "mechanism.png"} <= {f.name for f in files}
+    rewards = pd.read_csv(tmp_path / "e2_final_rewards.csv").set_index("method")
+    sg, bp = rewards.loc["SparseNet sgprop adaptive λ"], rewards.loc["SparseNet BP"]
+    assert sg.diff_vs_bp == pytest.approx(sg.eval_reward_mean - bp.eval_reward_mean)
+    assert sg.diff_vs_bp_low <= sg.diff_vs_bp <= sg.diff_vs_bp_high
+    mechanism = pd.read_csv(tmp_path / "e2_mechanism.csv")
+    assert set(mechanism.step) == {3, 6} and {"l0", "l1", "hidden", "all"} <= set(mechanism.group)
+    sgprop = mechanism[mechanism.method == "SparseNet sgprop adaptive λ"]
+    assert sgprop.ratio_bp_mix.notna().all() and (sgprop.update_cos.abs() <= 1).all()
+    backprop = mechanism[mechanism.method == "SparseNet BP"]
+    assert backprop.mse_bp.notna().all() and "ratio_bp_mix" not in backprop.dropna(axis=1)
 
 
 def test_report_draws_final_reward_vs_learning_rate(tmp_path):

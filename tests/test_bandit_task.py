@@ -71,10 +71,11 @@ def test_mnist_missing_or_corrupt_files_are_one_line_errors(tmp_path):
         ds.read_idx(path)
 
 
-def test_mnist_config_needs_an_existing_data_dir(tmp_path):
+def test_mnist_config_needs_an_existing_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGSWEEP_MNIST_DIR", str(tmp_path / "not-installed"))
     with pytest.raises(ConfigError) as err:
         BanditConfig(dataset="mnist").validate()
-    assert err.value.field == "data_dir"
+    assert err.value.field == "data_dir" and "make install" in str(err.value)
     with pytest.raises(ConfigError) as err:
         BanditConfig(dataset="mnist", data_dir=str(tmp_path / "missing")).validate()
     assert err.value.field == "data_dir"
@@ -153,7 +154,7 @@ def grad_metrics(cfg: BanditConfig, seeds=(0,)) -> dict[str, float]:
     block = BanditBlock(cfg, list(seeds))
     for _ in range(5):
         block.train_step()
-    return {k: v[0].item() for k, v in block.grad_mse().items()}
+    return {k: v[0].item() for k, v in block.grad_mse()[0].items()}
 
 
 def test_grad_mse_decomposes_and_backprop_is_unbiased():
@@ -170,6 +171,47 @@ def test_grad_mse_decomposes_and_backprop_is_unbiased():
     assert m["grad_mse/bp/head"] == m["grad_mse/sg/head"]  # the head never uses SG
     assert m["grad_mse/bp/all"] == pytest.approx(
         m["grad_mse/bp/hidden"] + m["grad_mse/bp/head"], rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["sparsenet", "mlp"])
+def test_head_only_control_leaves_hidden_layers_at_their_init(model):
+    block = BanditBlock(BanditConfig(**{**SMALL, "learner": "backprop", "model": model,
+                                        "mlp_width": 8, "train_hidden": False}), [0])
+    groups = block.model.layer_parameters()
+    before = [p.detach().clone() for _, params in groups for p in params]
+    for _ in range(3):
+        block.train_step()
+    after = [p.detach() for _, params in groups for p in params]
+    n_head = len(groups[-1][1])
+    assert all(torch.equal(a, b) for a, b in zip(before[:-n_head], after[:-n_head],
+                                                 strict=True))
+    assert not torch.equal(before[-1], after[-1])
+    with pytest.raises(ConfigError, match="train_hidden"):
+        BanditConfig(**{**SMALL, "learner": "sgprop", "train_hidden": False}).validate()
+
+
+def test_update_stats_measure_the_steps_adam_update_against_the_exact_gradient():
+    block = BanditBlock(BanditConfig(**{**SMALL, "learner": "backprop"}), [0])
+    block.train_step()
+    _, truth = block.grad_mse()
+    params = parameters_of(block.model)
+    before = [p.detach().clone() for p in params]
+    block.train_step()
+    stats = block.update_stats(before, truth)
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before, strict=True)])
+    g = truth["all"][0]
+    assert stats["update_norm/all"][0].item() == pytest.approx(delta.norm().item(), rel=1e-5)
+    assert stats["update_gain/all"][0].item() == pytest.approx(-(delta @ g).item(), rel=1e-4)
+    cos = -(delta @ g) / (delta.norm() * g.norm())
+    assert stats["update_cos/all"][0].item() == pytest.approx(cos.item(), rel=1e-4)
+
+
+def test_checkpoints_log_gradient_and_update_statistics_at_their_steps():
+    (log,) = run_block(BanditConfig(**{**SMALL, "mse_every": 6, "mse_batches": 2}), [0])
+    steps = {n: s for n, s in zip(log.names, log.steps, strict=True)}
+    assert {s for n, s in zip(log.names, log.steps, strict=True)
+            if n == "update_cos/hidden"} == {6, 12}
+    assert steps["grad_mse/mix/l0"] == 12 and steps["update_norm/l0"] == 12
 
 
 def test_grad_mse_of_the_mixture_equals_backprop_at_lambda_one():
@@ -205,14 +247,14 @@ def test_mse_checkpoints_do_not_change_the_training_trajectory():
     plain = run_block(cfg, [0])[0]
     measured = run_block(BanditConfig(**{**SMALL, "mse_every": 4, "mse_batches": 2}), [0])[0]
     keep = [(n, s, v) for n, s, v in zip(measured.names, measured.steps, measured.values,
-                                         strict=True) if not n.startswith("grad_")]
+                                         strict=True) if not n.startswith(("grad_", "update_"))]
     assert keep == list(zip(plain.names, plain.steps, plain.values, strict=True))
 
 
 def test_metrics_are_logged_at_the_evaluation_points():
     (log,) = run_block(BanditConfig(**SMALL), [0])
     steps = sorted({s for n, s in zip(log.names, log.steps, strict=True) if n == "eval_reward"})
-    assert steps == [4, 8, 12]
+    assert steps == [1, 6, 12]  # int(linspace(1, 12, 3)), the reference's schedule
     final = log.final()
     assert {"eval_reward", "eval_expected_reward", "train_reward", "sg_loss", "lambda_mean",
             "lambda/l0", "lambda/l2"} <= set(final)
@@ -221,7 +263,7 @@ def test_metrics_are_logged_at_the_evaluation_points():
 
 @pytest.mark.slow
 def test_policies_learn_the_noise_free_digits_bandit():
-    cfg = BanditConfig(**{**SMALL, "width": 32, "dim": 4, "fan_in": 16, "slots": 3,
+    cfg = BanditConfig(**{**SMALL, "width": 32, "dim": 4, "fan_in": None, "slots": 3,
                           "layers": 5, "parents": 5, "p_flip": 0.0, "steps": 300,
                           "batch_size": 64, "eval_points": 1})
     for learner in ("backprop", "sgprop"):

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -132,12 +133,16 @@ def assert_clean_stop(code: int, err: str, expected: int) -> None:
 
 
 def test_crashed_worker_is_retried_and_its_trials_recorded_once(ray_cluster, tmp_path) -> None:
+    from tasks.probe import crash_marker_dir
+
+    markers = f"test-{uuid.uuid4().hex}"
     spec = parse_spec({"name": "crash", "task": "probe", "seeds": 6,
-                       "params": {"crash_seeds": [2], "crash_once_dir": str(tmp_path / "m")},
+                       "params": {"crash_seeds": [2], "crash_once_dir": markers},
                        "grid": {"label": ["a", "b"]}})
     summary = run_sweep(spec, quiet(out_dir=tmp_path / "out", tracking_uri=""))
     assert (summary.ok, summary.failed) == (12, 0)
-    assert len(list((tmp_path / "m").iterdir())) == 1  # the crash did happen, once
+    assert len(list(crash_marker_dir(markers).iterdir())) == 1  # the crash did happen, once
+    shutil.rmtree(crash_marker_dir(markers))
     trials = trials_of(tmp_path / "out")
     assert len(trials) == 12 and trials.trial_id.is_unique
 
