@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from orchestrator import signals
@@ -92,17 +94,73 @@ def _start_embedded(num_cpus: int, kwargs: dict[str, Any], attempts: int = 2) ->
     import ray
 
     for attempt in range(1, attempts + 1):
+        before = _processes()
         try:
             with signals.shielded_children():
                 ray.init(address="local", num_cpus=num_cpus, **kwargs)
             return
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 ray.shutdown()
-            if attempt == attempts or signals.requested():
+            stop_started_since(before)
+            if not isinstance(exc, Exception) or attempt == attempts or signals.requested():
                 raise
             print(f"warning: Ray did not start ({_one_line(exc)}); trying once more",
                   file=sys.stderr)
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every process on this host: pid -> (parent pid, session id, command line); Linux's
+    /proc, empty elsewhere (there a failed start may leave processes behind)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        table[int(stat.parent.name)] = (int(fields[1]), int(fields[3]), argv)
+    return table
+
+
+def stop_started_since(before: dict[int, tuple[int, int, str]], grace_s: float = 10.0) -> None:
+    """Stop what a failed `ray.init` started: `ray.shutdown` knows no node then, and its GCS,
+    raylet and agents would run on (a retry would start a second set beside them). Only
+    processes absent from `before` are touched: this driver's descendants, and processes of
+    its session whose command line names its Ray session (`session_<time>_<this pid>`; an
+    agent whose raylet died is re-parented to init)."""
+    me, session = os.getpid(), os.getsid(0)
+    own = re.compile(rf"session_[0-9_-]+_{me}\b")
+    now = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in now.items():
+        children.setdefault(ppid, []).append(pid)
+    started, todo = set(), [me]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in started:
+                started.add(child)
+                todo.append(child)
+    started |= {pid for pid, (_, sid, argv) in now.items() if sid == session and own.search(argv)}
+    started = {pid for pid in started - {me} if pid not in before}
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace_s
+        while started and time.monotonic() < deadline:
+            started = {pid for pid in started if _running(pid)}
+            time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a child of ours that Ray's Popen has not reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ MLflow an exact mirror of Parquet. Loopback only, bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -171,6 +172,44 @@ def test_exceptions_nans_and_timeouts_fail_only_their_trials(ray_cluster, tmp_pa
     assert (again.ok, again.failed, again.skipped) == (0, 3, 3)
     trials = trials_of(tmp_path)
     assert len(trials) == 6 and trials.trial_id.is_unique
+
+
+def test_a_failed_ray_start_stops_what_it_started_and_nothing_else() -> None:
+    """After `ray.init` fails (a raylet timing out under load) its GCS, raylet and agents
+    are stopped: this driver's new descendants, and processes of its session that name its
+    Ray session (an agent re-parented to init). Older processes and other sessions' are
+    left alone."""
+    from orchestrator.schedule import _processes, stop_started_since
+
+    me, mark = os.getpid(), uuid.uuid4().hex
+    older = subprocess.Popen(["sleep", "300"])
+    before = _processes()
+    tree = subprocess.Popen(["sh", "-c", "sleep 300 & exec sleep 300"])
+    name = f"session_2026-11-27_07-08-18_419132_{me}"
+    # Re-parented to init: started by a shell that has exited; one in this session, one not.
+    for prefix in ("", "setsid "):
+        subprocess.run(["bash", "-c", f"({prefix}bash -c \"exec -a 'agent {mark} {prefix}"
+                        f"--session-name={name}' sleep 300\" &)"], check=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            marked = {argv.split()[2]: pid for pid, (_, _, argv) in _processes().items()
+                      if argv.startswith(f"agent {mark} ")}
+            grandchild = [pid for pid, (ppid, _, _) in _processes().items() if ppid == tree.pid]
+            if len(marked) == 2 and grandchild:
+                break
+            time.sleep(0.1)
+        assert len(marked) == 2 and grandchild, (marked, grandchild)
+        stop_started_since(before)
+        alive = _processes()
+        assert tree.wait(timeout=30) is not None and grandchild[0] not in alive
+        assert marked["--session-name=" + name] not in alive  # this session's: stopped
+        assert marked["setsid"] in alive and older.poll() is None  # not ours: kept
+    finally:
+        older.kill()
+        older.wait()
+        with contextlib.suppress(NameError, KeyError, OSError):
+            os.kill(marked["setsid"], signal.SIGKILL)
 
 
 def test_second_run_on_a_busy_directory_is_refused(tmp_path) -> None:
