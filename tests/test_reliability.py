@@ -179,7 +179,7 @@ def test_a_failed_ray_start_stops_what_it_started_and_nothing_else() -> None:
     are stopped: this driver's new descendants, and processes of its session that name its
     Ray session (an agent re-parented to init). Older processes and other sessions' are
     left alone."""
-    from orchestrator.schedule import _processes, stop_started_since
+    from orchestrator.schedule import _processes, _running, stop_started_since
 
     me, mark = os.getpid(), uuid.uuid4().hex
     older = subprocess.Popen(["sleep", "300"])
@@ -201,10 +201,9 @@ def test_a_failed_ray_start_stops_what_it_started_and_nothing_else() -> None:
             time.sleep(0.1)
         assert len(marked) == 2 and grandchild, (marked, grandchild)
         stop_started_since(before)
-        alive = _processes()
-        assert tree.wait(timeout=30) is not None and grandchild[0] not in alive
-        assert marked["--session-name=" + name] not in alive  # this session's: stopped
-        assert marked["setsid"] in alive and older.poll() is None  # not ours: kept
+        assert tree.wait(timeout=30) is not None and not _running(grandchild[0])
+        assert not _running(marked["--session-name=" + name])  # this session's: stopped
+        assert _running(marked["setsid"]) and older.poll() is None  # not ours: kept
     finally:
         older.kill()
         older.wait()
