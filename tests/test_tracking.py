@@ -165,8 +165,11 @@ def test_sync_repairs_every_kind_of_stale_run(tmp_path) -> None:
         Param(k, v) for k, v in seed_runs[0].data.params.items()], metrics=[
         m for key in ("value", "on_cuda")
         for m in client.get_metric_history(seed_runs[0].info.run_id, key)])
-    client.set_terminated(twin.info.run_id, "FINISHED")
+    client.set_terminated(twin.info.run_id, seed_runs[0].info.status)
     client.update_run(seed_runs[1].info.run_id, "RUNNING")
+    # ... and a seed run whose status disagrees with the attempt it names
+    wrong = next(r for r in seed_runs[2:] if r.info.status == "FINISHED")
+    client.set_terminated(wrong.info.run_id, "FAILED")
     # 4. a failed trial re-run (--retry-failed), ok now: its seed and config runs are stale
     failed = next(r for r in seed_runs[2:] if r.info.status == "FAILED")
     retried = fake_records(blocks, now, only={failed.data.tags["sgsweep.trial_id"]})
@@ -178,7 +181,7 @@ def test_sync_repairs_every_kind_of_stale_run(tmp_path) -> None:
     summary = sync_dir(tmp_path, uri)  # level: as the latest invocation chose (seed)
     counts = assert_exact_mirror(tmp_path, uri, seed_runs="all")
     assert counts == {"invocation": 2, "config": 6, "seed": 24}  # inv2's run was synced
-    assert summary.seeds_written == 2  # the RUNNING one and the re-run trial's
+    assert summary.seeds_written == 3  # the RUNNING one, the wrong one, the re-run trial's
     assert summary.configs_written == 1  # the re-run trial's (the half-written one goes)
     killed = client.get_run(parent.info.run_id)
     assert killed.info.status == "KILLED"

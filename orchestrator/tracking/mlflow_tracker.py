@@ -13,7 +13,8 @@ The view of one results directory (DIR) in one experiment per sweep:
 
 Every run carries `sgsweep.dir` (DIR's id) and its role; a configuration run carries the
 digest of the trial attempts it summarises, a seed run its attempt. A run is right when it
-is FINISHED/FAILED and names the attempts Parquet holds now; anything else is stale: a
+names the attempts Parquet holds now with their status (FAILED where a seed failed, else
+FINISHED); anything else is stale: a
 RUNNING invocation left by a kill is closed KILLED, a stale configuration or seed run is
 deleted (MLflow's soft delete) and written again, duplicates are deleted. `start` does
 that for everything outside the invocation's own trials, `sync` for all.
@@ -79,7 +80,6 @@ PARENT = "mlflow.parentRunId"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 NOTE = "mlflow.note.content"
-DONE = ("FINISHED", "FAILED")
 CONFIG_FILTER = f"tags.`{ROLE}` = 'config'"
 
 EXPERIMENT_NOTE = """\
@@ -345,7 +345,8 @@ class _Mirror:
             self.configs.pop(cid, None)
             return
         want = digest(rows)
-        good = [r for r in existing if r.status in DONE and r.tags.get(DIGEST) == want]
+        status = "FAILED" if any(r.status != "ok" for r in rows) else "FINISHED"
+        good = [r for r in existing if r.status == status and r.tags.get(DIGEST) == want]
         if good and open_run is None:
             keep, rewritten = good[0].run_id, False
         else:
@@ -389,7 +390,8 @@ class _Mirror:
         missing: list[TrialRow] = []
         for row in rows:
             refs = self.seeds.pop(row.trial_id, [])
-            valid = [r for r in refs if r.status in DONE and r.tags.get(ATTEMPT) == row.attempt]
+            status = "FINISHED" if row.status == "ok" else "FAILED"
+            valid = [r for r in refs if r.status == status and r.tags.get(ATTEMPT) == row.attempt]
             for ref in refs[:]:
                 if not valid or ref is not valid[0]:
                     self._delete(ref)
