@@ -1,7 +1,10 @@
 """`sgsweep` command line: run, tune, report, validate.
 
 User mistakes (bad spec, missing directory, busy directory) print one line starting with
-`error:` and exit with code 2; nothing is written before the spec has been validated.
+`error:` and exit with code 2; nothing is written before the spec has been validated. A
+fault outside the user's hands (Ray did not start) is one line too, exit code 1. Ctrl-C,
+SIGTERM and SIGHUP stop at the next safe point (see orchestrator/signals.py) and exit with
+130, 143 and 129.
 """
 
 from __future__ import annotations
@@ -11,21 +14,24 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_FAULT = 1
 
 
 class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit code 2."""
 
 
-def _number(kind: type, minimum: float, inclusive: bool, expected: str):
-    """An argparse type: `kind(text)` at least (or above) `minimum`."""
+def _number(kind: type, minimum: float, inclusive: bool, expected: str,
+            maximum: float = float("inf")):
+    """An argparse type: `kind(text)` at least (or above) `minimum`, at most `maximum`."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value < minimum or (not inclusive and value == minimum):
+        if value is None or value < minimum or (not inclusive and value == minimum) \
+                or value > maximum:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
@@ -33,6 +39,7 @@ def _number(kind: type, minimum: float, inclusive: bool, expected: str):
 
 
 _positive_int = _number(int, 1, True, "a positive integer")
+_port = _number(int, 1, True, "a port number in 1..65535", maximum=65535)
 _non_negative_int = _number(int, 0, True, "an integer >= 0")
 _positive_float = _number(float, 0.0, False, "a number > 0")
 
@@ -49,6 +56,7 @@ def _add_engine_options(command: argparse.ArgumentParser, retried: str) -> None:
     command.add_argument("--tracking-uri", default=None,
                          help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db; "
                               "'none' to skip)")
+
     command.add_argument("--address", default=None,
                          help="Ray cluster address (default: start an embedded local Ray)")
     command.add_argument("--num-cpus", type=_positive_int, default=None,
@@ -68,6 +76,16 @@ def _add_max_trials(command: argparse.ArgumentParser) -> None:
                               "100,000: orchestrator.spec.DEFAULT_MAX_TRIALS)")
 
 
+def _add_level_option(command: argparse.ArgumentParser, default_help: str = "the sweep "
+                      "file's tracking_level, else auto") -> None:
+    from orchestrator.tracking.view import LEVELS
+
+    command.add_argument("--tracking-level", choices=LEVELS, default=None,
+                         help="MLflow runs: one per configuration (config), plus one per seed "
+                              "(seed), or seed runs only where trials take >= 1 s (auto); "
+                              f"default: {default_help}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sgsweep",
@@ -79,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", type=Path, help="sweep file (YAML)")
     run.add_argument("--out", type=Path, required=True, help="results directory")
     _add_engine_options(run, retried="chunk")
+    _add_level_option(run)
     run.add_argument("--block-size", type=_positive_int, default=None,
                      help="seeds per block (default: the spec's, else automatic)")
     run.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
@@ -102,10 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("out", type=Path, help="results directory")
     sync.add_argument("--tracking-uri", default=None,
                       help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)")
+    _add_level_option(sync, default_help="as the sweep's latest run chose")
 
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for a results directory")
     ui.add_argument("out", type=Path, help="results directory")
-    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
 
     dashboard = sub.add_parser("dashboard", help="start optuna-dashboard on 127.0.0.1 for "
                                                  "a `sgsweep tune` results directory")
@@ -124,12 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator import signals
+
+    signals.reset()
+    signals.install()  # before the heavy imports: Ctrl-C, SIGTERM, SIGHUP all stop cleanly
     args = build_parser().parse_args(argv)
     try:
         # Inside the try: Ctrl-C while torch/Ray are still importing is a clean exit too.
+        from orchestrator.schedule import StartError
         from orchestrator.spec import SpecError
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, exc)
     try:
         commands = {"run": cmd_run, "tune": cmd_tune, "validate": cmd_validate,
                     "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
@@ -138,8 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+    except StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAULT
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, exc)
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
+    """Exit code 128 + signal; `run` and `tune` say how to resume if they have not yet."""
+    if args.command in ("run", "tune") and not getattr(exc, "reported", False):
+        print("interrupted: completed trials are saved; run the same command again to resume",
+              file=sys.stderr)
+    return getattr(exc, "exit_code", 130)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -168,10 +204,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.max_trials)  # raises SpecError before anything is written
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory")
-    tracking = "" if args.tracking_uri in ("none", "") else args.tracking_uri
     options = RunOptions(
-        out_dir=args.out, tracking_uri=tracking, address=args.address, num_cpus=args.num_cpus,
-        num_gpus=args.num_gpus,
+        out_dir=args.out, tracking_uri=args.tracking_uri, tracking_level=args.tracking_level,
+        address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
         block_size=args.block_size, max_retries=args.max_retries,
         retry_failed=args.retry_failed, spec_path=args.spec,
         trial_timeout_s=args.trial_timeout,
@@ -212,9 +247,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     spec = load_tune_spec(args.spec, args.max_trials)  # SpecError before anything is written
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory")
-    tracking = "" if args.tracking_uri in ("none", "") else args.tracking_uri
     options = TuneOptions(
-        out_dir=args.out, storage=args.storage, tracking_uri=tracking, address=args.address,
+        out_dir=args.out, storage=args.storage, tracking_uri=args.tracking_uri,
+        address=args.address,
         num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_retries=args.max_retries,
         n_trials=args.n_trials, spec_path=args.spec,
     )
@@ -254,48 +289,60 @@ def _require_results(out: Path) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from orchestrator.sync import mlflow_sync
-    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.runner import RunError
+    from orchestrator.sync import sync_dir
+    from orchestrator.tracking import TrackingError, resolve_tracking_uri
 
     _require_results(args.out)
-    uri = args.tracking_uri or default_tracking_uri(args.out)
+    uri = resolve_tracking_uri(args.out, args.tracking_uri)
+    if uri is None:
+        raise UserError("mlflow-sync: --tracking-uri none leaves nothing to sync")
     from orchestrator.tune import is_tuning_directory, sync_study
 
-    if is_tuning_directory(args.out):  # a tuning directory: the study's view
-        from orchestrator.runner import RunError
-
-        try:
-            logged, present = sync_study(args.out, uri)
-        except RunError as exc:
-            raise UserError(str(exc)) from None
-        print(f"mlflow-sync: logged {logged} Optuna trial runs ({present} already present) "
-              f"to {uri}")
-        return 0
     try:
-        summary = mlflow_sync(args.out, uri)
-    except Exception as exc:  # noqa: BLE001 - an unreachable server is the user's to fix
-        from orchestrator.tracking import error_line
-
-        raise UserError(f"--tracking-uri {uri}: {error_line(exc)}") from None
-    print(f"mlflow-sync: logged {summary.logged} trial runs ({summary.present} already "
-          f"present, {summary.parents_created} parent runs created) to {uri}")
+        if is_tuning_directory(args.out):  # a tuning directory: the study's view
+            logged, present = sync_study(args.out, uri)
+            print(f"mlflow-sync: logged {logged} Optuna trial runs ({present} already "
+                  f"present) to {uri}")
+            return 0
+        summary = sync_dir(args.out, uri, level=args.tracking_level)
+    except (RunError, TrackingError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"mlflow-sync: {summary.present} trials already mirrored; wrote "
+          f"{summary.configs_written} config runs and {summary.seeds_written} seed runs; "
+          f"closed or removed {summary.closed} stale runs; {summary.parents_created} "
+          f"invocation runs created, in {uri}")
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
     import shutil
+    import socket
 
-    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.tracking import default_tracking_uri, open_tracker
 
     db = args.out / "mlflow.db"
     if not db.is_file():
         raise UserError(f"{args.out}: no MLflow store here (expected {db})")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as exc:
+            raise UserError(f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} "
+                            f"({exc.strerror}); choose another --port") from None
+    uri = default_tracking_uri(args.out)
+    base = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI for {args.out} on {base} (Ctrl-C stops it); runs tables:", flush=True)
+    for sweep, url in open_tracker(uri, args.out).ui_urls(base, args.out):
+        print(f"  {sweep}: {url}", flush=True)
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    command = [mlflow, "ui", "--backend-store-uri", default_tracking_uri(args.out),
-               "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI for {args.out} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
-          flush=True)
+    # One worker and no job runner: a browsing server for one person (MLflow's defaults
+    # start four workers plus GenAI job consumers, ~14 processes and ~3 GiB).
+    command = [mlflow, "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(args.port), "--workers", "1",
+               "--default-artifact-root", (args.out / "mlartifacts").resolve().as_uri()]
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     os.execv(command[0], command)
     return 0  # not reached
 
@@ -353,8 +400,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import write_report
 
     _require_results(args.out)
-    tracking = "" if args.tracking_uri in ("none", "") else args.tracking_uri
-    path = write_report(args.out, tracking_uri=tracking)
+    path = write_report(args.out, tracking_uri=args.tracking_uri)
     print(f"report: {path}")
     return 0
 

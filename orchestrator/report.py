@@ -1,15 +1,15 @@
-"""`sgsweep report DIR`: load results, hand each sweep to its task's analysis, log to MLflow."""
+"""`sgsweep report DIR`: load results, hand each sweep to its task's analysis, attach the
+files to the tracker's latest run of the sweep."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from orchestrator.record import ResultStore
-from orchestrator.tracking import ROLE_TAG, client_for, resolve_tracking_uri
+from orchestrator.tracking import open_tracker, resolve_tracking_uri
 
 
 def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -46,9 +46,9 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
         sweep_metrics = metrics[metrics.trial_id.isin(sweep_trials.trial_id)]
         params = sorted(json.loads(sweep_trials.config.iloc[0]))
         files = reports.write(str(task), sweep_trials, sweep_metrics, params, folder)
-        uri = resolve_tracking_uri(out_dir, tracking_uri)
-        if uri and files:
-            _log_artifacts(uri, str(sweep), files)
+        if files:
+            tracker = open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
+            tracker.attach(str(sweep), out_dir, files)
     return root
 
 
@@ -63,27 +63,7 @@ def write_tune_report(out_dir: Path, tracking_uri: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     trials, metrics = load_results(out_dir)
     files = tune.report(out_dir, folder, trials, metrics)
-    uri = resolve_tracking_uri(out_dir, tracking_uri)
-    if uri and files:
-        _log_artifacts(uri, study, files, role="study")
+    if files:
+        tracker = open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
+        tracker.attach(study, out_dir, files, role="study")
     return folder
-
-
-def _log_artifacts(tracking_uri: str, sweep: str, files: list[Path],
-                   role: str = "parent") -> None:
-    """Attach report files to the sweep's most recent parent (or study) run."""
-    try:
-        client = client_for(tracking_uri)
-        experiment = client.get_experiment_by_name(sweep)
-        if experiment is None:
-            return
-        runs = client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{role}'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        if not runs:
-            return
-        for path in files:
-            client.log_artifact(runs[0].info.run_id, str(path), artifact_path="report")
-    except Exception as exc:  # noqa: BLE001 - the report on disk is what matters
-        print(f"warning: report not logged to MLflow ({type(exc).__name__}: {exc})",
-              file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -20,12 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import plan, schedule
+from orchestrator import plan, schedule, signals, sync
 from orchestrator.execute import TrialRecord
 from orchestrator.progress import Progress
 from orchestrator.record import ResultStore
 from orchestrator.spec import SweepSpec
-from orchestrator.tracking import TrackingWriter, artifact_root, resolve_tracking_uri
+from orchestrator.tracking import (
+    Invocation,
+    InvocationInfo,
+    NoTracker,
+    open_tracker,
+    resolve_tracking_uri,
+)
 from tasks import get_task
 
 
@@ -36,7 +43,8 @@ class RunError(RuntimeError):
 @dataclass
 class RunOptions:
     out_dir: Path
-    tracking_uri: str | None = None  # None: SQLite store in out_dir; "" disables MLflow
+    tracking_uri: str | None = None  # None: SQLite store in out_dir; "" or "none": no tracker
+    tracking_level: str | None = None  # auto | config | seed; None: the spec's
     address: str | None = None  # None: embedded local Ray
     num_cpus: int | None = None
     num_gpus: int | None = None  # embedded Ray only; None: detect
@@ -64,8 +72,8 @@ class RunSummary:
 
 
 @contextmanager
-def directory_lock(out_dir: Path):
-    """One `sgsweep run` per output directory at a time."""
+def directory_lock(out_dir: Path, purpose: str = "run"):
+    """One sgsweep command that writes DIR (run, tune, mlflow-sync) at a time."""
     out_dir.mkdir(parents=True, exist_ok=True)
     handle = open(out_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
     try:
@@ -73,7 +81,9 @@ def directory_lock(out_dir: Path):
     except BlockingIOError:
         handle.close()
         raise RunError(f"{out_dir}: another sgsweep run is using this directory; wait for it "
-                       "or choose another --out") from None
+                       "or choose another --out" if purpose == "run" else
+                       f"{out_dir}: an sgsweep run is using this directory; {purpose} "
+                       "after it ends (its own mirror is kept up to date as it runs)") from None
     try:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
@@ -94,15 +104,23 @@ def save_spec_copy(out_dir: Path, name: str, spec_path: Path | None) -> Path | N
 
 
 def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
+    """Run every trial of `spec` not yet recorded in `options.out_dir`.
+
+    Signals (under `sgsweep`, see orchestrator.signals) are honoured at safe points: the
+    chunks finished so far are in Parquet, the tracker's invocation is closed KILLED, the
+    resume line is printed and `signals.Interrupted` is raised."""
     task = get_task(spec.task)
     out_dir = options.out_dir
     started = time.perf_counter()
     if problem := schedule.unreachable(options.address):
         raise RunError(problem)  # before DIR is touched
-    if problem := schedule.unfit(spec.resources, options.address, options.num_cpus,
-                                 options.num_gpus, progress=options.progress):
+    with signals.deferred():  # a cluster's fit check connects to Ray and may wait
+        problem = schedule.unfit(spec.resources, options.address, options.num_cpus,
+                                 options.num_gpus, progress=options.progress,
+                                 stop=lambda: signals.requested() is not None)
+    if problem:
         raise RunError(f"{spec.source}: {problem}")
-    with directory_lock(out_dir):
+    with signals.deferred(), directory_lock(out_dir):
         store = ResultStore(out_dir)
         store.prepare()
         save_spec_copy(out_dir, spec.name, options.spec_path)
@@ -121,59 +139,78 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
         invocation = uuid.uuid4().hex[:12]
 
         tracking_uri = resolve_tracking_uri(out_dir, options.tracking_uri)
-        writer = None
-        if tracking_uri and num_pending:
-            writer = TrackingWriter(
-                tracking_uri, spec.name, artifact_root=artifact_root(out_dir, tracking_uri),
-                parent_tags={"sgsweep.invocation": invocation, "sgsweep.task": spec.task,
-                             "sgsweep.out_dir": str(out_dir.resolve())},
-                parent_params={"task": spec.task, "num_trials": spec.num_trials,
-                               "num_pending": num_pending, "num_configs": len(spec.configs),
-                               "seeds": list(spec.seeds), "description": spec.description},
-                artifacts=[options.spec_path] if options.spec_path else [],
-            )
-
+        level = options.tracking_level or spec.tracking_level
         progress = Progress(num_pending, live=options.live, enabled=options.show_progress)
         first_errors: list[str] = []
+        live: Invocation = NoTracker().start(None, None, {})
+
+        def start_tracker() -> Invocation:
+            # After Ray is up: the tracker's start-up (imports, opening the store, repairs)
+            # must not slow the embedded Ray's own start-up on a loaded machine.
+            view = sync.sweep_view(out_dir, spec.name, spec.task, sync.latest_trials(out_dir),
+                                   configs.items(), level) if tracking_uri else None
+            return open_tracker(tracking_uri, out_dir).start(
+                InvocationInfo(
+                    sweep=spec.name, task=spec.task, invocation=invocation, out_dir=out_dir,
+                    params={"task": spec.task, "num_trials": spec.num_trials,
+                            "num_pending": num_pending, "num_configs": len(spec.configs),
+                            "seeds": list(spec.seeds), "description": spec.description},
+                    artifacts=[options.spec_path] if options.spec_path else []),
+                view, {b.config_id: {t.trial_id for t in b.trials} for b in pending},
+                options.progress)
+
+        def counts() -> dict[str, int]:
+            return {"trials_ok": progress.ok, "trials_failed": progress.failed}
+
+        def stop(status: str) -> signals.Interrupted:
+            live.finish(status, counts())
+            options.progress(resume)
+            return signals.Interrupted(signals.requested() or signal.SIGINT, reported=True)
+
+        resume = (f"interrupted: completed trials are saved in {out_dir}; run the same "
+                  "command again to resume")
         if num_pending:
             options.progress(
                 f"{spec.name}: {num_pending} trials to run ({skipped} already recorded), "
                 f"{len(pending)} configs")
-            schedule.connect(options.address, options.num_cpus, options.num_gpus)
             try:
-                _run_pending(spec, task, pending, configs, store, writer, invocation, options,
-                             progress, first_errors)
-            except KeyboardInterrupt:
-                if writer is not None:
-                    writer.close({"trials_ok": progress.ok, "trials_failed": progress.failed},
-                                 status="KILLED")
-                options.progress(
-                    f"interrupted: completed trials are saved in {out_dir}; run the same "
-                    "command again to resume")
-                raise
+                if not signals.requested():
+                    schedule.connect(options.address, options.num_cpus, options.num_gpus)
+                if not signals.requested():
+                    live = start_tracker()
+                    _run_pending(spec, task, pending, configs, store, live, invocation,
+                                 options, progress, first_errors)
             finally:
                 if options.address is None:
                     schedule.shutdown()
+            if signals.requested():
+                raise stop("KILLED")
         else:
             options.progress(f"{spec.name}: all {spec.num_trials} trials already recorded")
+            live = start_tracker()  # nothing to run; earlier results may need mirroring
         store.compact()
-        if writer is not None:
-            if writer.backlog:
-                options.progress(f"  logging {writer.backlog} trials to MLflow "
-                                 f"({tracking_uri}); Parquet results are complete")
-            writer.close({"trials_ok": progress.ok, "trials_failed": progress.failed})
+        if live.backlog:
+            options.progress(f"  logging {live.backlog} trials to MLflow "
+                             f"({tracking_uri}); Parquet results are complete")
+        if not live.finish("FINISHED", counts(), stop=lambda: signals.requested() is not None):
+            options.progress(resume)
+            raise signals.Interrupted(signals.requested() or signal.SIGINT, reported=True)
+        if signals.requested():
+            raise stop("KILLED")
         return RunSummary(
             total=spec.num_trials, skipped=skipped, ok=progress.ok, failed=progress.failed,
             wall_s=time.perf_counter() - started, tracking_uri=tracking_uri,
-            parent_run_id=writer.parent_run_id if writer else None,
-            tracking_error=writer.error if writer else None, first_errors=first_errors,
+            parent_run_id=live.parent_run_id, tracking_error=live.error,
+            first_errors=first_errors,
         )
 
 
 def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict[str, Any],
-                 store: ResultStore, writer: TrackingWriter | None, invocation: str,
+                 store: ResultStore, live: Invocation, invocation: str,
                  options: RunOptions, progress: Progress, first_errors: list[str]) -> None:
-    """Schedule every pending block; record each chunk as it finishes."""
+    """Schedule every pending block; record each chunk as it finishes. Returns early when
+    a stop is requested (the chunks still running are dropped with the Ray session: no
+    `ray.cancel`, whose races with finishing tasks can abort the driver)."""
     import ray
 
     width = schedule.parallelism(spec.resources)
@@ -191,19 +228,20 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
     remaining = list(futures)
     in_flight = num_pending
     try:
-        while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+        while remaining and not signals.requested():
+            ready, remaining = ray.wait(remaining, num_returns=1, timeout=0.5)
             ok = failed = 0
             for ref in ready:
                 chunk = futures.pop(ref)
                 try:
                     records: list[TrialRecord] = ray.get(ref)
                 except ray.exceptions.RayError as exc:
+                    if signals.requested():
+                        return  # lost to the stop, not to the trial: it runs again on resume
                     records = _lost_chunk(chunk, exc)
                 store.write(records, sweep=spec.name, task=task, configs=configs,
                             invocation=invocation)
-                if writer is not None:
-                    writer.submit(records, configs)
+                live.record(records)
                 in_flight -= len(records)
                 for r in records:
                     if r.status == "ok":
@@ -214,9 +252,6 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
                             first_errors.append(f"seed {r.seed} ({r.trial_id}): {r.error}")
             running = min(in_flight, width * per_chunk)
             progress.update(ok, failed, in_flight=running)
-    except KeyboardInterrupt:
-        schedule.cancel(remaining)
-        raise
     finally:
         progress.close()
 

@@ -1,15 +1,24 @@
-"""Ray side of the engine: connect (embedded local Ray by default), run chunks as tasks."""
+"""Ray side of the engine: connect (embedded local Ray by default), run chunks as tasks.
+
+There is no cancel: on a stop the driver stops waiting and shuts the session down, which
+ends its tasks with it (`ray.cancel` racing a finishing task can abort the driver).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import re
+import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from orchestrator import signals
 from orchestrator.execute import TrialRecord, run_blocks
 from orchestrator.plan import Block
 from orchestrator.spec import Resources, unsatisfiable
@@ -35,7 +44,12 @@ def unreachable(address: str | None, timeout_s: float = 10.0) -> str | None:
                 "expected the head's GCS address (`ray start --head` prints it)")
 
 
+class StartError(RuntimeError):
+    """Ray did not start or could not be joined (one line, not the user's mistake)."""
+
+
 def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> None:
+    """Join the Ray cluster at `address`, or start an embedded one; `StartError` if not."""
     import ray
 
     if ray.is_initialized():
@@ -45,26 +59,126 @@ def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = No
         "include_dashboard": False, "logging_level": "WARNING", "configure_logging": True,
         "log_to_driver": True,
     }
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        if num_gpus is not None:
-            kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
-        # "local": always a fresh embedded Ray. Without it ray.init() joins whatever
-        # cluster `ray start` last recorded in /tmp/ray/ray_current_cluster (or RAY_ADDRESS),
-        # and fails on a stale record; clusters are reached only through --address.
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            if num_gpus is not None:
+                kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
+            _start_embedded(num_cpus or os.cpu_count() or 1, kwargs)
+    except SystemExit as exc:
+        # ray.init installs a SIGTERM handler that calls sys.exit(15): a SIGTERM during
+        # start-up arrives here. Stop as for any signal (the caller polls `requested`).
+        if exc.code != signal.SIGTERM:
+            raise
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        signals.request(signal.SIGTERM)
+    except Exception as exc:  # noqa: BLE001 - e.g. "node timed out during startup"
+        with contextlib.suppress(Exception):  # what did start (a GCS without its raylet)
+            ray.shutdown()
+        raise StartError(f"Ray did not start: {_one_line(exc)}") from None
+    finally:
+        signals.reinstall()  # ray.init replaces the SIGTERM handler with its own
+
+
+def _start_embedded(num_cpus: int, kwargs: dict[str, Any], attempts: int = 2) -> None:
+    """A fresh local Ray ("local": without it ray.init() joins whatever cluster `ray start`
+    last recorded in /tmp/ray/ray_current_cluster or RAY_ADDRESS, and fails on a stale
+    record; clusters are reached only through --address).
+
+    On a loaded machine its raylet can give up waiting for its Python agents to start
+    ("timed out during startup"); a second attempt usually finds them warm. Its GCS and
+    raylet must outlive a Ctrl-C at the terminal, which reaches the whole process group:
+    the driver stops them itself (`shutdown`) once it has stopped."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        before = _processes()
+        try:
+            with signals.shielded_children():
+                ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            return
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            stop_started_since(before)
+            if not isinstance(exc, Exception) or attempt == attempts or signals.requested():
+                raise
+            print(f"warning: Ray did not start ({_one_line(exc)}); trying once more",
+                  file=sys.stderr)
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every process on this host: pid -> (parent pid, session id, command line); Linux's
+    /proc, empty elsewhere (there a failed start may leave processes behind)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        table[int(stat.parent.name)] = (int(fields[1]), int(fields[3]), argv)
+    return table
+
+
+def stop_started_since(before: dict[int, tuple[int, int, str]], grace_s: float = 10.0) -> None:
+    """Stop what a failed `ray.init` started: `ray.shutdown` knows no node then, and its GCS,
+    raylet and agents would run on (a retry would start a second set beside them). Only
+    processes absent from `before` are touched: this driver's descendants, and processes of
+    its session whose command line names its Ray session (`session_<time>_<this pid>`; an
+    agent whose raylet died is re-parented to init)."""
+    me, session = os.getpid(), os.getsid(0)
+    own = re.compile(rf"session_[0-9_-]+_{me}\b")
+    now = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in now.items():
+        children.setdefault(ppid, []).append(pid)
+    started, todo = set(), [me]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in started:
+                started.add(child)
+                todo.append(child)
+    started |= {pid for pid, (_, sid, argv) in now.items() if sid == session and own.search(argv)}
+    started = {pid for pid in started - {me} if pid not in before}
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace_s
+        while started and time.monotonic() < deadline:
+            started = {pid for pid in started if _running(pid)}
+            time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a child of ours that Ray's Popen has not reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 def unfit(resources: Resources, address: str | None, num_cpus: int | None,
           num_gpus: int | None, wait_s: float = CLUSTER_FIT_WAIT_S,
-          progress: Callable[[str], None] = print) -> str | None:
+          progress: Callable[[str], None] = print,
+          stop: Callable[[], bool] = lambda: False) -> str | None:
     """Why no node will ever run one block of `resources`, in one line; None if one can.
 
     Embedded Ray: compared, before it starts, with what it will have: `num_cpus`/`num_gpus`
     (else this machine's CPUs, and the GPUs torch sees) and the physical memory. A cluster:
     connects and waits up to `wait_s` for a node that fits, asking the autoscaler for one
-    meanwhile, since Ray itself would leave such a block pending forever."""
+    meanwhile, since Ray itself would leave such a block pending forever. The wait ends
+    early (None) when `stop()` says so (a signal: the caller stops)."""
     if not address:
         gpus = num_gpus if num_gpus is not None else _visible_gpus() if resources.num_gpus else 0
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -77,12 +191,16 @@ def unfit(resources: Resources, address: str | None, num_cpus: int | None,
     from ray.autoscaler.sdk import request_resources
 
     connect(address, num_cpus, num_gpus)
+    if stop():  # a SIGTERM during ray.init (see `connect`)
+        return None
     deadline, asked = time.monotonic() + wait_s, False
     try:
         while True:
             problem = unsatisfiable(resources, [n["Resources"] for n in ray.nodes() if n["Alive"]],
                                     f"any node of the cluster at {address}")
-            if problem is None or time.monotonic() >= deadline:
+            if problem is None or stop():
+                return None
+            if time.monotonic() >= deadline:
                 return problem and (f"{problem} (after waiting {wait_s:.0f} s for one to "
                                     "join); lower it, or add such a node")
             if not asked:
@@ -143,17 +261,6 @@ def _remote_run_chunk():
     import ray
 
     return ray.remote(_run_chunk)
-
-
-def cancel(refs) -> None:
-    """Best effort on Ctrl-C: stop chunks still running. An error here must not hide the
-    interrupt, and an embedded Ray is shut down right after anyway."""
-    import ray
-
-    for ref in refs:
-        # The task may have finished or its worker be gone already.
-        with contextlib.suppress(Exception):
-            ray.cancel(ref, force=True)
 
 
 def shutdown() -> None:

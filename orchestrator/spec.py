@@ -14,6 +14,7 @@ A sweep file is YAML (the full reference, limits included: docs/sweep-files.md):
     block_size: auto                # seeds run as one block (int or auto)
     resources: {num_cpus: 1, num_gpus: 0}   # per block, mapped to Ray resources
     timeout_s: 600                  # per trial; a trial past it is recorded as failed
+    tracking_level: auto            # tracker runs: config | seed | auto (docs/mlflow.md)
 
 Every problem raises `SpecError` with one line naming the file, the field and what was
 expected. Sizes are computed, never materialised, before anything is built: the file's
@@ -38,11 +39,12 @@ from typing import Any, Literal
 
 import yaml
 
+from orchestrator.tracking.view import DEFAULT_LEVEL, LEVELS
 from tasks import REGISTRY, ConfigError, Task
 
 TOP_LEVEL_KEYS = {
     "name", "task", "description", "params", "grid", "variants", "seeds", "block_size",
-    "resources", "timeout_s",
+    "resources", "timeout_s", "tracking_level",
 }
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory_gb"}
 RESERVED_COLUMNS = {
@@ -93,6 +95,7 @@ class SweepSpec:
     description: str = ""
     source: str = ""  # the file it came from: errors found later name it
     timeout_s: float | None = None
+    tracking_level: str = DEFAULT_LEVEL
 
     @property
     def num_trials(self) -> int:
@@ -328,9 +331,14 @@ def parse_spec(raw: Any, where: str = "<spec>", max_trials: float | None = None)
         if not 0 < timeout_s <= MAX_TIMEOUT_S:
             raise fail("timeout_s", f"expected seconds > 0 and at most {MAX_TIMEOUT_S:,.0f}, "
                                     f"got {_show(written)}")
+    tracking_level = raw.get("tracking_level", DEFAULT_LEVEL)
+    if not isinstance(tracking_level, str) or tracking_level not in LEVELS:
+        raise fail("tracking_level", f"expected one of {list(LEVELS)}, "
+                                     f"got {_show(tracking_level)}")
     return SweepSpec(
         name=name, task=task.name, configs=tuple(configs), seeds=seeds, block_size=block_size,
         resources=resources, description=description, source=where, timeout_s=timeout_s,
+        tracking_level=tracking_level,
     )
 
 

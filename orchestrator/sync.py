@@ -1,79 +1,117 @@
-"""`sgsweep mlflow-sync DIR`: rebuild or repair the MLflow view from Parquet.
+"""Parquet as the tracker sees it, and `sgsweep mlflow-sync DIR`.
 
-Parquet is the source of truth. For every trial recorded in DIR without a child run in
-the tracking store (tag `sgsweep.trial_id`), a child run is logged under the parent run of
-the invocation that produced it (tag `sgsweep.invocation`), created if missing. Running
-it twice logs nothing the second time.
+Parquet is the source of truth. `sweep_view` turns one sweep of DIR into the
+`SweepView` a tracker mirrors (latest attempt per trial, configurations named from the
+parameters that vary, metric histories read on demand); `sync_dir` hands every sweep of DIR
+to the tracker under DIR's lock, so a sync never races a run's own writer. Running it twice
+changes nothing the second time.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from orchestrator.execute import TrialRecord
-from orchestrator.report import load_results
-from orchestrator.tracking import (
-    ROLE_TAG,
-    artifact_root,
-    client_for,
-    create_parent,
-    experiment_id,
-    log_trial,
-    search_all,
-)
-from tasks import MetricLog
+from orchestrator.record import METRICS_SCHEMA, ResultStore
+from orchestrator.tracking import SweepView, SyncSummary, TrialRow, dir_id, open_tracker
+from orchestrator.tracking.view import DEFAULT_LEVEL
+from tasks import REGISTRY, MetricLog
+
+TRIAL_FIELDS = ["trial_id", "sweep", "task", "config_id", "seed", "status", "error",
+                "duration_s", "finished_at", "invocation", "config"]
 
 
-@dataclass
-class SyncSummary:
-    logged: int
-    present: int
-    parents_created: int
+def latest_trials(out_dir: Path) -> pd.DataFrame:
+    """The latest attempt of every trial in DIR (all sweeps)."""
+    table = ResultStore(out_dir).read_trials(columns=TRIAL_FIELDS)
+    if table is None:
+        return pd.DataFrame(columns=TRIAL_FIELDS)
+    trials = table.to_pandas()
+    trials = trials.sort_values("finished_at", kind="stable")
+    return trials.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
 
 
-def mlflow_sync(out_dir: str | Path, tracking_uri: str) -> SyncSummary:
-    out_dir = Path(out_dir)
-    trials, metrics = load_results(out_dir)
-    client = client_for(tracking_uri)
-    artifacts = artifact_root(out_dir, tracking_uri)
-    by_trial = {tid: group for tid, group in metrics.groupby("trial_id")} if len(metrics) else {}
-    logged = present = created = 0
-    for sweep, sweep_trials in trials.groupby("sweep"):
-        exp_id = experiment_id(client, str(sweep), artifacts)
-        existing = {r.data.tags.get("sgsweep.trial_id")
-                    for r in search_all(client, exp_id, f"tags.`{ROLE_TAG}` = 'trial'")}
-        parents = {r.data.tags.get("sgsweep.invocation"): r.info.run_id
-                   for r in search_all(client, exp_id, f"tags.`{ROLE_TAG}` = 'parent'")}
-        missing = sweep_trials[~sweep_trials.trial_id.isin(existing)]
-        present += len(sweep_trials) - len(missing)
-        for invocation, group in missing.groupby("invocation"):
-            parent = parents.get(invocation)
-            if parent is None:
-                parent = create_parent(
-                    client, exp_id, str(sweep),
-                    {"sgsweep.invocation": str(invocation), "sgsweep.task": group.task.iloc[0],
-                     "sgsweep.out_dir": str(out_dir.resolve()), "sgsweep.synced": "true"},
-                    {"task": group.task.iloc[0]}, run_name=f"{sweep}-{invocation}-synced")
-                created += 1
-                client.set_terminated(parent, "FINISHED")
-            for row in group.itertuples(index=False):
-                record = _record(row, by_trial.get(row.trial_id))
-                log_trial(client, exp_id, parent, record, json.loads(row.config), str(sweep))
-                logged += 1
-    return SyncSummary(logged, present, created)
+def metrics_loader(out_dir: Path):
+    """trial ids -> their metric histories, read from DIR/metrics only for those trials."""
+
+    def load(trial_ids: Collection[str]) -> dict[str, MetricLog]:
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        parts = sorted((out_dir / "metrics").glob("part-*.parquet"))
+        if not parts or not trial_ids:
+            return {}
+        table = ds.dataset([str(p) for p in parts], schema=METRICS_SCHEMA,
+                           format="parquet").to_table(
+            filter=pc.field("trial_id").isin(sorted(set(trial_ids))))
+        logs: dict[str, MetricLog] = {}
+        for tid, step, name, value in zip(*(table.column(c).to_pylist() for c in (
+                "trial_id", "step", "metric", "value")), strict=True):
+            logs.setdefault(tid, MetricLog()).log(name, value, step)
+        return logs
+
+    return load
 
 
-def _record(row, metrics: pd.DataFrame | None) -> TrialRecord:
-    log = MetricLog()
-    if metrics is not None:
-        log.names = metrics.metric.tolist()
-        log.steps = [int(s) for s in metrics.step]
-        log.values = [float(v) for v in metrics.value]
-    finished = pd.Timestamp(row.finished_at).timestamp()
-    error = row.error if isinstance(row.error, str) else None
-    return TrialRecord(row.trial_id, row.config_id, int(row.seed), row.status, error,
-                       float(row.duration_s), finished, log, row.node or "")
+def _ordered(task: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A config's parameters in its task's field order (Parquet keeps them sorted)."""
+    fields = list(REGISTRY[task].config_fields()) if task in REGISTRY else []
+    order = {name: i for i, name in enumerate(fields)}
+    return dict(sorted(config.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def sweep_view(out_dir: Path, sweep: str, task: str, trials: pd.DataFrame,
+               spec_configs: Iterable[tuple[str, dict[str, Any]]] = (),
+               level: str | None = DEFAULT_LEVEL) -> SweepView:
+    """`trials`: latest attempts (any sweeps; this sweep's are taken). `spec_configs`:
+    (config_id, config) of the sweep file, so names vary by what the file sweeps."""
+    rows = trials[trials.sweep == sweep] if len(trials) else trials
+    configs = {cid: _ordered(task, dict(config)) for cid, config in spec_configs}
+    for cid, text in zip(rows.config_id, rows.config, strict=True):
+        if cid not in configs:
+            configs[cid] = _ordered(task, json.loads(text))
+    view_trials = {}
+    for r in rows.itertuples(index=False):
+        view_trials[r.trial_id] = TrialRow(
+            r.trial_id, r.config_id, int(r.seed), r.status,
+            r.error if isinstance(r.error, str) else None, float(r.duration_s),
+            pd.Timestamp(r.finished_at).timestamp(), r.invocation or "")
+    return SweepView(sweep=sweep, task=task, out_dir=out_dir, dir_id=dir_id(out_dir),
+                     configs=configs, trials=view_trials, level=level,
+                     load_metrics=metrics_loader(out_dir))
+
+
+def _spec_configs(out_dir: Path, sweep: str) -> list[tuple[str, dict[str, Any]]]:
+    """The configurations of DIR's copy of the sweep file (none if missing or invalid)."""
+    from orchestrator import plan
+    from orchestrator.spec import SpecError, load_spec
+
+    path = out_dir / "specs" / f"{sweep}.yaml"
+    if not path.is_file():
+        return []
+    try:
+        return [(b.config_id, b.config) for b in plan.expand(load_spec(path))]
+    except SpecError:
+        return []
+
+
+def sync_dir(out_dir: Path, tracking_uri: str, level: str | None = None) -> SyncSummary:
+    """`sgsweep mlflow-sync`: every sweep of DIR mirrored exactly. `level`: None keeps
+    the level of the sweep's latest invocation."""
+    from orchestrator.runner import directory_lock
+
+    tracker = open_tracker(tracking_uri, out_dir)
+    total = SyncSummary()
+    with directory_lock(out_dir, purpose="mlflow-sync"):
+        trials = latest_trials(out_dir)
+        for sweep, group in trials.groupby("sweep"):
+            view = sweep_view(out_dir, str(sweep), str(group.task.iloc[0]), group,
+                              _spec_configs(out_dir, str(sweep)), level)
+            summary = tracker.sync(view)
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(summary, name))
+    return total

@@ -31,19 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator import plan, schedule
+from orchestrator import plan, schedule, signals
 from orchestrator.execute import TrialRecord
 from orchestrator.record import ResultStore
 from orchestrator.runner import RunError, _lost_chunk, directory_lock, save_spec_copy
 from orchestrator.spec import SpecError, load_spec
 from orchestrator.tracking import (
-    ROLE_TAG,
-    artifact_root,
-    client_for,
+    InvocationInfo,
+    Study,
     error_line,
-    experiment_id,
+    open_tracker,
     resolve_tracking_uri,
-    search_all,
 )
 from orchestrator.tune_spec import Objective, TuneSpec, dump_sweep
 from tasks import MetricLog, get_task
@@ -238,12 +236,10 @@ def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
     spec = load_tune_spec(out_dir / info["spec"]) if info.get("spec") else None
     if spec is None:
         raise RunError(f"{out_dir}: the tune file copy {info.get('spec')} is missing")
-    tracker = StudyTracker(tracking_uri, spec, out_dir, [])
+    tracker = start_study(tracking_uri, spec, out_dir, [])
     if tracker.error is not None:
         raise RunError(f"--tracking-uri {tracking_uri}: {tracker.error}")
-    children = search_all(tracker.client, tracker.exp_id,
-                          f"tags.`mlflow.parentRunId` = '{tracker.parent_id}'")
-    present = {r.data.tags.get("optuna.trial_number") for r in children}
+    present = {str(n) for n in tracker.logged_trials()}
     logged = 0
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING or t.state == TrialState.WAITING \
@@ -309,95 +305,15 @@ class _Running:
     started: float = field(default_factory=time.time)
 
 
-class StudyTracker:
-    """MLflow view of a study: one parent run per study, a child run per Optuna trial.
-
-    Calls are synchronous and few (one child per trial); if the tracking store fails,
-    logging stops with one warning and the study goes on (Parquet and the Optuna storage
-    hold everything).
-    """
-
-    def __init__(self, uri: str, spec: TuneSpec, out_dir: Path, artifacts: list[Path]) -> None:
-        self.error: str | None = None
-        self.client = None
-        self.parent_id: str | None = None
-        try:
-            self.client = client_for(uri)
-            self.exp_id = experiment_id(self.client, spec.name, artifact_root(out_dir, uri))
-            runs = self.client.search_runs(
-                [self.exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", max_results=1)
-            if runs:
-                self.parent_id = runs[0].info.run_id
-                self.client.update_run(self.parent_id, status="RUNNING")
-            else:
-                from mlflow.entities import Param
-
-                run = self.client.create_run(self.exp_id, run_name=f"study-{spec.name}", tags={
-                    ROLE_TAG: "study", "sgsweep.sweep": spec.name, "sgsweep.task": spec.task,
-                    "sgsweep.out_dir": str(out_dir.resolve())})
-                self.parent_id = run.info.run_id
-                search = {d.name: str(d.distribution()) for d in spec.search}
-                params = {"task": spec.task, "objective": json.dumps(vars(spec.objective)),
-                          "search": json.dumps(search), "seeds": json.dumps(list(spec.seeds)),
-                          "sampler": spec.sampler, "pruner": spec.pruner,
-                          "rung_size": spec.rung_size}
-                self.client.log_batch(self.parent_id, params=[
-                    Param(k, str(v)[:6000]) for k, v in params.items()])
-            for path in artifacts:
-                self.client.log_artifact(self.parent_id, str(path))
-        except Exception as exc:  # noqa: BLE001 - tracking must not stop the study
-            self._fail(exc)
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = error_line(exc)
-            print(f"warning: MLflow logging stopped ({self.error}); the study is safe in its "
-                  "Optuna storage and Parquet", file=sys.stderr)
-
-    def trial(self, number: int, state: str, params: dict[str, Any], value: float | None,
-              seed_values: list[float], seeds: list[int], started: float, error: str | None,
-              retry_of: int | None) -> None:
-        if self.error is not None or self.client is None:
-            return
-        from mlflow.entities import Metric, Param, RunTag
-
-        try:
-            now = int(time.time() * 1000)
-            tags = {"mlflow.parentRunId": self.parent_id, ROLE_TAG: "optuna_trial",
-                    "optuna.trial_number": str(number), "optuna.state": state}
-            run = self.client.create_run(self.exp_id, run_name=f"trial-{number}",
-                                         start_time=int(started * 1000), tags=tags)
-            metrics = [Metric("seed_value", v, now, i) for i, v in enumerate(seed_values)]
-            if value is not None:
-                metrics.append(Metric("objective", value, now, 0))
-            extra = {"seeds": json.dumps(seeds)}
-            if retry_of is not None:
-                extra["retry_of"] = str(retry_of)
-            params_list = [Param(k, str(v)) for k, v in {**params, **extra}.items()]
-            run_tags = [RunTag("sgsweep.error", error[:5000])] if error else []
-            self.client.log_batch(run.info.run_id, metrics=metrics, params=params_list,
-                                  tags=run_tags)
-            self.client.set_terminated(run.info.run_id,
-                                       "FAILED" if state == "FAIL" else "FINISHED", now)
-        except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
-
-    def close(self, best_value: float | None, best_params: dict[str, Any], counts: dict[str, int],
-              status: str = "FINISHED") -> None:
-        if self.error is not None or self.client is None or self.parent_id is None:
-            return
-        from mlflow.entities import Metric, RunTag
-
-        try:
-            now = int(time.time() * 1000)
-            metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
-            if best_value is not None:
-                metrics.append(Metric("best_value", best_value, now, 0))
-            self.client.log_batch(self.parent_id, metrics=metrics, tags=[
-                RunTag("sgsweep.best_params", json.dumps(best_params)[:5000])])
-            self.client.set_terminated(self.parent_id, status, now)
-        except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
+def start_study(uri: str | None, spec: TuneSpec, out_dir: Path, artifacts: list[Path]) -> Study:
+    """The tracker's view of the study: one run per study, one per Optuna trial."""
+    search = {d.name: str(d.distribution()) for d in spec.search}
+    params = {"task": spec.task, "objective": json.dumps(vars(spec.objective)),
+              "search": json.dumps(search), "seeds": json.dumps(list(spec.seeds)),
+              "sampler": spec.sampler, "pruner": spec.pruner, "rung_size": spec.rung_size}
+    return open_tracker(uri, out_dir).start_study(InvocationInfo(
+        sweep=spec.name, task=spec.task, invocation="", out_dir=out_dir,
+        params={k: str(v) for k, v in params.items()}, artifacts=artifacts))
 
 
 def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
@@ -412,11 +328,14 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
     # is touched.
     if problem := schedule.unreachable(options.address):
         raise RunError(problem)
-    if problem := schedule.unfit(spec.sweep.resources, options.address, options.num_cpus,
-                                 options.num_gpus, progress=options.progress):
+    with signals.deferred():  # a cluster's fit check connects to Ray and may wait
+        problem = schedule.unfit(spec.sweep.resources, options.address, options.num_cpus,
+                                 options.num_gpus, progress=options.progress,
+                                 stop=lambda: signals.requested() is not None)
+    if problem:
         raise RunError(f"{spec.source}: {problem}")
     given_storage = open_storage(out_dir, options.storage) if options.storage else None
-    with directory_lock(out_dir):
+    with signals.deferred(), directory_lock(out_dir):
         info_path = out_dir / STUDY_FILE
         if info_path.exists():
             info = study_info(out_dir)
@@ -451,21 +370,28 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
                              "marked failed; their parameters run again first")
         remaining = n_trials - len(finished_trials(study))
         tracking_uri = resolve_tracking_uri(out_dir, options.tracking_uri)
-        tracker = (StudyTracker(tracking_uri, spec, out_dir, artifacts)
+        tracker = (start_study(tracking_uri, spec, out_dir, artifacts)
                    if tracking_uri and remaining > 0 else None)
         ran = 0
         if remaining > 0:
             options.progress(f"{spec.name}: {remaining} Optuna trials to run "
                              f"({n_trials - remaining} of {n_trials} finished), "
                              f"{len(spec.seeds)} seeds each in {len(spec.rungs)} rungs")
-            schedule.connect(options.address, options.num_cpus, options.num_gpus)
             try:
+                schedule.connect(options.address, options.num_cpus, options.num_gpus)
                 ran = _optimise(spec, study, store, tracker, options, remaining)
-            except KeyboardInterrupt:
+                signals.check()
+            except schedule.StartError:
+                if tracker is not None:
+                    tracker.close(None, {}, {}, status="FAILED")
+                raise
+            except KeyboardInterrupt as exc:
                 if tracker is not None:
                     tracker.close(None, {}, {}, status="KILLED")
                 options.progress(f"interrupted: finished trials are saved in {out_dir}; run "
                                  "the same command again to resume")
+                if isinstance(exc, signals.Interrupted):
+                    exc.reported = True
                 raise
             finally:
                 if options.address is None:
@@ -497,7 +423,7 @@ def best_trial(study):
         return None
 
 
-def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: StudyTracker | None,
+def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: Study | None,
               options: TuneOptions, remaining: int) -> int:
     """Keep up to `parallelism` trials in flight until `remaining` trials have finished."""
     import ray
@@ -551,61 +477,58 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: StudyTracker |
             best_seen = best
             write_best(spec, options.out_dir, best)
 
-    try:
-        while True:
-            while len(in_flight) < width and asked < remaining:
-                trial = study.ask(distributions)
-                asked += 1
-                try:
-                    sweep = spec.sweep_for(trial.params)
-                except SpecError as exc:
-                    run = _Running(trial, {}, plan.Block("", {}, ()))
-                    finish(run, TrialState.FAIL, error=f"invalid parameters: {exc}")
-                    continue
-                (block,) = plan.expand(sweep)
-                submit(_Running(trial, block.config, block))
-            if not in_flight:
-                return finished
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-            for ref in ready:
-                run = in_flight.pop(ref)
-                try:
-                    records: list[TrialRecord] = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    records = _lost_chunk([run.block], exc)
-                    records = [r for r in records if r.seed in set(rungs[run.rung])]
-                run.records.extend(records)
-                bad = [r for r in records if r.status != "ok"]
-                if bad:
-                    finish(run, TrialState.FAIL,
-                           error=f"seed {bad[0].seed} failed: {bad[0].error}")
-                    continue
-                for r in records:
-                    v = seed_value(r.metrics, spec.objective)
-                    if v is None:
-                        finish(run, TrialState.FAIL, error="no metric "
-                               f"{spec.objective.metric!r} recorded")
-                        raise RunError(
-                            f"objective.metric: task {spec.task!r} recorded no metric "
-                            f"{spec.objective.metric!r}; it recorded "
-                            f"{sorted(set(r.metrics.names))}")
-                    run.values.append(v)
-                    if spec.pruner != "median":
-                        run.trial.report(v, step=spec.seeds.index(r.seed))
-                if spec.pruner == "median":
-                    run.trial.report(aggregate(run.values, spec.objective.aggregate),
-                                     step=len(run.values))
-                run.rung += 1
-                if run.rung == len(rungs):
-                    finish(run, TrialState.COMPLETE,
-                           aggregate(run.values, spec.objective.aggregate))
-                elif run.trial.should_prune():
-                    finish(run, TrialState.PRUNED)
-                else:
-                    submit(run)
-    except KeyboardInterrupt:
-        schedule.cancel(in_flight)
-        raise
+    while True:
+        signals.check()  # a stop is honoured here, between Ray calls (no ray.cancel)
+        while len(in_flight) < width and asked < remaining:
+            trial = study.ask(distributions)
+            asked += 1
+            try:
+                sweep = spec.sweep_for(trial.params)
+            except SpecError as exc:
+                run = _Running(trial, {}, plan.Block("", {}, ()))
+                finish(run, TrialState.FAIL, error=f"invalid parameters: {exc}")
+                continue
+            (block,) = plan.expand(sweep)
+            submit(_Running(trial, block.config, block))
+        if not in_flight:
+            return finished
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            run = in_flight.pop(ref)
+            try:
+                records: list[TrialRecord] = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                records = _lost_chunk([run.block], exc)
+                records = [r for r in records if r.seed in set(rungs[run.rung])]
+            run.records.extend(records)
+            bad = [r for r in records if r.status != "ok"]
+            if bad:
+                finish(run, TrialState.FAIL,
+                       error=f"seed {bad[0].seed} failed: {bad[0].error}")
+                continue
+            for r in records:
+                v = seed_value(r.metrics, spec.objective)
+                if v is None:
+                    finish(run, TrialState.FAIL, error="no metric "
+                           f"{spec.objective.metric!r} recorded")
+                    raise RunError(
+                        f"objective.metric: task {spec.task!r} recorded no metric "
+                        f"{spec.objective.metric!r}; it recorded "
+                        f"{sorted(set(r.metrics.names))}")
+                run.values.append(v)
+                if spec.pruner != "median":
+                    run.trial.report(v, step=spec.seeds.index(r.seed))
+            if spec.pruner == "median":
+                run.trial.report(aggregate(run.values, spec.objective.aggregate),
+                                 step=len(run.values))
+            run.rung += 1
+            if run.rung == len(rungs):
+                finish(run, TrialState.COMPLETE,
+                       aggregate(run.values, spec.objective.aggregate))
+            elif run.trial.should_prune():
+                finish(run, TrialState.PRUNED)
+            else:
+                submit(run)
 
 
 def _fmt(params: dict[str, Any]) -> str:

@@ -10,6 +10,9 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+from orchestrator.tracking import default_tracking_uri
+from tests.mirror import assert_exact_mirror
+
 SGSWEEP = shutil.which("sgsweep", path=str(Path(sys.executable).parent)) or "sgsweep"
 
 
@@ -22,8 +25,11 @@ def test_default_sweep_runs_reports_and_resumes(tmp_path: Path) -> None:
     assert "480 ok, 0 failed" in first.stdout
     assert f"report:  {out.resolve()}/report" in first.stdout or "report:" in first.stdout
     assert len(ds.dataset(out / "trials").to_table()) == 480
-    assert (out / "report" / "default" / "ratio_vs_d_case-noisy.png").stat().st_size > 10_000
-    assert (out / "mlflow.db").exists() and (out / "specs" / "default.yaml").exists()
+    assert (out / "report" / "e1-small" / "ratio_vs_d_case-noisy.png").stat().st_size > 10_000
+    assert (out / "mlflow.db").exists() and (out / "specs" / "e1-small.yaml").exists()
+    # MLflow: one row per configuration (E1's millisecond trials get no seed runs).
+    counts = assert_exact_mirror(out, default_tracking_uri(out), seed_runs="none")
+    assert counts == {"invocation": 1, "config": 24}
 
     again = subprocess.run([SGSWEEP, "run", "sweeps/default.yaml", "--out", str(out),
                             "--no-report"], capture_output=True, text=True, timeout=300)

@@ -1,14 +1,18 @@
-"""Reliability with real processes: kill -9, Ctrl-C, worker crashes, node loss, timeouts,
-a tracking server that is down, two runs on one directory. Loopback only, bounded."""
+"""Reliability with real processes: kill -9, Ctrl-C, SIGTERM and SIGHUP at any phase, Ray
+that does not start, worker crashes, node loss, timeouts, a tracking server that is down,
+two commands on one directory; after each, a plain re-run (or mlflow-sync) must leave
+MLflow an exact mirror of Parquet. Loopback only, bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -19,8 +23,10 @@ import pytest
 
 from orchestrator.runner import RunOptions, directory_lock, run_sweep
 from orchestrator.spec import parse_spec
-from orchestrator.sync import mlflow_sync
-from orchestrator.tracking import client_for
+from orchestrator.sync import sync_dir
+from orchestrator.tracking import default_tracking_uri
+from orchestrator.tracking.mlflow_tracker import client_for
+from tests.mirror import all_runs, assert_exact_mirror
 from tests.two_node_sweep import free_ports
 
 BIN = Path(sys.executable).parent
@@ -75,6 +81,58 @@ def kill_9_after_parts(command: list[str], out: Path, parts: int, within_s: floa
     wrapper.wait(timeout=60)
 
 
+class Driver:
+    """`sgsweep` as a user runs it, in its own process group as a shell job is (so a
+    terminal's Ctrl-C, sent to the group, can be imitated); stderr collected as it comes."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env or isolated_env(),
+                                        start_new_session=True)
+        self.err: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.err.append(line)
+
+    def wait_until(self, ready, what: str, within_s: float = 600) -> None:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and self.process.poll() is None and not ready():
+            time.sleep(0.05)
+        assert self.process.poll() is None and ready(), (
+            f"{what} did not happen while the driver ran: {''.join(self.err)[-3000:]}")
+
+    def signal_group(self, signum: int) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def finish(self, timeout: float = 600) -> tuple[int, str, str]:
+        out = self.process.stdout.read()
+        self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return self.process.returncode, out, "".join(self.err)
+
+
+def parts(out: Path) -> int:
+    return len(list((out / "trials").glob("part-*"))) if (out / "trials").is_dir() else 0
+
+
+def runs_by_role(out: Path, sweep: str) -> dict[str, list]:
+    client = client_for(default_tracking_uri(out))
+    experiment = client.get_experiment_by_name(sweep)
+    by_role: dict[str, list] = {}
+    for run in all_runs(client, experiment.experiment_id) if experiment else []:
+        by_role.setdefault(run.data.tags.get("sgsweep.role"), []).append(run)
+    return by_role
+
+
+def assert_clean_stop(code: int, err: str, expected: int) -> None:
+    assert code == expected, err[-3000:]
+    assert "interrupted: completed trials are saved" in err and "again to resume" in err
+    assert "Traceback" not in err and "Check failed" not in err, err[-3000:]
+
+
 def test_crashed_worker_is_retried_and_its_trials_recorded_once(ray_cluster, tmp_path) -> None:
     from tasks.probe import crash_marker_dir
 
@@ -116,6 +174,43 @@ def test_exceptions_nans_and_timeouts_fail_only_their_trials(ray_cluster, tmp_pa
     assert len(trials) == 6 and trials.trial_id.is_unique
 
 
+def test_a_failed_ray_start_stops_what_it_started_and_nothing_else() -> None:
+    """After `ray.init` fails (a raylet timing out under load) its GCS, raylet and agents
+    are stopped: this driver's new descendants, and processes of its session that name its
+    Ray session (an agent re-parented to init). Older processes and other sessions' are
+    left alone."""
+    from orchestrator.schedule import _processes, _running, stop_started_since
+
+    me, mark = os.getpid(), uuid.uuid4().hex
+    older = subprocess.Popen(["sleep", "300"])
+    before = _processes()
+    tree = subprocess.Popen(["sh", "-c", "sleep 300 & exec sleep 300"])
+    name = f"session_2026-11-27_07-08-18_419132_{me}"
+    # Re-parented to init: started by a shell that has exited; one in this session, one not.
+    for prefix in ("", "setsid "):
+        subprocess.run(["bash", "-c", f"({prefix}bash -c \"exec -a 'agent {mark} {prefix}"
+                        f"--session-name={name}' sleep 300\" &)"], check=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            marked = {argv.split()[2]: pid for pid, (_, _, argv) in _processes().items()
+                      if argv.startswith(f"agent {mark} ")}
+            grandchild = [pid for pid, (ppid, _, _) in _processes().items() if ppid == tree.pid]
+            if len(marked) == 2 and grandchild:
+                break
+            time.sleep(0.1)
+        assert len(marked) == 2 and grandchild, (marked, grandchild)
+        stop_started_since(before)
+        assert tree.wait(timeout=30) is not None and not _running(grandchild[0])
+        assert not _running(marked["--session-name=" + name])  # this session's: stopped
+        assert _running(marked["setsid"]) and older.poll() is None  # not ours: kept
+    finally:
+        older.kill()
+        older.wait()
+        with contextlib.suppress(NameError, KeyError, OSError):
+            os.kill(marked["setsid"], signal.SIGKILL)
+
+
 def test_second_run_on_a_busy_directory_is_refused(tmp_path) -> None:
     spec = probe_spec(tmp_path)
     out = tmp_path / "out"
@@ -126,6 +221,20 @@ def test_second_run_on_a_busy_directory_is_refused(tmp_path) -> None:
     assert result.stderr.strip() == (f"error: {out}: another sgsweep run is using this "
                                      "directory; wait for it or choose another --out")
     assert not (out / "trials").exists()
+
+
+def test_mlflow_sync_on_a_busy_directory_is_refused(tmp_path) -> None:
+    # A sync racing a run's own MLflow writer gave trials two runs each: it must wait.
+    out = tmp_path / "out"
+    (out / "trials").mkdir(parents=True)
+    with directory_lock(out):
+        result = subprocess.run([SGSWEEP, "mlflow-sync", str(out)], capture_output=True,
+                                text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {out}: an sgsweep run is using this directory; "
+                                     "mlflow-sync after it ends (its own mirror is kept up "
+                                     "to date as it runs)")
+    assert not (out / "mlflow.db").exists()
 
 
 @pytest.mark.slow
@@ -140,7 +249,7 @@ def test_two_concurrent_runs_one_wins_no_corruption(tmp_path) -> None:
         time.sleep(0.05)
     assert first.poll() is None, f"the first run ended early: {first.communicate()[1][-3000:]}"
     time.sleep(0.5)
-    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     first_out, _ = first.communicate(timeout=300)
     assert first.returncode == 0 and "80 ok" in first_out
     assert second.returncode == 2 and "another sgsweep run" in second.stderr
@@ -152,13 +261,13 @@ def test_two_concurrent_runs_one_wins_no_corruption(tmp_path) -> None:
 def test_kill_9_of_driver_and_its_ray_then_resume_records_each_trial_once(tmp_path) -> None:
     spec = probe_spec(tmp_path, work_ms=150, steps=3, seeds=40)  # 160 trials, ~15 s
     out = tmp_path / "out"
-    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--tracking-uri", "none",
-               "--no-report", "--num-cpus", "2", "--block-size", "1"]
-    kill_9_after_parts(command, out, parts=3, within_s=120)
+    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--no-report", "--num-cpus", "2",
+               "--block-size", "1"]
+    kill_9_after_parts(command, out, parts=3, within_s=600)
     partial = trials_of(out)
     assert 0 < len(partial) < 160
     resumed = subprocess.run(isolated(command), env=isolated_env(), capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{160 - len(partial)} ok, 0 failed, {len(partial)} already recorded" in resumed.stdout
     trials = trials_of(out)
@@ -168,31 +277,143 @@ def test_kill_9_of_driver_and_its_ray_then_resume_records_each_trial_once(tmp_pa
     assert (metrics.groupby("trial_id").size() == 4).all() and metrics.trial_id.nunique() == 160
     assert not metrics.duplicated(["trial_id", "step", "metric"]).any()
     assert not list((out / "trials").glob(".tmp-*"))
+    # The killed invocation's run, left RUNNING by kill -9, is closed; the mirror is exact.
+    assert_exact_mirror(out, default_tracking_uri(out), seed_runs="none")
+    statuses = sorted(r.info.status for r in runs_by_role(out, "probe")["invocation"])
+    assert statuses in (["FINISHED", "KILLED"], ["FINISHED"])  # killed before its run began
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path) -> None:
+    """Ctrl-C as a terminal sends it (to the whole process group, Ray's processes too)
+    while trials run. A plain re-run finishes, and MLflow mirrors Parquet exactly."""
     spec = probe_spec(tmp_path, work_ms=200, seeds=30)
     out = tmp_path / "out"
-    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--tracking-uri", "none",
-               "--no-report", "--num-cpus", "2", "--block-size", "1"]
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=isolated_env())
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and driver.poll() is None and not list(
-            (out / "trials").glob("part-*") if (out / "trials").exists() else []):
-        time.sleep(0.1)
-    assert driver.poll() is None, f"the run ended before Ctrl-C: {driver.communicate()[1][-3000:]}"
-    driver.send_signal(signal.SIGINT)
-    _, err = driver.communicate(timeout=120)
-    assert driver.returncode == 130, err[-3000:]
-    assert "interrupted: completed trials are saved" in err and "again to resume" in err
+    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--no-report", "--num-cpus", "2",
+               "--block-size", "1"]
+    driver = Driver(command)
+    driver.wait_until(lambda: parts(out) > 0, "a first chunk")
+    driver.signal_group(signal.SIGINT)
+    code, _, err = driver.finish()
+    assert_clean_stop(code, err, 130)
     done = len(trials_of(out))
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert [r.info.status for r in runs_by_role(out, "probe")["invocation"]] == ["KILLED"]
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                             env=isolated_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = trials_of(out)
     assert len(trials) == 120 and trials.trial_id.is_unique
     assert f"{done} already recorded" in resumed.stdout
+    assert assert_exact_mirror(out, default_tracking_uri(out), seed_runs="none") == {
+        "invocation": 2, "config": 4}
+
+
+@pytest.mark.slow
+def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path) -> None:
+    """SIGTERM (a scheduler's stop) and SIGHUP (a closed terminal) to the driver alone: the
+    chunks done are kept, the invocation's run is closed KILLED, the resume line printed,
+    exit 143 / 129. The re-run completes an exact mirror."""
+    spec = probe_spec(tmp_path, work_ms=200, seeds=30)
+    out = tmp_path / "out"
+    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--no-report", "--num-cpus", "2",
+               "--block-size", "1"]
+    for signum, expected in ((signal.SIGTERM, 143), (signal.SIGHUP, 129)):
+        before = parts(out)
+        driver = Driver(command)
+        driver.wait_until(lambda before=before: parts(out) > before, "a new chunk")
+        driver.process.send_signal(signum)
+        code, _, err = driver.finish()
+        assert_clean_stop(code, err, expected)
+    invocations = runs_by_role(out, "probe")["invocation"]
+    assert [r.info.status for r in invocations] == ["KILLED", "KILLED"]
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                             env=isolated_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(trials_of(out)) == 120
+    assert_exact_mirror(out, default_tracking_uri(out), seed_runs="none")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_mirroring_to_mlflow_then_a_rerun_completes_the_mirror(tmp_path) -> None:
+    """The last phase of a run: every trial is in Parquet, seed runs are still being
+    written. Ctrl-C stops it (130, resume line); the re-run has nothing to compute but
+    repairs the view: one seed run per trial, one config run per config, nothing RUNNING."""
+    spec = probe_spec(tmp_path, seeds=150)  # 600 trials of no work: Parquet outruns MLflow
+    out = tmp_path / "out"
+    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--no-report", "--num-cpus", "2",
+               "--tracking-level", "seed"]
+    driver = Driver(command)
+    driver.wait_until(lambda: any("trials to MLflow" in line for line in driver.err),
+                      "the MLflow phase")
+    driver.signal_group(signal.SIGINT)
+    code, _, err = driver.finish()
+    assert_clean_stop(code, err, 130)
+    assert len(trials_of(out)) == 600
+    by_role = runs_by_role(out, "probe")
+    assert [r.info.status for r in by_role["invocation"]] == ["KILLED"]
+    assert len(by_role.get("seed", [])) < 600
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                           env=isolated_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "all 600 trials already recorded" in again.stderr
+    assert "repaired the view of earlier results" in again.stderr
+    counts = assert_exact_mirror(out, default_tracking_uri(out), seed_runs="all")
+    assert counts == {"invocation": 1, "config": 4, "seed": 600}
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigterm_during_start_up_stop_cleanly(tmp_path) -> None:
+    """Ctrl-C while Python imports, Ctrl-C and SIGTERM while the embedded Ray starts: a
+    clean 130 / 143 each time, no Ray process left behind, nothing in MLflow RUNNING."""
+    spec = probe_spec(tmp_path, seeds=2)
+    out = tmp_path / "out"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths
+    env = {**isolated_env(), "RAY_TMPDIR": str(ray_tmp)}
+    command = [SGSWEEP, "run", str(spec), "--out", str(out), "--no-report", "--num-cpus", "1"]
+    try:
+        early = Driver(command, env)
+        time.sleep(0.3)  # importing
+        early.signal_group(signal.SIGINT)
+        code, _, err = early.finish()
+        assert code == 130 and "Traceback" not in err, err[-3000:]
+        # While the embedded Ray starts: Ctrl-C to the group; SIGTERM to the driver alone,
+        # which ray.init routes to a handler of its own (sys.exit) until it returns.
+        for signum, expected in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            sessions = len(list((ray_tmp / "ray").glob("session_2*")))
+            starting = Driver(command, env)
+            starting.wait_until(
+                lambda n=sessions: len(list((ray_tmp / "ray").glob("session_2*/logs"))) > n,
+                "Ray's start-up", within_s=600)
+            if signum == signal.SIGINT:
+                starting.signal_group(signum)
+            else:
+                starting.process.send_signal(signum)
+            code, _, err = starting.finish()
+            assert_clean_stop(code, err, expected)
+        time.sleep(1)
+        left = subprocess.run(["pgrep", "-f", str(ray_tmp)], capture_output=True, text=True)
+        assert left.stdout == "", f"Ray processes left running: {left.stdout}"
+        if (out / "mlflow.db").exists():
+            assert all(r.info.status != "RUNNING" for runs in runs_by_role(out, "probe").values()
+                       for r in runs)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_that_does_not_start_is_one_line_and_leaves_nothing_running(tmp_path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [SGSWEEP, "run", str(probe_spec(tmp_path, seeds=2)), "--out", str(out), "--no-report",
+         "--num-cpus", "1"], env={**isolated_env(), "RAY_TMPDIR": str(not_a_dir)},
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Ray did not start: "), result.stderr[-3000:]
+    assert not (out / "mlflow.db").exists() or not runs_by_role(out, "probe")
 
 
 @pytest.mark.slow
@@ -274,14 +495,17 @@ def test_tracking_server_down_then_mlflow_sync_and_a_live_server(ray_cluster, tm
     assert (down.ok, down.failed) == (10, 0) and down.tracking_error is not None
     server = start_mlflow_server(tmp_path, port)
     try:
-        synced = mlflow_sync(out, uri)
-        assert (synced.logged, synced.present, synced.parents_created) == (10, 0, 1)
-        assert mlflow_sync(out, uri).logged == 0  # idempotent
+        synced = sync_dir(out, uri, level="seed")
+        assert (synced.configs_written, synced.seeds_written, synced.parents_created) == (
+            2, 10, 1)
+        again = sync_dir(out, uri)  # idempotent
+        assert (again.configs_written, again.seeds_written, again.present) == (0, 0, 10)
+        assert assert_exact_mirror(out, uri, seed_runs="all") == {
+            "invocation": 1, "config": 2, "seed": 10}
         client = client_for(uri)
         experiment = client.get_experiment_by_name("srv")
         runs = client.search_runs([experiment.experiment_id],
-                                  filter_string="tags.`sgsweep.role` = 'trial'")
-        assert len(runs) == 10
+                                  filter_string="tags.`sgsweep.role` = 'seed'")
         history = client.get_metric_history(runs[0].info.run_id, "value")
         assert [m.step for m in history] == [0, 1, 2, 3]
         # A sweep logging straight to the live server.
@@ -292,28 +516,43 @@ def test_tracking_server_down_then_mlflow_sync_and_a_live_server(ray_cluster, tm
         children = client.search_runs(
             [exp.experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = '{live.parent_run_id}'")
-        assert len(children) == 3
+        assert [c.info.run_name for c in children] == ["all"]  # one config, 3 seeds
+        assert children[0].data.metrics["n_seeds"] == 3
     finally:
         stop(server)
 
 
 @pytest.mark.slow
 def test_ui_serves_the_directory_store_on_loopback(ray_cluster, tmp_path) -> None:
+    """`sgsweep ui`: prints the runs table's URL (one row per config, the model-training
+    view), serves it with one worker on 127.0.0.1; a port in use is one line, exit 2."""
     spec = parse_spec({"name": "ui", "task": "probe", "seeds": 2})
     run_sweep(spec, quiet(out_dir=tmp_path))
     port = free_port()
     ui = subprocess.Popen([SGSWEEP, "ui", str(tmp_path), "--port", str(port)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                           start_new_session=True)
     try:
+        assert ui.stdout.readline().startswith(f"MLflow UI for {tmp_path} on http://127.0.0.1:")
+        line = ui.stdout.readline().strip()
+        assert line.startswith(f"ui: http://127.0.0.1:{port}/#/experiments/"), line
+        assert "/runs?workflowType=machine_learning&searchFilter=" in line
         wait_http(f"http://127.0.0.1:{port}/health", ui)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert b'"name": "ui"' in response.read().replace(b'":"', b'": "')
+        group = subprocess.run(["pgrep", "-g", str(ui.pid)], capture_output=True, text=True)
+        assert len(group.stdout.split()) <= 2, group.stdout  # `mlflow server` + 1 worker
+        busy = subprocess.run([SGSWEEP, "ui", str(tmp_path), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+        assert busy.returncode == 2 and busy.stderr.count("\n") == 1, busy.stderr
+        assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in busy.stderr
     finally:
         stop(ui)
-
+    bad = subprocess.run([SGSWEEP, "ui", str(tmp_path), "--port", "99999"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "a port number in 1..65535" in bad.stderr
 
 
 @pytest.mark.slow

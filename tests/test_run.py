@@ -13,7 +13,10 @@ from orchestrator import plan
 from orchestrator.report import load_results, write_report
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import parse_spec
-from orchestrator.tracking import client_for, default_tracking_uri
+from orchestrator.sync import sync_dir
+from orchestrator.tracking import default_tracking_uri
+from orchestrator.tracking.mlflow_tracker import client_for
+from tests.mirror import assert_exact_mirror
 
 SPEC = {
     "name": "it", "task": "expert", "params": {"lams": [0.5]},
@@ -71,20 +74,40 @@ def test_metrics_long_form_readable_by_pyarrow_and_duckdb(finished) -> None:
     assert [r[0] for r in rows] == [4, 6] and rows[0][1] > rows[1][1] > 0
 
 
-def test_mlflow_has_parent_and_one_child_per_trial(finished) -> None:
+def test_mlflow_mirrors_parquet_one_run_per_config_under_the_invocation(finished) -> None:
     out, summary = finished
+    counts = assert_exact_mirror(out, default_tracking_uri(out), seed_runs="none")
+    assert counts == {"invocation": 1, "config": 8}  # E1's millisecond trials: no seed runs
+    again = sync_dir(out, default_tracking_uri(out))  # the live view == the synced view
+    assert (again.configs_written, again.closed, again.present) == (0, 0, 32)
     client = client_for(default_tracking_uri(out))
     experiment = client.get_experiment_by_name("it")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("sgsweep.role") == "parent"]
-    children = [r for r in runs if r.data.tags.get("sgsweep.role") == "trial"]
-    assert len(parents) == 1 and parents[0].info.run_id == summary.parent_run_id
-    assert len(children) == 32
-    assert all(c.data.tags["mlflow.parentRunId"] == summary.parent_run_id for c in children)
-    child = children[0]
-    assert {"d", "k", "case", "seed"} <= set(child.data.params)
-    assert {"sqerr_bp", "sqerr_sg"} <= set(child.data.metrics)
-    assert parents[0].data.metrics["trials_ok"] == 32
+    parent = next(r for r in runs if r.data.tags.get("sgsweep.role") == "invocation")
+    assert parent.info.run_id == summary.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_ok"] == 32
+    names = {r.info.run_name for r in runs if r.data.tags.get("sgsweep.role") == "config"}
+    assert "noisy d=4 k=2" in names and len(names) == 8
+    config = next(r for r in runs if r.info.run_name == "noisy d=4 k=2")
+    assert {"sqerr_bp", "sqerr_bp_se", "sqerr_bp_ci95_low", "n_seeds"} <= set(config.data.metrics)
+
+
+def test_seed_level_nests_a_run_per_trial_under_its_config(ray_cluster, tmp_path) -> None:
+    spec = parse_spec({**SPEC, "grid": {"d": [4], "k": [2], "case": ["noisy", "partial"]},
+                       "seeds": 3, "tracking_level": "seed"})
+    summary = run_sweep(spec, RunOptions(out_dir=tmp_path, address="auto",
+                                         progress=lambda _: None))
+    assert summary.ok == 6 and summary.tracking_error is None
+    counts = assert_exact_mirror(tmp_path, default_tracking_uri(tmp_path), seed_runs="all")
+    assert counts == {"invocation": 1, "config": 2, "seed": 6}
+    client = client_for(default_tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name("it")
+    names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    assert "partial · seed 2" in names
+    # What the run wrote live is what a sync from Parquet would write: nothing to redo.
+    again = sync_dir(tmp_path, default_tracking_uri(tmp_path))
+    assert (again.configs_written, again.seeds_written, again.closed, again.present) == (
+        0, 0, 0, 6)
 
 
 def test_rerun_skips_recorded_trials(finished, ray_cluster) -> None:
@@ -98,6 +121,9 @@ def test_rerun_skips_recorded_trials(finished, ray_cluster) -> None:
     assert (more.ok, more.skipped) == (8, 32)
     trials, _ = load_results(out)
     assert len(trials) == 40 and trials.trial_id.is_unique
+    # Each config run now summarises 5 seeds, under the invocation that added the fifth.
+    counts = assert_exact_mirror(out, default_tracking_uri(out), seed_runs="none")
+    assert counts == {"invocation": 2, "config": 8}
 
 
 def test_report_writes_table_figures_and_logs_them(finished) -> None:
@@ -115,14 +141,14 @@ def test_report_writes_table_figures_and_logs_them(finished) -> None:
     client = client_for(default_tracking_uri(out))
     experiment = client.get_experiment_by_name("it")
     parent = client.search_runs([experiment.experiment_id],
-                                filter_string="tags.`sgsweep.role` = 'parent'",
+                                filter_string="tags.`sgsweep.role` = 'invocation'",
                                 order_by=["attributes.start_time DESC"])[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/e1_ratios.csv" in logged and "report/ratio_vs_d_case-noisy.png" in logged
 
 
 def test_mlflow_batches_respect_limits_and_lose_nothing() -> None:
-    from orchestrator.tracking import pack_batches
+    from orchestrator.tracking.mlflow_tracker import pack_batches
 
     params, metrics, tags = list(range(130)), list(range(2500)), ["t"]
     batches = list(pack_batches(params, metrics, tags))

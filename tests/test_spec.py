@@ -86,6 +86,9 @@ def test_numbers_written_like_5e_3_are_read_as_floats() -> None:
         (_with(resources={"gpus": 1}), "resources.gpus: unknown"),
         (_with(resources={"num_gpus": -1}), "resources.num_gpus: expected a number >= 0"),
         (_with(params={"seed": 1}), "params.seed: reserved column name"),
+        (_with(tracking_level="trial"),
+         "tracking_level: expected one of ['auto', 'config', 'seed'], got 'trial'"),
+        (_with(tracking_level=["seed"]), "tracking_level: expected one of"),
         ([1, 2], "expected a mapping of sweep fields, got a list"),
     ],
 )

@@ -18,7 +18,7 @@ from orchestrator.cli import main
 from orchestrator.report import write_report
 from orchestrator.runner import RunError, RunOptions, run_sweep
 from orchestrator.spec import SpecError, load_spec, parse_spec
-from orchestrator.tracking import client_for
+from orchestrator.tracking.mlflow_tracker import client_for
 from orchestrator.tune import TuneOptions, aggregate, load_study, open_study, tune
 from orchestrator.tune_spec import load_tune_spec, parse_tune_spec
 from tests.test_reliability import SGSWEEP, isolated, isolated_env, kill_9_after_parts
