@@ -110,13 +110,12 @@ def slice_figure(table: pd.DataFrame, study, metric: str, path: Path,
     return save_figure(fig, path)
 
 
-def report(out_dir: Path, folder: Path, trials: pd.DataFrame, metrics: pd.DataFrame) -> list[Path]:
-    """Write the tuning report for the study of `out_dir` into `folder`; returns its files.
-    A task that names a `tune_reference` (a closed-form optimum) gets it drawn beside the
-    study's trials."""
-    from orchestrator.tune import best_trial, load_study
-
-    study, info = load_study(out_dir)
+def report(study: Any, info: dict[str, Any], best: Any, folder: Path, trials: pd.DataFrame,
+           metrics: pd.DataFrame) -> list[Path]:
+    """Write the tuning report of an Optuna `study` into `folder`; returns its files. `info`
+    is what the tuning directory records of it (tune.json), `best` its best complete trial
+    (or None); the caller loads both, so analysis never imports the orchestrator. A task
+    that names a `tune_reference` (a closed-form optimum) gets it drawn beside the trials."""
     objective = info["objective"]
     table = trials_table(study, info.get("pruner", "wilcoxon"))
     files = [folder / "trials.csv", folder / "trials.md"]
@@ -134,7 +133,6 @@ def report(out_dir: Path, folder: Path, trials: pd.DataFrame, metrics: pd.DataFr
              f"{info['seeds']}.", ""]
     counts = table.state.value_counts().to_dict() if not table.empty else {}
     lines.append("Trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".")
-    best = best_trial(study)
     if best is not None:
         params = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
                            for k, v in best.params.items())
