@@ -1,4 +1,4 @@
-"""E3 learners: BPTT and sgprop through time (PAPER.md §1 sgprop, §2 E3).
+"""E3 learners: BPTT and sgprop through time (docs/concepts.md: λ-mixtures and sgprop; docs/e3.md).
 
 Both learners take one batch of episodes and its normalised returns, set `.grad` of every
 model parameter and return statistics; the task clips the norm and steps Adam. The loss is
