@@ -60,12 +60,13 @@ def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = No
         "log_to_driver": True,
     }
     try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            if num_gpus is not None:
-                kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
-            _start_embedded(num_cpus or os.cpu_count() or 1, kwargs)
+        with signals.witnessed():  # a SIGTERM Ray's own handler saw but lost still stops us
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                if num_gpus is not None:
+                    kwargs["num_gpus"] = num_gpus  # else Ray detects the machine's GPUs
+                _start_embedded(num_cpus or os.cpu_count() or 1, kwargs)
     except SystemExit as exc:
         # ray.init installs a SIGTERM handler that calls sys.exit(15): a SIGTERM during
         # start-up arrives here. Stop as for any signal (the caller polls `requested`).

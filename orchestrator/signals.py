@@ -14,6 +14,7 @@ notebooks) keeps Python's own Ctrl-C behaviour.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -117,3 +118,36 @@ def shielded_children() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def witnessed() -> Iterator[None]:
+    """A stop signal that arrives inside is requested afterwards, whoever's handler saw it.
+
+    While a library runs it may own a handler (`ray.init` installs one for SIGTERM that
+    calls `sys.exit`), and the exception that handler raises can be swallowed where it
+    lands: inside an at-fork hook of a process being started it is printed as "Exception
+    ignored" and the stop is lost (the run then went on to finish). The C-level wakeup fd
+    records every signal whatever Python handler runs, so nothing is lost. Only where
+    `install()` made signals a stop request (the command line).
+    """
+    if not _installed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        try:
+            seen = os.read(read, 4096)
+        except BlockingIOError:
+            seen = b""
+        os.close(read)
+        os.close(write)
+        for signum in seen:
+            if signum in SIGNALS:
+                request(signum)

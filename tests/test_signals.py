@@ -65,3 +65,19 @@ def test_children_started_while_shielded_ignore_the_terminal_ctrl_c() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_sigterm_a_library_handler_swallows_inside_witnessed_is_still_requested(
+        installed) -> None:
+    # ray.init's own SIGTERM handler raises SystemExit, which Python swallows when the
+    # signal lands in an at-fork hook ("Exception ignored"): the stop must not be lost.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the library's, loses it
+    with signals.witnessed():
+        deliver(signal.SIGTERM)
+    assert signals.requested() == signal.SIGTERM
+
+
+def test_witnessed_records_nothing_when_no_signal_arrives(installed) -> None:
+    with signals.witnessed():
+        pass
+    assert signals.requested() is None
