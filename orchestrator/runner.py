@@ -238,7 +238,23 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
                 except ray.exceptions.RayError as exc:
                     if signals.requested():
                         return  # lost to the stop, not to the trial: it runs again on resume
-                    records = _lost_chunk(chunk, exc)
+                    if not killed_its_worker(exc) or sum(len(b.trials) for b in chunk) == 1:
+                        records = _lost_chunk(chunk, exc, options.max_retries)
+                    else:
+                        # Ray retried the chunk `max_retries` times and its worker died each
+                        # time: run its seeds one by one, so only the seed that kills its
+                        # worker is lost (and its innocent neighbours are not).
+                        singles = one_seed_each(chunk)
+                        options.progress(
+                            f"  a worker died {options.max_retries + 1} times running "
+                            f"{len(singles)} trials ({_first_line(exc)}); running them one "
+                            "seed at a time")
+                        for single in singles:
+                            again = schedule.submit(spec.task, single, spec.resources,
+                                                    options.max_retries, timeout_s)
+                            futures[again] = single
+                            remaining.append(again)
+                        continue
                 store.write(records, sweep=spec.name, task=task, configs=configs,
                             invocation=invocation)
                 live.record(records)
@@ -256,12 +272,40 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
         progress.close()
 
 
-def _lost_chunk(chunk: list[plan.Block], exc: BaseException) -> list[TrialRecord]:
-    """Ray gave up on a chunk (worker/node died past max_retries): record its trials failed."""
+def killed_its_worker(exc: BaseException) -> bool:
+    """A worker or node death (crash, OOM kill, node lost), not an exception of the task's
+    own code (`RayTaskError`: the same inputs would raise again)."""
+    import ray
+
+    return isinstance(exc, ray.exceptions.RayError) and not isinstance(
+        exc, ray.exceptions.RayTaskError)
+
+
+def one_seed_each(chunk: list[plan.Block]) -> list[list[plan.Block]]:
+    """A chunk as one-trial chunks, in order."""
+    return [[plan.Block(b.config_id, b.config, (t,))] for b in chunk for t in b.trials]
+
+
+def _first_line(exc: BaseException) -> str:
     from orchestrator.execute import describe_error
+
+    return describe_error(exc).splitlines()[0][:300]
+
+
+def _lost_chunk(chunk: list[plan.Block], exc: BaseException,
+                max_retries: int) -> list[TrialRecord]:
+    """Ray gave up on a chunk past `max_retries`: its trials are recorded failed. A single
+    trial whose worker died on every attempt is the one that kills it."""
     from tasks import MetricLog
 
     now = time.time()
-    error = f"lost by Ray after retries: {describe_error(exc).splitlines()[0][:500]}"
+    attempts = max_retries + 1
+    times = f"{attempts} time{'s' if attempts > 1 else ''}"
+    if killed_its_worker(exc) and sum(len(b.trials) for b in chunk) == 1:
+        error = f"killed its worker {times} (run alone): {_first_line(exc)}"
+    elif killed_its_worker(exc):
+        error = f"its worker died {times} running its block: {_first_line(exc)}"
+    else:
+        error = f"lost by Ray: {_first_line(exc)}"
     return [TrialRecord(t.trial_id, t.config_id, t.seed, "failed", error, 0.0, now, MetricLog())
             for block in chunk for t in block.trials]

@@ -498,7 +498,7 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: Study | None,
             try:
                 records: list[TrialRecord] = ray.get(ref)
             except ray.exceptions.RayError as exc:
-                records = _lost_chunk([run.block], exc)
+                records = _lost_chunk([run.block], exc, options.max_retries)
                 records = [r for r in records if r.seed in set(rungs[run.rung])]
             run.records.extend(records)
             bad = [r for r in records if r.status != "ok"]
