@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # Inside the try: Ctrl-C while torch/Ray are still importing is a clean exit too.
+        from orchestrator.errors import RunError
         from orchestrator.schedule import StartError
         from orchestrator.spec import SpecError
     except KeyboardInterrupt as exc:
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
                     "ui": cmd_ui}
         return commands[args.command](args)
-    except (SpecError, UserError) as exc:
+    except (SpecError, UserError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StartError as exc:

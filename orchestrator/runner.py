@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import plan, schedule, signals, sync
+from orchestrator.errors import RunError
 from orchestrator.execute import TrialRecord
 from orchestrator.progress import Progress
 from orchestrator.record import ResultStore
@@ -34,10 +35,6 @@ from orchestrator.tracking import (
     resolve_tracking_uri,
 )
 from tasks import get_task
-
-
-class RunError(RuntimeError):
-    """An operational problem the user can fix (busy directory, unreachable cluster)."""
 
 
 @dataclass
@@ -123,6 +120,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     with signals.deferred(), directory_lock(out_dir):
         store = ResultStore(out_dir)
         store.prepare()
+        store.heal(options.progress)  # damaged parts aside: their trials run again
         save_spec_copy(out_dir, spec.name, options.spec_path)
 
         blocks = plan.expand(spec)

@@ -353,6 +353,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             storage_url = options.storage
         store = ResultStore(out_dir)
         store.prepare()
+        store.heal(options.progress)  # damaged parts aside (their Optuna trials stay told)
         copy = save_spec_copy(out_dir, spec.name, options.spec_path)
         artifacts = [copy] if copy else []
         if not storage_url:
