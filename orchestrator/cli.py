@@ -1,8 +1,11 @@
 """`sgsweep` command line: run, tune, report, validate.
 
 User mistakes (bad spec, missing directory, busy directory) print one line starting with
-`error:` and exit with code 2; nothing is written before the spec has been validated. A
-fault outside the user's hands (Ray did not start) is one line too, exit code 1. Ctrl-C,
+`error:` and exit with code 2; nothing is written before the spec has been validated. So
+do problems of DIR's file system (read-only, full, a file where a folder goes, `.lock` not
+a file) and of files read back from DIR (damaged parts, a tune.json or journal that is
+not what sgsweep wrote). A fault outside the user's hands (Ray did not start, an I/O
+error) is one line too, exit code 1. Ctrl-C,
 SIGTERM and SIGHUP stop at the next safe point (see orchestrator/signals.py) and exit with
 130, 143 and 129.
 """
@@ -162,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAULT
+    except OSError as exc:  # the file system: full, read-only, a file where a folder goes
+        from orchestrator.runner import OS_HINTS, os_errno, os_error_line
+
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE if os_errno(exc) in OS_HINTS else EXIT_FAULT
     except KeyboardInterrupt as exc:
         return _interrupted(args, exc)
 

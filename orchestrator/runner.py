@@ -8,8 +8,11 @@ after any stop runs only what is missing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
 import sys
@@ -71,8 +74,12 @@ class RunSummary:
 @contextmanager
 def directory_lock(out_dir: Path, purpose: str = "run"):
     """One sgsweep command that writes DIR (run, tune, mlflow-sync) at a time."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(out_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    lock = out_dir / ".lock"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "w")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise RunError(os_error_line(exc, f"{out_dir}: cannot hold results ")) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -88,6 +95,36 @@ def directory_lock(out_dir: Path, purpose: str = "run"):
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+# What the user can do about a file system error, by errno.
+OS_HINTS = {
+    errno.ENOSPC: "free some space (or choose another --out) and run the same command again",
+    errno.EDQUOT: "free some space (or choose another --out) and run the same command again",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.EACCES: "choose a folder you may write, or fix its permissions",
+    errno.EPERM: "choose a folder you may write, or fix its permissions",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another --out",
+    errno.EISDIR: "a folder is where sgsweep keeps a file: move it away",
+    errno.EEXIST: "a file is where sgsweep needs a folder: choose another --out",
+}
+
+
+def os_error_line(exc: OSError, prefix: str = "") -> str:
+    """A file system error as one line: the path, what went wrong, what to do."""
+    where = exc.filename or ""
+    what = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    hint = OS_HINTS.get(os_errno(exc))
+    text = f"{prefix}({where}: {what})" if prefix else f"{where + ': ' if where else ''}{what}"
+    return f"{text}; {hint}" if hint else text
+
+
+def os_errno(exc: OSError) -> int:
+    """The errno, also where pyarrow only names it in the message ("[errno 28] ...")."""
+    if exc.errno:
+        return exc.errno
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return int(found.group(1)) if found else 0
 
 
 def save_spec_copy(out_dir: Path, name: str, spec_path: Path | None) -> Path | None:
@@ -178,6 +215,11 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                     live = start_tracker()
                     _run_pending(spec, task, pending, configs, store, live, invocation,
                                  options, progress, first_errors)
+            except OSError as exc:  # DIR's file system (full, read-only, ...)
+                with contextlib.suppress(Exception):
+                    live.finish("FAILED", counts())
+                raise RunError(f"{os_error_line(exc)}; completed trials are saved in "
+                               f"{out_dir}") from None
             finally:
                 if options.address is None:
                     schedule.shutdown()
