@@ -24,15 +24,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.reports import last_checkpoint, save_figure, write_table  # noqa: E402
-from analysis.stats import mean_se, paired_bootstrap_diff, paired_bootstrap_ratio  # noqa: E402
+from analysis.reports import last_checkpoint, save_figure, subplots, write_table
+from analysis.stats import mean_se, paired_bootstrap_diff, paired_bootstrap_ratio
 
 RULES = {"bp": "backprop", "mix": "sgprop mixture", "sg": "pure SG"}
 CONDITIONS = ("lr", "p_flip", "parents")
@@ -85,7 +81,7 @@ def final_reward_table(final: pd.DataFrame) -> pd.DataFrame:
 
 
 def final_vs(final: pd.DataFrame, column: str, folder: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for method, group in final.groupby("method", sort=True):
         stats = group.groupby(column)["eval_reward"].apply(lambda v: mean_se(v.to_numpy()))
         xs = np.array(stats.index, dtype=float)
@@ -137,7 +133,7 @@ def reward_curves(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Pa
     diffs = paired_curves(metrics, info, "eval_reward") if "seed" in info else pd.DataFrame()
     flips = sorted(data.p_flip.unique())
     rows = 2 if not diffs.empty else 1
-    fig, axes = plt.subplots(rows, len(flips), figsize=(4.5 * len(flips), 3.8 * rows),
+    fig, axes = subplots(rows, len(flips), figsize=(4.5 * len(flips), 3.8 * rows),
                              squeeze=False)
     colours = {m: f"C{i}" for i, m in enumerate(sorted(data.method.unique()))}
     for ax, p in zip(axes[0], flips, strict=True):
@@ -170,7 +166,7 @@ def lambda_traces(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Pa
     data = curves(metrics, adaptive, "lambda_mean")
     if data.empty:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for (method, p), line in data.groupby(["method", "p_flip"], sort=True):
         ax.plot(line.step, line["mean"], label=f"{method}, p_flip {p:g}")
         ax.fill_between(line.step, line["mean"] - line.se, line["mean"] + line.se, alpha=0.2)
@@ -219,7 +215,7 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
     files = []
     hidden = table[table.group == "hidden"]
     methods = sorted(hidden.method.unique())
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         rows = hidden[hidden.method == method].sort_values("p_flip")
         for rule, name in RULES.items():
@@ -233,7 +229,7 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
         ax.legend(fontsize=7)
     files.append(save_figure(fig, folder / "grad_mse_vs_pflip.png"))
 
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         rows = hidden[hidden.method == method].sort_values("p_flip")
         for rule in ("mix", "sg"):
@@ -253,7 +249,7 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
 
     top = table[(table.p_flip == table.p_flip.max())
                 & ~table.group.isin(["hidden", "all"])]
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         rows = top[top.method == method]
         xs = np.arange(len(rows))
@@ -271,7 +267,7 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
     rows = rows[rows.p_flip == rows.p_flip.max()]
     wide = rows.pivot_table(index=["trial_id", "method", "step"], columns="metric",
                             values="value").reset_index()
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         sub = wide[wide.method == method]
         for rule, name in RULES.items():
@@ -334,7 +330,7 @@ def mechanism_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
 def mechanism_figure(table: pd.DataFrame, folder: Path) -> Path:
     """Left: MSE_BP / MSE_mixture per layer over checkpoints (sgprop runs). Right: the
     update's cosine with −g* over checkpoints, every method (all parameters)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     mixed = table[table.get("ratio_bp_mix", pd.Series(dtype=float)).notna()] \
         if "ratio_bp_mix" in table else table.iloc[0:0]
     for (method, group), line in mixed.groupby(["method", "group"], sort=True):

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.reports import save_figure, varying, write_table  # noqa: E402
-from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
+from analysis.reports import save_figure, subplots, varying, write_table
+from analysis.stats import mean_se, paired_bootstrap_ratio
 
 BOOTSTRAP_RESAMPLES = 500
 
@@ -54,7 +50,7 @@ def ratio_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
         panel = panel if isinstance(panel, tuple) else (panel,)
         n = 1 if (frame.n == 1).any() else int(frame.n.min())
         frame = frame[frame.n == n]
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig, ax = subplots(figsize=(5.5, 4))
         for i, (k, line) in enumerate(frame.groupby("k", sort=True)):
             line = line.sort_values("d")
             color = f"C{i}"
@@ -86,7 +82,7 @@ def lambda_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
                   if c != "case" and table[c].nunique() > 1]
     files = []
     for case, frame in table.groupby("case", sort=True):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig, ax = subplots(figsize=(5.5, 4))
         for i, values in enumerate(frame.to_dict("records")):
             mse = [values["mse_sg"], *(values[f"mse_lam_{lam:g}"] for lam in lams),
                    values["mse_bp"]]

@@ -5,7 +5,8 @@
   num_envs; the sweep's only LR when it has one), a panel per num_envs; the same for the
   mean episode return (`return_mean_vs_env_steps.png`: informative where success is rare);
 - `success_last5_vs_lr.png`, `success_auc_vs_lr.png`: last-5-batch success and normalised
-  success AUC (mean success over all batches) against the LR, a line per method;
+  success AUC (trapezoid area under success vs batch over the span, as the reference)
+  against the LR, a line per method;
 - `lambda_stats.png`: sgprop's λ over training at the chosen LR — mean, p25–p75 band,
   min and max over neurons (each averaged over seeds);
 - `grad_quality.png` and table `e3_grad_quality`: at the last checkpoint, each rule's
@@ -18,15 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.reports import last_checkpoint, save_figure, write_table  # noqa: E402
-from analysis.stats import mean_se, paired_bootstrap_ratio  # noqa: E402
+from analysis.reports import last_checkpoint, save_figure, subplots, write_table
+from analysis.stats import mean_se, paired_bootstrap_ratio
 
 RULES = {"bp": "BPTT", "mix": "sgprop mixture", "sg": "pure SG"}
 LAMBDA = ("lambda_mean", "lambda_p25", "lambda_p75", "lambda_min", "lambda_max")
@@ -49,7 +46,9 @@ def _frame(final: pd.DataFrame) -> pd.DataFrame:
     final["method"] = final.apply(method_label, axis=1)
     if "learner" in final:
         sg = final.learner == "sgprop"
-        for knob, name in (("sg_lr", "SG lr"), ("lam_schedule", "schedule")):
+        for knob, name in (("sg_lr", "SG lr"), ("lam_schedule", "schedule"),
+                           ("sg_padding", "padding"), ("sg_units", "SG units"),
+                           ("maze_seeds", "mazes")):
             if knob in final and final.loc[sg, knob].astype(str).nunique() > 1:
                 final.loc[sg, "method"] += final.loc[sg, knob].map(
                     lambda v, name=name: f", {name} {v:g}" if isinstance(v, float)
@@ -99,7 +98,7 @@ def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, fo
     if wide.empty:
         return None
     envs = sorted(wide.num_envs.unique())
-    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, n in zip(axes[0], envs, strict=True):
         for method, sub in wide[wide.num_envs == n].groupby("method", sort=True):
             by_step = sub.groupby("step")
@@ -120,7 +119,7 @@ def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, fo
 
 def versus_lr(table: pd.DataFrame, metric: str, label: str, folder: Path) -> Path:
     envs = sorted(table.num_envs.unique())
-    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, n in zip(axes[0], envs, strict=True):
         for method, rows in table[table.num_envs == n].groupby("method", sort=True):
             rows = rows.sort_values("lr")
@@ -142,7 +141,7 @@ def lambda_stats(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
     wide = _seed_curves(metrics, trials, list(LAMBDA))
     if wide.empty:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for (method, n), sub in wide.groupby(["method", "num_envs"], sort=True):
         curve = sub.groupby("step")[list(LAMBDA)].mean()
         line = ax.plot(curve.index, curve.lambda_mean, label=f"{method}, {n} envs: mean")[0]
@@ -195,7 +194,7 @@ def grad_figure(table: pd.DataFrame, folder: Path) -> Path:
     labels = [f"{m}\n{n} envs, lr {lr:g}" for m, n, lr in
               zip(rows.method, rows.num_envs, rows.lr, strict=True)]
     xs = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
+    fig, ax = subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
     for i, (rule, name) in enumerate(RULES.items()):
         col = f"rel_mse_{rule}"
         if col in rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,13 +51,22 @@ def summary_table(final: pd.DataFrame, params: list[str], metrics: list[str]) ->
     return pd.DataFrame(rows)
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Lay a report figure out, write it as a 120-dpi PNG, and free it."""
-    import matplotlib.pyplot as plt
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
+    """A report figure and its axes, as `pyplot.subplots` gives them, but made without
+    pyplot: no global backend is chosen or switched (importing analysis changes nothing in
+    the caller's matplotlib), and nothing is kept alive in pyplot's figure registry."""
+    from matplotlib.figure import Figure
 
+    figure_keys = {"figsize", "dpi", "layout"}
+    fig = Figure(**{k: v for k, v in kwargs.items() if k in figure_keys})
+    axes = fig.subplots(nrows, ncols, **{k: v for k, v in kwargs.items() if k not in figure_keys})
+    return fig, axes
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay a report figure out and write it as a 120-dpi PNG (Agg, chosen by the file type)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -86,24 +96,25 @@ def generic(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
     return write_table(summary_table(final, params, names), folder, "summary")
 
 
+def task_hook(task: str, hook: str) -> Callable[..., Any] | None:
+    """The function a registered task names for `hook` ("report" or "tune_reference"), or
+    None if it names none (then the generic tables are all its report has)."""
+    import importlib
+
+    from tasks import REGISTRY
+
+    path = getattr(REGISTRY.get(task), hook, "")
+    if not path:
+        return None
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def write(task: str, trials: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
           folder: Path) -> list[Path]:
-    from analysis import bandit, expert, popgym
-
-    reporters: dict[str, Reporter] = {"expert": expert.report, "bandit": bandit.report,
-                                      "popgym": popgym.report}
     final = final_metrics(trials, metrics)
     files = generic(final, metrics, params, folder)
-    if task in reporters and not final.empty:
-        files += reporters[task](final, metrics, params, folder)
+    reporter: Reporter | None = task_hook(task, "report")
+    if reporter is not None and not final.empty:
+        files += reporter(final, metrics, params, folder)
     return files
-
-
-def _expert_tune_reference(final, objective, searched, seeds):
-    from analysis import expert
-
-    return expert.tune_reference(final, objective, searched, seeds)
-
-
-# Closed-form optima a tuning report compares the study against, per task.
-TUNE_REFERENCES = {"expert": _expert_tune_reference}

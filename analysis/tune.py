@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.reports import final_metrics, save_figure, to_markdown  # noqa: E402
+from analysis.reports import final_metrics, save_figure, subplots, task_hook, to_markdown
 
 # task -> (seed records with final metrics, objective, searched params, seeds) -> dict | None
-References = dict[str, Callable[[pd.DataFrame, dict, list[str], list[int]], dict | None]]
 
 
 def trials_table(study, pruner: str = "wilcoxon") -> pd.DataFrame:
@@ -43,7 +38,7 @@ def trials_table(study, pruner: str = "wilcoxon") -> pd.DataFrame:
 
 def history_figure(table: pd.DataFrame, direction: str, metric: str, path: Path,
                    reference: float | None = None) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     done = table[table.state == "complete"].sort_values("number")
     if not done.empty:
         ax.scatter(done.number, done.value, s=18, color="C0", label="complete")
@@ -74,7 +69,7 @@ def importance_figure(study, path: Path) -> tuple[Path | None, dict[str, float]]
         importances = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):  # e.g. nothing varies
         return None, {}
-    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.4 * max(1, len(importances))))
+    fig, ax = subplots(figsize=(6, 0.6 + 0.4 * max(1, len(importances))))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="C0")
     ax.set_xlabel("importance (PED-ANOVA, Optuna's default)")
@@ -91,7 +86,7 @@ def slice_figure(table: pd.DataFrame, study, metric: str, path: Path,
     distributions = {}
     for t in study.get_trials(deepcopy=False):
         distributions.update(t.distributions)
-    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(params), figsize=(4 * len(params), 3.6), squeeze=False)
     for ax, column in zip(axes[0], params, strict=True):
         name = column.removeprefix("param_")
         x = done[column]
@@ -115,21 +110,22 @@ def slice_figure(table: pd.DataFrame, study, metric: str, path: Path,
     return save_figure(fig, path)
 
 
-def report(out_dir: Path, folder: Path, trials: pd.DataFrame, metrics: pd.DataFrame,
-           references: References | None = None) -> list[Path]:
-    """Write the tuning report for the study of `out_dir` into `folder`; returns its files."""
-    from orchestrator.tune import best_trial, load_study
-
-    study, info = load_study(out_dir)
+def report(study: Any, info: dict[str, Any], best: Any, folder: Path, trials: pd.DataFrame,
+           metrics: pd.DataFrame) -> list[Path]:
+    """Write the tuning report of an Optuna `study` into `folder`; returns its files. `info`
+    is what the tuning directory records of it (tune.json), `best` its best complete trial
+    (or None); the caller loads both, so analysis never imports the orchestrator. A task
+    that names a `tune_reference` (a closed-form optimum) gets it drawn beside the trials."""
     objective = info["objective"]
     table = trials_table(study, info.get("pruner", "wilcoxon"))
     files = [folder / "trials.csv", folder / "trials.md"]
     table.to_csv(files[0], index=False)
 
     reference = None
-    if references and info["task"] in references and not trials.empty:
+    closed_form = task_hook(info["task"], "tune_reference")
+    if closed_form is not None and not trials.empty:
         final = final_metrics(trials, metrics)
-        reference = references[info["task"]](final, objective, info["search"], info["seeds"])
+        reference = closed_form(final, objective, info["search"], info["seeds"])
 
     lines = [f"# Study {info['study']} (task {info['task']})", "",
              f"Objective: {objective['direction']} the {objective['aggregate']} over seeds "
@@ -137,7 +133,6 @@ def report(out_dir: Path, folder: Path, trials: pd.DataFrame, metrics: pd.DataFr
              f"{info['seeds']}.", ""]
     counts = table.state.value_counts().to_dict() if not table.empty else {}
     lines.append("Trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".")
-    best = best_trial(study)
     if best is not None:
         params = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
                            for k, v in best.params.items())

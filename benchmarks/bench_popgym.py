@@ -10,7 +10,7 @@
    the ratio.
 3. Seeds batched vs sequential (`--seeds N`, default 6; 0 skips): the training step of N
    seeds, each on its own `num_envs` mazes, per model (BPTT). Sequential = N PopgymRuns
-   stepped one after the other (what the task does, `batched=False`). Batched = the N
+   stepped one after the other (what the task does). Batched = the N
    seeds' parameters stacked (`torch.func.stack_module_state`), the model called under
    `torch.func.vmap` (per-seed weights → batched matmuls), all N·num_envs mazes in one
    MazeBatch, per-seed action/maze streams, one backward of the summed per-seed losses,
@@ -40,7 +40,14 @@ from torch.nn.utils.stateless import _reparametrize_module
 from learners.recurrent import RecurrentBaseline
 from learners.reinforce import normalised_returns, policy_loss
 from tasks.mazes import MazeBatch, _GlobalRngGuard, wrapped_popgym_env
-from tasks.popgym_task import PopgymConfig, PopgymRun, rollout, sample_actions
+from tasks.popgym_task import (
+    PopgymConfig,
+    PopgymRun,
+    random_seeds,
+    rollout,
+    sample_actions,
+    seen_rewards,
+)
 
 CASES = {
     "GRU BPTT": dict(model="gru", learner="backprop"),
@@ -60,7 +67,7 @@ def training_rate(cfg: PopgymConfig, batches: int) -> tuple[float, float]:
     train = steps / (time.perf_counter() - start)
     steps, start = 0.0, time.perf_counter()
     for _ in range(batches):
-        batch = rollout(run.model, run.mazes, cfg, run.gens["mazes"], run.gens["train"])
+        batch = rollout(run.model, run.mazes, cfg, run.maze_seeds(), run.gens["train"])
         steps += float(batch.valid.sum())
     return train, steps / (time.perf_counter() - start)
 
@@ -153,15 +160,13 @@ class SeedStack:
     def rollout(self):
         """Like tasks.popgym_task.rollout for all seeds at once, each on its own streams."""
         s, n, cfg = self.s, self.n, self.cfg
-        seeds = sum((torch.randint(0, 2**31 - 1, (n,), generator=g["mazes"]).tolist()
-                     for g in self.gens), [])
+        seeds = sum((random_seeds(g["mazes"], n) for g in self.gens), [])
         obs = torch.from_numpy(self.mazes.reset(seeds))
         state = self.base.initial_state(s * n)
         state = (tuple(x.view(s, n, -1) for x in state) if isinstance(state, tuple)
                  else state.view(s, n, *state.shape[1:]))
         active = np.ones(s * n, bool)
         rec: dict[str, list] = {"obs": [], "actions": [], "rewards": [], "valid": []}
-        penalty = -1.0 / cfg.episode_length
         while active.any():
             logits, state = self.v_step(self.params, self.buffers, obs.view(s, n, -1), state)
             u = torch.cat([torch.rand(n, generator=g["train"]) for g in self.gens])
@@ -169,13 +174,12 @@ class SeedStack:
             res = self.mazes.step(actions.numpy(), active)
             flip = torch.cat([torch.rand(n, generator=g["train"])
                               for g in self.gens]).numpy() < cfg.noise
-            reward = np.where(flip, penalty, res.reward)
             rec["obs"].append(obs)
             rec["actions"].append(actions)
-            rec["rewards"].append(torch.from_numpy(np.where(active, reward, 0.0)).float())
+            rec["rewards"].append(torch.from_numpy(seen_rewards(res, active, flip, cfg)).float())
             rec["valid"].append(torch.from_numpy(active.copy()))
+            obs = torch.from_numpy(np.where(active[:, None], res.obs, obs.numpy()))
             active = active & ~(res.terminated | res.truncated)
-            obs = torch.from_numpy(res.obs)
         return {k: torch.stack(v) for k, v in rec.items()}  # (T, S·n, ...)
 
     def train_step(self) -> float:

@@ -1,7 +1,7 @@
 """Recurrent policies of E3 (PAPER.md §2 E3): recurrent SparseNet, GRU and LSTM.
 
 Every model reads a sequence of observations (T, B, O) and returns logits (T, B, A). All
-share the preprocessor of the paper:
+share the preprocessor of the paper (LayerNorm without affine parameters):
     e_t = LeakyReLU(Linear(LayerNorm(Linear(obs_t, 128)), 128))
 
 Recurrent SparseNet (N neurons, each a K-vector state; M slots; P parents; the first
@@ -9,13 +9,16 @@ Recurrent SparseNet (N neurons, each a K-vector state; M slots; P parents; the f
     x_t[i]  = [h_{t−1}[parents(i)] (P·K) ; e_t (E) if i < input_neurons else 0]
     w_t[i]  = softmax(x_t[i] Keys_i^T / √D)                 D = P·K + E, over M slots
     h_t[i]  = Σ_m w_t[i]_m tanh(A_{i,m} x_t[i] + b_{i,m})   h_{−1} = 0
-    logits  = Σ_m r_m (Wact_m z + cact_m),  r = softmax(Kact z / √(N·K)),  z = flat(h_t)/√(N·K)
+    logit_a = Σ_m r_{a,m} (W_{a,m}·z + c_{a,m}),  r_{a,·} = softmax_m(K_{a,m}·z / √(N·K)),
+              z = flat(h_t) (N·K, unscaled): M slots per action, each routed on its own
 The zero block of a non-input neuron's x is never materialised: the parent part and the
 e_t part are separate parameters, and only the first `input_neurons` neurons have the
-latter. Init: every SparseNet parameter N(0, 1/D), the actor N(0, 1/(N·K)).
+latter. Init: every SparseNet parameter N(0, 1/D), the actor's keys and weights
+N(0, 1/(N·K)), its biases 0.
 
 GRU / LSTM: the same preprocessor, a `hidden`-wide cell, and an actor of two LeakyReLU
-layers of 128 then the logits (PyTorch's default init).
+layers of 128 then the logits. Init as the reference: every Linear and the cell's weight
+matrices orthogonal (gain 1), biases 0, the logit layer's weights N(0, 0.01²).
 
 `forward(obs, cut=True)` on the SparseNet gives each step's h_{t−1} and e_t as fresh leaves, so the
 sgprop-through-time learner (learners/sgprop_time.py) can take one vector-Jacobian product
@@ -31,12 +34,19 @@ import torch
 from torch import Tensor, nn
 
 
+def orthogonal(layer: nn.Linear) -> nn.Linear:
+    """Orthogonal weights (gain 1), zero bias: the reference's init of every Linear."""
+    nn.init.orthogonal_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class Preprocessor(nn.Module):
     def __init__(self, obs_dim: int, width: int = 128) -> None:
         super().__init__()
-        self.inp = nn.Linear(obs_dim, width)
-        self.norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, width)
+        self.inp = orthogonal(nn.Linear(obs_dim, width))
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.out = orthogonal(nn.Linear(width, width))
 
     def forward(self, obs: Tensor) -> Tensor:
         return nn.functional.leaky_relu(self.out(self.norm(self.inp(obs))))
@@ -102,9 +112,10 @@ class RecurrentSparseNet(nn.Module):
         self.biases = nn.Parameter(torch.randn(n, m, k, generator=gen) * std)
         z = n * k
         std = 1.0 / math.sqrt(z)
-        self.act_keys = nn.Parameter(torch.randn(m, z, generator=gen) * std)
-        self.act_weights = nn.Parameter(torch.randn(m, shape.actions, z, generator=gen) * std)
-        self.act_biases = nn.Parameter(torch.zeros(m, shape.actions))
+        a = shape.actions
+        self.act_keys = nn.Parameter(torch.randn(a, m, z, generator=gen) * std)
+        self.act_weights = nn.Parameter(torch.randn(a, m, z, generator=gen) * std)
+        self.act_biases = nn.Parameter(torch.zeros(a, m))
 
     def cell_parameters(self) -> list[nn.Parameter]:
         return [self.keys_p, self.keys_e, self.weights_p, self.weights_e, self.biases]
@@ -133,10 +144,11 @@ class RecurrentSparseNet(nn.Module):
 
     def actor(self, states: Tensor) -> Tensor:
         """states (..., N, K) → logits (..., A)."""
-        z = states.flatten(-2) / math.sqrt(self.shape.neurons * self.shape.dim)
-        routing = torch.softmax(z @ self.act_keys.T, -1)  # (..., M)
-        per_slot = torch.einsum("...z,maz->...ma", z, self.act_weights) + self.act_biases
-        return (routing.unsqueeze(-1) * per_slot).sum(-2)
+        z = states.flatten(-2)
+        scale = 1.0 / math.sqrt(z.shape[-1])
+        routing = torch.softmax(torch.einsum("...z,amz->...am", z, self.act_keys) * scale, -1)
+        per_slot = torch.einsum("...z,amz->...am", z, self.act_weights) + self.act_biases
+        return (routing * per_slot).sum(-1)
 
     def initial_state(self, batch: int) -> Tensor:
         return self.biases.new_zeros(batch, self.shape.neurons, self.shape.dim)
@@ -183,10 +195,17 @@ class RecurrentBaseline(nn.Module):
         self.pre = Preprocessor(obs_dim, embed)
         cells = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}
         self.rnn = cells[kind](embed, hidden)
+        for name, param in self.rnn.named_parameters():
+            if name.startswith("weight"):  # weight_ih (3H or 4H, E), weight_hh: each whole
+                nn.init.orthogonal_(param)
+            else:
+                nn.init.zeros_(param)
+        head = nn.Linear(actor_width, actions)
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
         self.actor = nn.Sequential(
-            nn.Linear(hidden, actor_width), nn.LeakyReLU(),
-            nn.Linear(actor_width, actor_width), nn.LeakyReLU(),
-            nn.Linear(actor_width, actions))
+            orthogonal(nn.Linear(hidden, actor_width)), nn.LeakyReLU(),
+            orthogonal(nn.Linear(actor_width, actor_width)), nn.LeakyReLU(), head)
 
     def initial_state(self, batch: int) -> Tensor | tuple[Tensor, Tensor]:
         zeros = self.actor[0].weight.new_zeros(batch, self.hidden)
@@ -214,7 +233,7 @@ def build_model(kind: str, obs_dim: int, actions: int, seed_gen: torch.Generator
                 shape: RecurrentShape | None = None, hidden: int = 256) -> Model:
     """The model of `kind` ('sparsenet', 'gru', 'lstm'), initialised from `seed_gen` only.
 
-    PyTorch's default initialisers draw from the global generator, so they run inside a
+    torch.nn.init's initialisers draw from the global generator, so they run inside a
     forked RNG seeded from `seed_gen`: the caller's global state is untouched.
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=seed_gen))

@@ -30,6 +30,21 @@ class Batch:
     def lengths(self) -> Tensor:
         return self.valid.sum(0)
 
+    def padded(self, steps: int) -> Batch:
+        """The batch with all-invalid steps appended up to `steps`: zero observations and
+        actions (the reference's buffer after its last episode has ended)."""
+        return Batch(obs=pad_steps(self.obs, steps), actions=pad_steps(self.actions, steps),
+                     rewards=pad_steps(self.rewards, steps), valid=pad_steps(self.valid, steps),
+                     success=self.success)
+
+
+def pad_steps(x: Tensor, steps: int) -> Tensor:
+    """Zeros appended along the leading (time) dim up to `steps` (never cut)."""
+    extra = steps - x.shape[0]
+    if extra <= 0:
+        return x
+    return torch.cat([x, x.new_zeros(extra, *x.shape[1:])])
+
 
 def discounted_returns(rewards: Tensor, valid: Tensor, gamma: float) -> Tensor:
     """G_t = r_t + γ G_{t+1} over valid steps; (T, B) → (T, B), zero where not valid."""

@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("out", type=Path, help="results directory")
     ui.add_argument("--port", type=_port, default=5000)
 
+    dashboard = sub.add_parser("dashboard", help="start optuna-dashboard on 127.0.0.1 for "
+                                                 "a `sgsweep tune` results directory")
+    dashboard.add_argument("out", type=Path, help="results directory of `sgsweep tune`")
+    dashboard.add_argument("--port", type=_positive_int, default=8080)
+
     validate = sub.add_parser("validate", help="check a sweep file and print its size")
     validate.add_argument("spec", type=Path)
     _add_max_trials(validate)
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "tune": cmd_tune, "validate": cmd_validate,
                     "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
-                    "ui": cmd_ui}
+                    "ui": cmd_ui, "dashboard": cmd_dashboard}
         return commands[args.command](args)
     except (SpecError, UserError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -348,6 +353,36 @@ def cmd_ui(args: argparse.Namespace) -> int:
                "--default-artifact-root", (args.out / "mlartifacts").resolve().as_uri()]
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     os.execv(command[0], command)
+    return 0  # not reached
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard for the study DIR/tune.json names, on 127.0.0.1. What tune.json says
+    is checked first (`study_info`): only an existing journal file or database is opened."""
+    import os
+    import shutil
+
+    from orchestrator.tune import JOURNAL, STUDY_FILE, study_info
+
+    where = args.out / STUDY_FILE
+    if not where.is_file():
+        raise UserError(f"{args.out}: no Optuna study here (expected {where} from `sgsweep "
+                        "tune`)")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: expected a port number from 1 to 65535")
+    info = study_info(args.out)  # checked: a planted storage is never opened or created
+    storage = info.get("storage") or str(args.out / JOURNAL)
+    if "://" not in storage and not Path(storage).is_file():
+        raise UserError(f"{where}: the study's journal {storage} is missing")
+    command = [shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable))
+               or "optuna-dashboard", storage, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"optuna-dashboard for study {info['study']!r} on http://127.0.0.1:{args.port} "
+          "(Ctrl-C stops it)", flush=True)
+    try:
+        os.execv(command[0], command)
+    except OSError as exc:
+        raise UserError(f"cannot start optuna-dashboard ({exc}); install it with "
+                        "`pip install optuna-dashboard`") from None
     return 0  # not reached
 
 

@@ -79,6 +79,8 @@ def describe_error(exc: BaseException) -> str:
 def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu",
                timeout_s: float | None = None, node: str = "") -> list[TrialRecord]:
     task = get_task(task_name)
+    if not task.uses_gpu:
+        device = "cpu"  # the device column says where the trials computed
     node = node or socket.gethostname()
     records: list[TrialRecord] = []
     for block in blocks:

@@ -56,14 +56,15 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
 def write_tune_report(out_dir: Path, tracking_uri: str | None = None) -> Path:
     """DIR/report/<study>/ for a tuning directory (`sgsweep tune`): the study's trials,
     history, importances and slice plot, logged to the study's MLflow parent run."""
-    from analysis import reports, tune
-    from orchestrator.tune import study_info
+    from analysis import tune
+    from orchestrator.tune import best_trial, load_study
 
-    study = study_info(out_dir)["study"]
+    optuna_study, info = load_study(out_dir)
+    study = info["study"]
     folder = out_dir / "report" / study
     folder.mkdir(parents=True, exist_ok=True)
     trials, metrics = load_results(out_dir)
-    files = tune.report(out_dir, folder, trials, metrics, reports.TUNE_REFERENCES)
+    files = tune.report(optuna_study, info, best_trial(optuna_study), folder, trials, metrics)
     if files:
         tracker = open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
         tracker.attach(study, out_dir, files, role="study")

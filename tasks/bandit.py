@@ -459,6 +459,5 @@ TASK = Task(
     name="bandit",
     config_type=BanditConfig,
     run_block=run_block,
-    description="E2 noisy contextual bandit: SparseNet sgprop/backprop and MLP, gradient MSE",
-    batched=True,
+    report="analysis.bandit:report",
 )

@@ -69,19 +69,25 @@ BlockRunner = Callable[[Any, Sequence[int], str], list[MetricLog]]
 
 @dataclass(frozen=True)
 class Task:
-    """A registered task.
+    """A registered task: everything sgsweep needs to know about it, in one place.
 
     `config_type` is a dataclass; fields without defaults are required in a sweep. Its
     optional `validate()` method raises `ConfigError` for cross-field problems.
-    `batched` says whether `run_block` computes many seeds as one batched computation;
-    either way, each seed's result must equal running that seed alone.
+    `run_block` computes a block of seeds (batched or one by one: either way, each seed's
+    result must equal running that seed alone). `report` and `tune_reference` name, as
+    "module:function", the analysis that draws the task's report and the closed-form
+    optimum a tuning report compares a study against; they are imported only when a report
+    is written, so a task stays free of plotting and pandas. `uses_gpu` False: the task
+    computes on the CPU whatever GPU Ray assigns, so its blocks are run, and their trials
+    recorded, with device "cpu".
     """
 
     name: str
     config_type: type
     run_block: BlockRunner
-    description: str = ""
-    batched: bool = False
+    report: str = ""
+    tune_reference: str = ""
+    uses_gpu: bool = True
 
     def config_fields(self) -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(self.config_type)}

@@ -238,6 +238,6 @@ TASK = Task(
     name="expert",
     config_type=ExpertConfig,
     run_block=run_block,
-    description="E1 expert simulation: exact-gradient MSE of backprop, SG and λ-mixtures",
-    batched=True,
+    report="analysis.expert:report",
+    tune_reference="analysis.expert:tune_reference",
 )

@@ -1,21 +1,29 @@
 """E3: POPGym labyrinths, recurrent SparseNet (BPTT or sgprop through time) vs GRU / LSTM.
 
-PAPER.md §2 E3. Each batch: `num_envs` fresh 6×6 mazes (seeds from the seed's maze
-stream), one full episode each (Escape 80 / Explore 40; POPGym truncates after length − 1
-steps), wrapped previous-action → antialias → flatten (tasks/mazes.py). In Explore each
-step's reward is replaced by the step penalty −1/length with probability `reward_noise`
-(default 0.75; Escape's default is 0). Success = the episode terminated (goal reached /
-maze explored). Training: full-episode REINFORCE (learners/reinforce.py), γ 0.95, returns
-normalised over the batch's valid steps, entropy 0.01, gradient-norm clip 0.5, Adam,
-300 batches.
+PAPER.md §2 E3; by default what the reference code (`exp-popgym/trainers.py`) does,
+docs/e3.md has the side-by-side proof and docs/deviations.md the options. Each batch:
+`num_envs` fresh 6×6 mazes, one full episode each (Escape 80 / Explore 40; POPGym
+truncates after length − 1 steps), wrapped previous-action → antialias → flatten
+(tasks/mazes.py). Maze seeds (`maze_seeds: reference`): episode i of batch k (from 0) of
+run seed s is POPGym's maze `s + i + k·num_envs`, so runs with nearby seeds share most
+mazes, as in the reference (`independent`: drawn from the seed's own maze stream). In
+Explore each step's reward is replaced by the step penalty −1/length with probability
+`reward_noise` (default 0.75; Escape's default is 0), then +1 is added on completion (the
+maze explored). A finished episode's observation stays its last one while the others run
+on. Success = the episode terminated (goal reached / maze explored). Training:
+full-episode REINFORCE (learners/reinforce.py), γ 0.95, returns normalised over the
+batch's valid steps, entropy 0.01, gradient-norm clip 0.5, Adam, 300 batches.
 
 Metrics (step = batch index, 1..batches; batch-level metrics are averaged over the
 `log_every` batches ending at the step):
   success_rate, return_mean, return_p10/p25/p50/p75/p90 (undiscounted episode return as the
   agent saw it), episode_length, env_steps (cumulative valid steps), policy_loss, entropy,
-  grad_norm (before clipping); sgprop: sg_loss, lambda_mean/min/max/p25/p75 (over neurons);
+  grad_norm (before clipping); sgprop: sg_loss, lambda_mean/min/max/p25/p75 (over neurons;
+  λ after this batch's update), true_grad_norm / pred_norm / mixed_grad_norm (mean per-neuron
+  ‖g_t‖, ‖ĝ_t‖, ‖g̃_t‖ over valid steps, mean-loss units, ĝ before this batch's SG step);
   at the last step also success_last5 (mean success of the last 5 batches) and success_auc
-  (mean success over all batches: the area under success-vs-batch, normalised to [0, 1]).
+  (trapezoid area under success-vs-batch over the batch span, in [0, 1], as the
+  reference's `normalized_auc`).
 Gradient quality (beyond the paper), every `grad_every` batches (0: never), parameters,
 SG and λ frozen, on batches from its own stream: a reference g_ref = mean of BPTT's
 one-batch gradients over `ref_batches` batches (squared standard error se² = sample
@@ -29,9 +37,9 @@ batches. Per group (`all`, `recurrent` = the cell's parameters):
 g is E[BPTT's one-batch gradient of the normalised-return loss]; rules: `bp`, and for
 sgprop `mix` (the current λ-mixture with its schedule) and `sg` (λ = 0 at every step).
 
-Randomness: per seed independent streams (init, mazes, train = actions and reward noise,
-grad), so gradient checkpoints never change a training trajectory. Seeds in a block run
-one after the other (bit-identical to running alone).
+Randomness: per seed independent streams (init, mazes [`maze_seeds: independent`], train =
+actions and reward noise, grad), so gradient checkpoints never change a training
+trajectory. Seeds in a block run one after the other (bit-identical to running alone).
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, build_
 from learners.reinforce import Batch, normalised_returns
 from learners.sgprop_time import BPTT, SGPropTime
 from tasks.base import ConfigError, MetricLog, Task, check_lambda
-from tasks.mazes import ACTIONS, OBS_DIM, MazeBatch
+from tasks.mazes import ACTIONS, OBS_DIM, MazeBatch, StepResult
 
 STREAMS = {"init": 0, "mazes": 1, "train": 2, "grad": 3}
 LENGTH = {"escape": 80, "explore": 40}
@@ -75,7 +83,10 @@ class PopgymConfig:
     lam: float = 1.0  # sgprop: λ₀ if adaptive, else the fixed λ (1 = BPTT)
     adaptive: bool = True
     lam_momentum: float = 0.9
-    lam_schedule: Literal["parents", "none"] = "parents"
+    lam_schedule: Literal["children", "parents", "none"] = "children"
+    sg_padding: Literal["mix", "mask"] = "mix"  # SG mixed at padded steps, or masked there
+    sg_units: Literal["mean", "per_sample"] = "mean"  # SG learns the mean-loss g, or n·g
+    maze_seeds: Literal["reference", "independent"] = "reference"
     neurons: int = 128  # SparseNet
     dim: int = 6
     parents: int = 6
@@ -95,8 +106,8 @@ class PopgymConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(name, f"expected a positive integer, got {value}")
-        if self.maze_size < 2 or self.maze_size % 2:
-            raise ConfigError("maze_size", f"expected an even size >= 2, got {self.maze_size}")
+        if self.maze_size < 6 or self.maze_size % 2:  # mazelib's smallest: 3×3 cells
+            raise ConfigError("maze_size", f"expected an even size >= 6, got {self.maze_size}")
         if self.length is not None and self.length < 2:
             raise ConfigError("length", f"expected at least 2 steps, got {self.length}")
         if self.reward_noise is not None and not 0.0 <= self.reward_noise <= 1.0:
@@ -150,31 +161,44 @@ def sample_actions(probs: Tensor, uniforms: Tensor) -> Tensor:
     return (cdf < uniforms.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
+def random_seeds(gen: torch.Generator, n: int) -> list[int]:
+    return torch.randint(0, 2**31 - 1, (n,), generator=gen).tolist()
+
+
+def seen_rewards(res: StepResult, active: np.ndarray, flip: np.ndarray,
+                 cfg: PopgymConfig) -> np.ndarray:
+    """The rewards the agent learns from: the step penalty −1/length where `flip`, else
+    POPGym's; in Explore then +1 on completion (after the replacement, as the reference);
+    0 for episodes that had already ended."""
+    reward = np.where(flip, -1.0 / cfg.episode_length, res.reward)
+    if cfg.env == "explore":
+        reward = reward + res.terminated
+    return np.where(active, reward, 0.0)
+
+
 @torch.no_grad()
-def rollout(model: Model, mazes: MazeBatch, cfg: PopgymConfig, maze_gen: torch.Generator,
+def rollout(model: Model, mazes: MazeBatch, cfg: PopgymConfig, seeds: Sequence[int],
             act_gen: torch.Generator) -> Batch:
-    """One episode in each of `num_envs` fresh mazes, actions sampled from the policy."""
+    """One episode in each of `num_envs` fresh mazes (POPGym seeds `seeds`), actions
+    sampled from the policy. An episode that has ended keeps its last observation."""
     n = cfg.num_envs
-    seeds = torch.randint(0, 2**31 - 1, (n,), generator=maze_gen).tolist()
     obs = torch.from_numpy(mazes.reset(seeds))
     state = model.initial_state(n)
     active = np.ones(n, bool)
     success = np.zeros(n, bool)
     record: dict[str, list[Tensor]] = {"obs": [], "actions": [], "rewards": [], "valid": []}
-    penalty = -1.0 / cfg.episode_length
     while active.any():
         logits, state = model.step(obs, state)
         actions = sample_actions(torch.softmax(logits, -1), torch.rand(n, generator=act_gen))
         res = mazes.step(actions.numpy(), active)
         flip = torch.rand(n, generator=act_gen).numpy() < cfg.noise
-        reward = np.where(flip, penalty, res.reward)
         record["obs"].append(obs)
         record["actions"].append(actions)
-        record["rewards"].append(torch.from_numpy(np.where(active, reward, 0.0)).float())
+        record["rewards"].append(torch.from_numpy(seen_rewards(res, active, flip, cfg)).float())
         record["valid"].append(torch.from_numpy(active.copy()))
         success |= res.terminated
+        obs = torch.from_numpy(np.where(active[:, None], res.obs, obs.numpy()))
         active = active & ~(res.terminated | res.truncated)
-        obs = torch.from_numpy(res.obs)
     return Batch(obs=torch.stack(record["obs"]), actions=torch.stack(record["actions"]),
                  rewards=torch.stack(record["rewards"]), valid=torch.stack(record["valid"]),
                  success=torch.from_numpy(success))
@@ -195,35 +219,55 @@ class PopgymRun:
         self.learner: BPTT | SGPropTime
         if cfg.learner == "sgprop":
             assert isinstance(self.model, RecurrentSparseNet)
-            self.learner = SGPropTime(self.model, cfg.rule(), cfg.sg_lr, cfg.entropy_coef,
-                                      cfg.lam_schedule)
+            self.learner = SGPropTime(
+                self.model, cfg.rule(), cfg.sg_lr, cfg.entropy_coef, cfg.lam_schedule,
+                horizon=cfg.episode_length, sg_clip=cfg.max_grad_norm,
+                padding=cfg.sg_padding, units=cfg.sg_units)
         else:
             self.learner = BPTT(self.model, cfg.entropy_coef)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.mazes = MazeBatch(cfg.env, cfg.num_envs, cfg.maze_size, cfg.episode_length)
+        self.seed = seed
+        self.batches_done = 0
+
+    def maze_seeds(self) -> list[int]:
+        """The next training batch's POPGym maze seeds (module doc, `maze_seeds`)."""
+        n = self.cfg.num_envs
+        if self.cfg.maze_seeds == "independent":
+            return random_seeds(self.gens["mazes"], n)
+        return [self.seed + i + self.batches_done * n for i in range(n)]
 
     def collect(self, stream_name: str) -> tuple[Batch, Tensor]:
-        """A batch and its normalised returns. Training draws mazes from the maze stream and
+        """A batch and its normalised returns. Training takes the next training mazes and
         actions from the train stream; checkpoints draw both from the grad stream."""
         gen = self.gens[stream_name]
-        maze_gen = self.gens["mazes"] if stream_name == "train" else gen
-        batch = rollout(self.model, self.mazes, self.cfg, maze_gen, gen)
+        if stream_name == "train":
+            seeds = self.maze_seeds()
+            self.batches_done += 1
+        else:
+            seeds = random_seeds(gen, self.cfg.num_envs)
+        batch = rollout(self.model, self.mazes, self.cfg, seeds, gen)
         return batch, normalised_returns(batch.rewards, batch.valid, self.cfg.gamma)
 
-    def train_step(self) -> dict[str, float]:
-        batch, advantages = self.collect("train")
+    def update(self, batch: Batch, advantages: Tensor) -> dict[str, float]:
+        """One learning step on a collected batch: gradients, clip, Adam."""
         stats = self.learner.backward(batch, advantages)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        returns = batch.rewards.sum(0).numpy()
         out = {name: float(v) for name, v in stats.items()}
+        out["grad_norm"] = float(norm)
+        return out
+
+    def train_step(self) -> dict[str, float]:
+        batch, advantages = self.collect("train")
+        out = self.update(batch, advantages)
+        returns = batch.rewards.sum(0).numpy()
         out.update({
             "success_rate": float(batch.success.float().mean()),
             "return_mean": float(returns.mean()),
             "episode_length": float(batch.lengths.float().mean()),
             "steps": float(batch.valid.sum()),
-            "grad_norm": float(norm),
         })
         out.update({f"return_p{q}": float(v)
                     for q, v in zip(PERCENTILES, np.percentile(returns, PERCENTILES),
@@ -299,7 +343,8 @@ class PopgymRun:
             if cfg.grad_every and step % cfg.grad_every == 0:
                 log.log_dict(self.gradient_quality(), step)
         log.log("success_last5", float(np.mean(success[-5:])), cfg.batches)
-        log.log("success_auc", float(np.mean(success)), cfg.batches)
+        auc = np.trapezoid(success) / (len(success) - 1) if len(success) > 1 else success[0]
+        log.log("success_auc", float(auc), cfg.batches)
         return log
 
 
@@ -311,6 +356,6 @@ TASK = Task(
     name="popgym",
     config_type=PopgymConfig,
     run_block=run_block,
-    description="E3 POPGym labyrinths: recurrent SparseNet BPTT/sgprop vs GRU/LSTM, grad quality",
-    batched=False,
+    report="analysis.popgym:report",
+    uses_gpu=False,  # PopgymRun computes on the CPU (see its __init__)
 )

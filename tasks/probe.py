@@ -87,5 +87,4 @@ def run_block(cfg: ProbeConfig, seeds: Sequence[int], device: str = "cpu") -> li
     return [run_trial(cfg, seed, device) for seed in seeds]
 
 
-TASK = Task(name="probe", config_type=ProbeConfig, run_block=run_block,
-            description="diagnostic: sleeps, fails, hangs or crashes on chosen seeds")
+TASK = Task(name="probe", config_type=ProbeConfig, run_block=run_block)

@@ -62,3 +62,14 @@ def test_report_draws_final_reward_vs_learning_rate(tmp_path):
     files = reports.write("bandit", trials, metrics, list(BanditConfig.__dataclass_fields__),
                           tmp_path)
     assert "final_reward_vs_lr.png" in {f.name for f in files}
+
+
+def test_importing_analysis_leaves_the_callers_matplotlib_backend_alone() -> None:
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); "
+            "import analysis.reports, analysis.bandit, analysis.expert, analysis.popgym, "
+            "analysis.tune; print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"

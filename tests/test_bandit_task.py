@@ -16,9 +16,9 @@ SMALL = dict(width=8, dim=3, fan_in=10, parents=2, slots=2, layers=3, steps=12,
              eval_points=3, batch_size=16, eval_size=200)
 
 
-def test_bandit_task_is_registered_and_batched():
-    assert REGISTRY["bandit"].batched
+def test_bandit_task_is_registered_with_its_report():
     assert REGISTRY["bandit"].config_type is BanditConfig
+    assert REGISTRY["bandit"].report == "analysis.bandit:report"
 
 
 def test_digits_without_class_2_has_nine_actions_and_no_twos():

@@ -11,8 +11,15 @@ import torch
 
 from learners.reinforce import discounted_returns, normalised_returns
 from tasks import REGISTRY, ConfigError
-from tasks.mazes import OBS_DIM, MazeBatch, _GlobalRngGuard, wrapped_popgym_env
-from tasks.popgym_task import PopgymConfig, PopgymRun, rollout, run_block, stream
+from tasks.mazes import OBS_DIM, MazeBatch, StepResult, _GlobalRngGuard, wrapped_popgym_env
+from tasks.popgym_task import (
+    PopgymConfig,
+    PopgymRun,
+    rollout,
+    run_block,
+    seen_rewards,
+    stream,
+)
 
 torch.set_num_threads(1)
 
@@ -82,7 +89,7 @@ def test_maze_generation_leaves_global_rngs_alone_and_is_seeded() -> None:
 
 def _rollout(cfg: PopgymConfig, seed: int = 0):
     run = PopgymRun(cfg, seed)
-    return rollout(run.model, run.mazes, cfg, run.gens["mazes"], run.gens["train"])
+    return rollout(run.model, run.mazes, cfg, run.maze_seeds(), run.gens["train"])
 
 
 @pytest.mark.parametrize("noise,expected", [(0.0, None), (1.0, "all")])
@@ -107,6 +114,54 @@ def test_reward_noise_replaces_the_stated_fraction_of_new_square_rewards() -> No
     assert positive.sum() > 250
     assert abs(kept - 0.25) < 0.08
     assert PopgymConfig(env="explore").noise == 0.75 and PopgymConfig(env="escape").noise == 0.0
+
+
+def test_explore_adds_one_on_completion_after_the_noise_replacement() -> None:
+    res = StepResult(obs=np.zeros((4, OBS_DIM), np.float32),
+                     reward=np.array([0.05, 0.05, -0.025, 0.05]),
+                     terminated=np.array([True, False, True, False]),
+                     truncated=np.zeros(4, bool))
+    active = np.array([True, True, True, False])
+    flip = np.array([True, False, False, False])
+    explore = PopgymConfig(env="explore")
+    np.testing.assert_allclose(seen_rewards(res, active, flip, explore),
+                               [-1 / 40 + 1, 0.05, -0.025 + 1, 0.0])
+    # Escape: POPGym's reward already holds the +1 of reaching the goal.
+    escape = PopgymConfig(env="escape")
+    np.testing.assert_allclose(seen_rewards(res, active, flip, escape),
+                               [-1 / 80, 0.05, -0.025, 0.0])
+
+
+def test_explore_episodes_that_finish_earn_one_even_when_every_reward_is_noise() -> None:
+    cfg = PopgymConfig(env="explore", reward_noise=1.0, length=300, **{**TINY, "num_envs": 8})
+    batch = _rollout(cfg)
+    assert bool(batch.success.any()) and not bool(batch.success.all())
+    last = batch.rewards[batch.lengths - 1, torch.arange(8)]
+    torch.testing.assert_close(last, torch.where(batch.success, 1 - 1 / 300, -1 / 300))
+    rewards = batch.rewards[batch.valid]
+    assert int((rewards > 0).sum()) == int(batch.success.sum())
+
+
+def test_reference_maze_seeds_are_seed_plus_env_plus_batch_times_envs() -> None:
+    cfg = PopgymConfig(env="escape", length=10, **TINY)
+    run = PopgymRun(cfg, 7)
+    run.collect("train")
+    run.collect("grad")  # checkpoints draw their own mazes and leave the sequence alone
+    assert run.maze_seeds() == [7 + 4, 8 + 4, 9 + 4, 10 + 4]
+    other = PopgymRun(dataclasses.replace(cfg, maze_seeds="independent"), 7)
+    assert other.maze_seeds() != [7, 8, 9, 10]
+
+
+def test_a_finished_episode_keeps_its_last_observation() -> None:
+    cfg = PopgymConfig(env="escape", length=80, **{**TINY, "num_envs": 16})
+    batch = _rollout(cfg)
+    lengths = batch.lengths
+    short = int(torch.argmin(lengths))
+    end = int(lengths[short])
+    assert end < batch.obs.shape[0]
+    repeated = batch.obs[end:, short]
+    assert bool((repeated == repeated[0]).all())
+    assert not torch.equal(batch.obs[end - 1, short], repeated[0])  # it moved at its last step
 
 
 def test_success_is_termination_and_lengths_respect_truncation() -> None:
@@ -150,6 +205,7 @@ def test_training_logs_every_metric() -> None:
     final = run_block(cfg, [0])[0].final()
     for name in ("success_rate", "return_mean", "return_p10", "return_p90", "episode_length",
                  "env_steps", "policy_loss", "entropy", "grad_norm", "sg_loss", "lambda_mean",
+                 "true_grad_norm", "pred_norm", "mixed_grad_norm",
                  "lambda_min", "lambda_max", "lambda_p25", "lambda_p75", "success_last5",
                  "success_auc", "grad_mse/bp/all", "grad_mse/mix/recurrent",
                  "grad_bias2/sg/all", "grad_var/mix/all", "grad_cos/bp/all",
@@ -168,6 +224,7 @@ def test_streams_are_independent_per_name_and_seed() -> None:
     ({"env": "cartpole"}, None),
     ({"num_envs": 0}, "num_envs"),
     ({"maze_size": 5}, "maze_size"),
+    ({"maze_size": 4}, "maze_size"),
     ({"reward_noise": 1.5}, "reward_noise"),
     ({"lr": 0.0}, "lr"),
     ({"gamma": 1.5}, "gamma"),
@@ -192,3 +249,21 @@ def test_bad_config_is_one_line_error_naming_the_field(change: dict, field: str 
 
 def test_task_is_registered() -> None:
     assert REGISTRY["popgym"].config_type is PopgymConfig
+
+
+def test_e3_trials_given_a_gpu_compute_and_are_recorded_on_the_cpu() -> None:
+    # PopgymRun computes on the CPU (NumPy environment); a trial Ray gave a GPU must not
+    # claim cuda in the results' device column. A task that uses the GPU keeps it.
+    from orchestrator.execute import run_blocks
+    from orchestrator.plan import Block, Trial
+
+    config = dataclasses.asdict(PopgymConfig(env="escape", length=10, **{**TINY,
+                                                                           "batches": 1}))
+    block = Block("c", config, (Trial("t0", "c", 0),))
+    (record,) = run_blocks("popgym", [block], device="cuda")
+    assert record.status == "ok", record.error
+    assert record.device == "cpu"
+    probe = Block("p", {"steps": 1}, (Trial("p0", "p", 0),))
+    (record,) = run_blocks("probe", [probe], device="cuda")
+    assert record.status == "ok" and record.device == "cuda"
+    assert record.metrics.values[record.metrics.names.index("on_cuda")] == 1.0

@@ -172,6 +172,8 @@ def test_bad_command_lines_are_one_line_exit_2(argv, expected, capsys, tmp_path)
 # change): resume keys on them, so a change that alters one would re-run recorded results.
 # The E2 ids were recomputed, deliberately, when the E2 learners became the reference
 # algorithm (docs/e2.md): results of the old algorithm must not count as the new one's.
+# The E3 ids likewise when the E3 learners became the reference algorithm (docs/e3.md;
+# new config fields lam_schedule, sg_padding, sg_units, maze_seeds, new defaults).
 PINNED_IDS = {
     "default.yaml": "2b72c04d530f652a",
     "e1-expert.yaml": "222cb85d86c842f1",
@@ -190,13 +192,21 @@ PINNED_IDS = {
     "e2-parents-mnist.yaml": "65a19106e14d37d6",
     "e2-pflip-digits.yaml": "dd5209258bdfc45c",
     "e2-pflip-mnist.yaml": "699e266d844152d4",
-    "e3-escape-short.yaml": "cc75da747822a795",
-    "e3-escape.yaml": "529816feabb29f80",
-    "e3-explore-short.yaml": "5b41c2f16520c32a",
-    "e3-explore.yaml": "f9ef68e05eadf46f",
-    "e3-gradquality-short.yaml": "f9b16ff34f05e78f",
+    "e3-deviations.yaml": "8d14198a74f83caa",
+    "e3-escape-short.yaml": "769b0d4e260c7971",
+    "e3-escape.yaml": "8a0c58ff066dd1a7",
+    "e3-explore-short.yaml": "fa03e6c4ca2ad88a",
+    "e3-explore.yaml": "f06887ead0007cd2",
+    "e3-gradquality-short.yaml": "fe741014f124b1e4",
+    "e3-reference-check.yaml": "34b556e2880bb1a9",
+    "example-quadratic.yaml": "c08fb6ec06498373",
     "smoke.yaml": "6b8dc51e4ca8c751",
 }
+
+
+def test_every_shipped_sweep_file_has_pinned_trial_ids() -> None:
+    shipped = {p.name for p in Path("sweeps").glob("*.yaml") if not p.name.startswith("tune-")}
+    assert shipped == set(PINNED_IDS), "pin the ids of a new sweep file in PINNED_IDS"
 
 
 @pytest.mark.parametrize("name", sorted(PINNED_IDS))

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from orchestrator.tracking import (
+from orchestrator.tracking.base import (
     Invocation,
     InvocationInfo,
     Study,
