@@ -78,7 +78,7 @@ def rule_for(learner: str, lam: float, adaptive: bool, momentum: float) -> Feedb
 def optimal_lambda(
     realised: Tensor, predicted: Tensor, previous: Tensor, eps: float = 1e-6
 ) -> Tensor:
-    """The batch estimate of the MSE-optimal λ per neuron (PAPER.md §1, adaptive λ).
+    """The batch estimate of the MSE-optimal λ per neuron (docs/concepts.md, adaptive λ).
 
     `realised` and `predicted` hold, per sample b and neuron, the parameter-gradient
     contribution of the BP feedback w_b and of the SG feedback ŵ_b: shape (B, N, P).

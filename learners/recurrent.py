@@ -1,4 +1,4 @@
-"""Recurrent policies of E3 (PAPER.md §2 E3): recurrent SparseNet, GRU and LSTM.
+"""Recurrent policies of E3 (docs/e3.md): recurrent SparseNet, GRU and LSTM.
 
 Every model reads a sequence of observations (T, B, O) and returns logits (T, B, A). All
 share the preprocessor of the paper (LayerNorm without affine parameters):

@@ -1,4 +1,4 @@
-"""Full-episode REINFORCE for E3 (PAPER.md §2 E3), in one place.
+"""Full-episode REINFORCE for E3 (docs/e3.md), in one place.
 
 A batch is B episodes padded to T steps; `valid[t, b]` marks the steps that happened.
     G_t      = r_t + γ G_{t+1}               within each episode (0 after its end)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from learners.feedback import FeedbackRule, backprop, ema, lambda_from_moments, mix
+from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
 from learners.sparsenet import MLP, LayerTrace, SparseNet, SparseNetShape, Trace, seed_einsum
 
 Model = SparseNet | MLP
@@ -283,8 +283,6 @@ def feedback_norms(realised: Sequence[Tensor], predicted: Sequence[Tensor | None
 
 class Backprop:
     """Plain autograd through the whole network (SparseNet or MLP)."""
-
-    rule = backprop()
 
     def __init__(self, model: Model) -> None:
         self.model = model

@@ -1,4 +1,4 @@
-"""E3 learners: BPTT and sgprop through time (PAPER.md §1 sgprop, §2 E3).
+"""E3 learners: BPTT and sgprop through time (docs/concepts.md: λ-mixtures and sgprop; docs/e3.md).
 
 Both learners take one batch of episodes and its normalised returns, set `.grad` of every
 model parameter and return statistics; the task clips the norm and steps Adam. The loss is
@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from learners.feedback import FeedbackRule, backprop, ema, lambda_from_moments, mix
+from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
 from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, SequenceTrace
 from learners.reinforce import Batch, pad_steps, policy_loss
 from learners.sgprop import local_errors, outer_moments, unit
@@ -61,8 +61,6 @@ Lam = float | Tensor  # a fixed λ, or per (t, [b,] neuron): (T, B or 1, N, 1)
 
 class BPTT:
     """Backprop through time: plain autograd of the REINFORCE loss."""
-
-    rule = backprop()
 
     def __init__(self, model: Model, entropy_coef: float) -> None:
         self.model = model

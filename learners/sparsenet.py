@@ -1,4 +1,4 @@
-"""SparseNet and the parameter-matched MLP of the contextual bandit (PAPER.md §2 E2).
+"""SparseNet and the parameter-matched MLP of the contextual bandit (docs/e2.md).
 
 Every parameter carries a leading seed dimension S, so one block of seeds is one batched
 computation; seed s only ever touches slice s, and each slice is drawn from that seed's own

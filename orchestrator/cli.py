@@ -246,6 +246,12 @@ def _finish(args: argparse.Namespace, tracking_uri: str | None,
         report = write_report(args.out, tracking_uri=tracking_uri or "")
         if report is not None:
             print(f"report:  {report}")
+    from orchestrator.tracking import default_tracking_uri
+
+    if tracking_uri and tracking_uri == default_tracking_uri(args.out):  # DIR's own store
+        # the command as the user typed it (e.g. .venv/bin/sgsweep), so the line can be pasted
+        prog = sys.argv[0] if Path(sys.argv[0]).name == "sgsweep" else "sgsweep"
+        print(f"browse:  {prog} ui {args.out}   (the MLflow UI on 127.0.0.1)")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""E1: the expert simulation, where synthetic gradients beat backprop arbitrarily (PAPER.md §2).
+"""E1: the expert simulation, where synthetic gradients beat backprop arbitrarily (docs/e1.md).
 
 One node `u` takes every value of the hypercube {−1,+1}^d; each of the R = 2^d values is a
 partition with its own parameter block θ_r and Jacobian J_r (so u_r(θ) = u_r + J_r θ_r).

@@ -1,6 +1,6 @@
 """E3: POPGym labyrinths, recurrent SparseNet (BPTT or sgprop through time) vs GRU / LSTM.
 
-PAPER.md §2 E3; by default what the reference code (`exp-popgym/trainers.py`) does,
+E3 of docs/concepts.md; by default what the reference code (`exp-popgym/trainers.py`) does,
 docs/e3.md has the side-by-side proof and docs/deviations.md the options. Each batch:
 `num_envs` fresh 6×6 mazes, one full episode each (Escape 80 / Explore 40; POPGym
 truncates after length − 1 steps), wrapped previous-action → antialias → flatten
