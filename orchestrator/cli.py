@@ -1,8 +1,11 @@
 """`sgsweep` command line: run, tune, report, validate.
 
 User mistakes (bad spec, missing directory, busy directory) print one line starting with
-`error:` and exit with code 2; nothing is written before the spec has been validated. A
-fault outside the user's hands (Ray did not start) is one line too, exit code 1. Ctrl-C,
+`error:` and exit with code 2; nothing is written before the spec has been validated. So
+do problems of DIR's file system (read-only, full, a file where a folder goes, `.lock` not
+a file) and of files read back from DIR (damaged parts, a tune.json or journal that is
+not what sgsweep wrote). A fault outside the user's hands (Ray did not start, an I/O
+error) is one line too, exit code 1. Ctrl-C,
 SIGTERM and SIGHUP stop at the next safe point (see orchestrator/signals.py) and exit with
 130, 143 and 129.
 """
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # Inside the try: Ctrl-C while torch/Ray are still importing is a clean exit too.
+        from orchestrator.errors import RunError
         from orchestrator.schedule import StartError
         from orchestrator.spec import SpecError
     except KeyboardInterrupt as exc:
@@ -160,12 +164,17 @@ def main(argv: list[str] | None = None) -> int:
                     "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
                     "ui": cmd_ui, "dashboard": cmd_dashboard}
         return commands[args.command](args)
-    except (SpecError, UserError) as exc:
+    except (SpecError, UserError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAULT
+    except OSError as exc:  # the file system: full, read-only, a file where a folder goes
+        from orchestrator.runner import OS_HINTS, os_errno, os_error_line
+
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE if os_errno(exc) in OS_HINTS else EXIT_FAULT
     except KeyboardInterrupt as exc:
         return _interrupted(args, exc)
 
@@ -355,12 +364,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard for the study DIR/tune.json names, on 127.0.0.1. What tune.json says
-    is checked first: only an existing journal file or database is ever opened."""
-    import json
+    is checked first (`study_info`): only an existing journal file or database is opened."""
     import os
     import shutil
 
-    from orchestrator.tune import JOURNAL, STUDY_FILE
+    from orchestrator.tune import JOURNAL, STUDY_FILE, study_info
 
     where = args.out / STUDY_FILE
     if not where.is_file():
@@ -368,28 +376,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                         "tune`)")
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: expected a port number from 1 to 65535")
-    try:
-        info = json.loads(where.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"{where}: not readable as JSON ({exc})") from None
-    storage = info.get("storage") if isinstance(info, dict) else None
-    if not isinstance(info, dict) or not isinstance(info.get("study"), str) or not (
-            storage is None or isinstance(storage, str)):
-        raise UserError(f"{where}: expected a JSON object with a study name and a storage")
-    scheme, _, rest = (storage or "").partition("://")
-    if not storage:  # the default: a journal file in DIR
-        storage = str(args.out / JOURNAL)
-        if not Path(storage).is_file():
-            raise UserError(f"{where}: the study's journal {storage} is missing")
-    elif not rest:  # a journal file given with --storage
-        if not Path(storage).is_file():
-            raise UserError(f"{where}: storage {storage[:200]!r} is not an existing journal file")
-    elif scheme == "sqlite":  # never create a database file
-        if not Path(rest.removeprefix("/")).is_file():
-            raise UserError(f"{where}: storage {storage[:200]!r}: no such SQLite file")
-    elif scheme.split("+")[0] not in ("postgresql", "mysql"):
-        raise UserError(f"{where}: storage {storage[:200]!r}: expected a journal file or a "
-                        "sqlite, postgresql or mysql URL")
+    info = study_info(args.out)  # checked: a planted storage is never opened or created
+    storage = info.get("storage") or str(args.out / JOURNAL)
+    if "://" not in storage and not Path(storage).is_file():
+        raise UserError(f"{where}: the study's journal {storage} is missing")
     command = [shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable))
                or "optuna-dashboard", storage, "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"optuna-dashboard for study {info['study']!r} on http://127.0.0.1:{args.port} "

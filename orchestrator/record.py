@@ -8,6 +8,12 @@ under a hidden temporary name and renamed into place, so readers never see a tor
 (pyarrow ignores names starting with '.'). The metrics part is renamed first and shares
 its name with the trials part: a metrics part without its trials twin is an interrupted
 write and is removed on the next run.
+
+Each trials part records, in its Parquet key-value metadata, its own row count and its
+metrics part's, so a metrics part that is missing or short is detected. Every reader names
+a damaged part (empty, truncated, garbled, wrong schema, missing or short twin) in one line
+(`DamagedResults`); `heal` (called by `sgsweep run`) moves such parts, with their twins,
+to DIR/quarantine/ (never deleting them), so their trials count as not run and run again.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ import typing
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from orchestrator.errors import RunError
 from orchestrator.execute import TrialRecord
+from orchestrator.spec import MAX_NAME, NAME_PATTERN
 from tasks import Task
 
 TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
@@ -52,6 +60,32 @@ METRICS_SCHEMA = pa.schema([
     ("metric", pa.string()),
     ("value", pa.float64()),
 ])
+
+
+TRIALS_ROWS = b"sgsweep.trials_rows"  # metadata of a trials part: its own row count
+METRICS_ROWS = b"sgsweep.metrics_rows"  # ... and its metrics twin's
+QUARANTINE = "quarantine"
+MAGIC = b"PAR1"
+
+
+class Damage(NamedTuple):
+    """A part file that cannot be trusted, and what is wrong with it (one line)."""
+
+    path: Path
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class DamagedResults(RunError):
+    """Part files of a results directory are damaged; the message names the first."""
+
+    def __init__(self, damage: list[Damage]) -> None:
+        self.damage = damage
+        more = f" (and {len(damage) - 1} more damaged part files)" if len(damage) > 1 else ""
+        super().__init__(f"{damage[0]}{more}; `sgsweep run` on this directory moves damaged "
+                         "parts to its quarantine/ folder and re-runs their trials")
 
 
 def param_type(hint: Any) -> pa.DataType:
@@ -119,9 +153,15 @@ class ResultStore:
             metric_rows["metric"].extend(r.metrics.names)
             metric_rows["value"].extend(r.metrics.values)
         metrics = pa.table(metric_rows, schema=METRICS_SCHEMA)
-        _atomic_write(metrics, self.metrics_dir / name)
-        _atomic_write(trials, self.trials_dir / name)
+        self._write_pair(name, trials, metrics)
         return name
+
+    def _write_pair(self, name: str, trials: pa.Table, metrics: pa.Table) -> None:
+        """The metrics part first, then its trials part (which records both row counts)."""
+        metadata = {**(trials.schema.metadata or {}), TRIALS_ROWS: str(trials.num_rows).encode(),
+                    METRICS_ROWS: str(metrics.num_rows).encode()}
+        _atomic_write(metrics, self.metrics_dir / name)
+        _atomic_write(trials.replace_schema_metadata(metadata), self.trials_dir / name)
 
     def recorded(self) -> dict[str, str]:
         """Latest recorded status per trial_id."""
@@ -159,18 +199,84 @@ class ResultStore:
             stale = {tid for tid, _ in rows if latest[tid][1] != name}
             if not stale:
                 continue
-            for folder in (self.metrics_dir, self.trials_dir):
-                path = folder / name
-                if path.exists():
-                    table = pq.read_table(path)
-                    keep = pa.compute.invert(pa.compute.is_in(
-                        table.column("trial_id"), value_set=pa.array(sorted(stale))))
-                    _atomic_write(table.filter(keep), path)
+            tables = []
+            for folder in (self.trials_dir, self.metrics_dir):
+                table = pq.read_table(folder / name)
+                keep = pa.compute.invert(pa.compute.is_in(
+                    table.column("trial_id"), value_set=pa.array(sorted(stale))))
+                tables.append(table.filter(keep))
+            self._write_pair(name, *tables)
             dropped += sum(tid in stale for tid, _ in rows)
         return dropped
 
+    def damage(self, deep: bool = False) -> list[Damage]:
+        """Every damaged part: unreadable footer (empty, truncated, garbled), a schema that
+        is not ours, a trials part whose metrics twin is missing or short. `deep` also reads
+        every part's data (`sgsweep run` does; other commands find garbled data as they
+        read it)."""
+        found: list[Damage] = []
+        for part in sorted(self.trials_dir.glob("part-*.parquet")):
+            twin = self.metrics_dir / part.name
+            problem = _footer_problem(part, TRIAL_COLUMNS, deep)
+            if problem:
+                found.append(Damage(part, problem))
+                continue
+            if not twin.is_file():
+                found.append(Damage(twin, f"missing (its trials part {part} has no metrics)"))
+                continue
+            problem = _footer_problem(twin, list(zip(METRICS_SCHEMA.names, METRICS_SCHEMA.types,
+                                                     strict=True)), deep)
+            if problem:
+                found.append(Damage(twin, problem))
+                continue
+            written = pq.read_schema(part).metadata or {}
+            for path, key in ((part, TRIALS_ROWS), (twin, METRICS_ROWS)):
+                rows = pq.read_metadata(path).num_rows
+                if key in written and rows != int(written[key]):
+                    found.append(Damage(path, f"{rows} rows, but {int(written[key])} were "
+                                              f"written (recorded in {part.name})"))
+                    break
+        return found
+
+    def check(self) -> None:
+        """Raise `DamagedResults` if any part is damaged (read-only commands)."""
+        if found := self.damage():
+            raise DamagedResults(found)
+
+    def heal(self, report=print) -> list[Damage]:
+        """Move every damaged part and its twin to DIR/quarantine/ (never deleted): their
+        trials no longer count as recorded, so `run` runs them again."""
+        found = self.damage(deep=True)
+        for item in found:
+            for folder in (self.trials_dir, self.metrics_dir):
+                path = folder / item.path.name
+                if path.exists():
+                    target = self.root / QUARANTINE / folder.name / path.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.exists():
+                        target = target.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.parquet")
+                    os.replace(path, target)
+            report(f"damaged: {item}; moved to {self.root / QUARANTINE}/, its trials run again")
+        return found
+
     def read_trials(self, columns: list[str] | None = None) -> pa.Table | None:
-        return _read_dataset(self.trials_dir, columns)
+        """The trials parts; their `sweep` values are checked to be sweep names (they become
+        folder names and MLflow experiment names): a tampered one raises `RunError`."""
+        table = _read_dataset(self.trials_dir, columns)
+        if table is not None and "sweep" in table.column_names:
+            for name in pa.compute.unique(table.column("sweep")).to_pylist():
+                if not (isinstance(name, str) and len(name) <= MAX_NAME
+                        and NAME_PATTERN.fullmatch(name)):
+                    raise RunError(f"{self._part_with_sweep(name)}: sweep {_short(name)} is "
+                                   "not a sweep name (letters, digits, '.', '_', '-'); the "
+                                   "file was not written by sgsweep: move it out of DIR")
+        return table
+
+    def _part_with_sweep(self, name: Any) -> Path:
+        for part in sorted(self.trials_dir.glob("part-*.parquet")):
+            if name in pq.read_table(part, columns=["sweep"]).column("sweep").to_pylist():
+                return part
+        return self.trials_dir
 
     def read_metrics(self, columns: list[str] | None = None) -> pa.Table | None:
         return _read_dataset(self.metrics_dir, columns)
@@ -198,12 +304,76 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
         os.close(dir_fd)
 
 
-def _read_dataset(folder: Path, columns: Iterable[str] | None) -> pa.Table | None:
+def _footer_problem(path: Path, expected: list[tuple[str, pa.DataType]],
+                    deep: bool = False) -> str | None:
+    """What is wrong with one part file, in a few words; None if nothing."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file (0 bytes)"
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(max(0, size - 4))
+            tail = fh.read(4)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if head != MAGIC:
+        return "not a Parquet file (garbled: no PAR1 header)"
+    if tail != MAGIC or size < 12:
+        return f"truncated ({size:,} bytes, no Parquet footer)"
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        return f"garbled Parquet footer ({_first_line(exc)})"
+    for name, kind in expected:
+        if name not in schema.names:
+            return f"wrong schema: no column {name!r}"
+        if schema.field(name).type != kind:
+            return (f"wrong schema: column {name!r} is {schema.field(name).type}, "
+                    f"expected {kind}")
+    if deep:
+        try:
+            pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            return f"garbled data ({_first_line(exc)})"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def read_parts(folder: Path, columns: Iterable[str] | None = None,
+               schema: pa.Schema | None = None, filter: Any = None) -> pa.Table | None:
+    """All parts of one dataset folder as a table (None if there are none); a part that
+    cannot be read raises `DamagedResults` naming it."""
     parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
     if not parts:
         return None
-    # Parts of different sweeps may carry different param columns: unify their schemas.
-    schemas = [pq.read_schema(p) for p in parts]
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
-    dataset = ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
-    return dataset.to_table(columns=list(columns) if columns is not None else None)
+    try:
+        if schema is None:
+            # Parts of different sweeps may carry different param columns: unify them.
+            schemas = [pq.read_schema(p) for p in parts]
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        dataset = ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
+        return dataset.to_table(columns=list(columns) if columns is not None else None,
+                                filter=filter)
+    except (pa.ArrowException, OSError) as exc:
+        expected = TRIAL_COLUMNS if folder.name == "trials" else list(
+            zip(METRICS_SCHEMA.names, METRICS_SCHEMA.types, strict=True))
+        damage = [Damage(p, problem) for p in parts
+                  if (problem := _footer_problem(p, expected, deep=True))]
+        if damage:
+            raise DamagedResults(damage) from None
+        raise OSError(f"{folder}: cannot read its parts together ({_first_line(exc)})") \
+            from exc
+
+
+def _read_dataset(folder: Path, columns: Iterable[str] | None) -> pa.Table | None:
+    return read_parts(folder, columns)

@@ -15,6 +15,7 @@ from orchestrator.tracking import open_tracker, resolve_tracking_uri
 def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, metrics): the latest attempt of each trial, and its metrics (long form)."""
     store = ResultStore(out_dir)
+    store.check()
     trials_table = store.read_trials()
     if trials_table is None:
         return pd.DataFrame(), pd.DataFrame(columns=["trial_id", "step", "metric", "value"])

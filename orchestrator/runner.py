@@ -8,8 +8,11 @@ after any stop runs only what is missing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
 import sys
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import plan, schedule, signals, sync
+from orchestrator.errors import RunError
 from orchestrator.execute import TrialRecord
 from orchestrator.progress import Progress
 from orchestrator.record import ResultStore
@@ -34,10 +38,6 @@ from orchestrator.tracking import (
     resolve_tracking_uri,
 )
 from tasks import get_task
-
-
-class RunError(RuntimeError):
-    """An operational problem the user can fix (busy directory, unreachable cluster)."""
 
 
 @dataclass
@@ -74,8 +74,12 @@ class RunSummary:
 @contextmanager
 def directory_lock(out_dir: Path, purpose: str = "run"):
     """One sgsweep command that writes DIR (run, tune, mlflow-sync) at a time."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(out_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    lock = out_dir / ".lock"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "w")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise RunError(os_error_line(exc, f"{out_dir}: cannot hold results ")) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -91,6 +95,36 @@ def directory_lock(out_dir: Path, purpose: str = "run"):
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+# What the user can do about a file system error, by errno.
+OS_HINTS = {
+    errno.ENOSPC: "free some space (or choose another --out) and run the same command again",
+    errno.EDQUOT: "free some space (or choose another --out) and run the same command again",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.EACCES: "choose a folder you may write, or fix its permissions",
+    errno.EPERM: "choose a folder you may write, or fix its permissions",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another --out",
+    errno.EISDIR: "a folder is where sgsweep keeps a file: move it away",
+    errno.EEXIST: "a file is where sgsweep needs a folder: choose another --out",
+}
+
+
+def os_error_line(exc: OSError, prefix: str = "") -> str:
+    """A file system error as one line: the path, what went wrong, what to do."""
+    where = exc.filename or ""
+    what = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    hint = OS_HINTS.get(os_errno(exc))
+    text = f"{prefix}({where}: {what})" if prefix else f"{where + ': ' if where else ''}{what}"
+    return f"{text}; {hint}" if hint else text
+
+
+def os_errno(exc: OSError) -> int:
+    """The errno, also where pyarrow only names it in the message ("[errno 28] ...")."""
+    if exc.errno:
+        return exc.errno
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return int(found.group(1)) if found else 0
 
 
 def save_spec_copy(out_dir: Path, name: str, spec_path: Path | None) -> Path | None:
@@ -123,6 +157,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     with signals.deferred(), directory_lock(out_dir):
         store = ResultStore(out_dir)
         store.prepare()
+        store.heal(options.progress)  # damaged parts aside: their trials run again
         save_spec_copy(out_dir, spec.name, options.spec_path)
 
         blocks = plan.expand(spec)
@@ -180,6 +215,11 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                     live = start_tracker()
                     _run_pending(spec, task, pending, configs, store, live, invocation,
                                  options, progress, first_errors)
+            except OSError as exc:  # DIR's file system (full, read-only, ...)
+                with contextlib.suppress(Exception):
+                    live.finish("FAILED", counts())
+                raise RunError(f"{os_error_line(exc)}; completed trials are saved in "
+                               f"{out_dir}") from None
             finally:
                 if options.address is None:
                     schedule.shutdown()
@@ -238,7 +278,23 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
                 except ray.exceptions.RayError as exc:
                     if signals.requested():
                         return  # lost to the stop, not to the trial: it runs again on resume
-                    records = _lost_chunk(chunk, exc)
+                    if not killed_its_worker(exc) or sum(len(b.trials) for b in chunk) == 1:
+                        records = _lost_chunk(chunk, exc, options.max_retries)
+                    else:
+                        # Ray retried the chunk `max_retries` times and its worker died each
+                        # time: run its seeds one by one, so only the seed that kills its
+                        # worker is lost (and its innocent neighbours are not).
+                        singles = one_seed_each(chunk)
+                        options.progress(
+                            f"  a worker died {options.max_retries + 1} times running "
+                            f"{len(singles)} trials ({_first_line(exc)}); running them one "
+                            "seed at a time")
+                        for single in singles:
+                            again = schedule.submit(spec.task, single, spec.resources,
+                                                    options.max_retries, timeout_s)
+                            futures[again] = single
+                            remaining.append(again)
+                        continue
                 store.write(records, sweep=spec.name, task=task, configs=configs,
                             invocation=invocation)
                 live.record(records)
@@ -256,12 +312,40 @@ def _run_pending(spec: SweepSpec, task, pending: list[plan.Block], configs: dict
         progress.close()
 
 
-def _lost_chunk(chunk: list[plan.Block], exc: BaseException) -> list[TrialRecord]:
-    """Ray gave up on a chunk (worker/node died past max_retries): record its trials failed."""
+def killed_its_worker(exc: BaseException) -> bool:
+    """A worker or node death (crash, OOM kill, node lost), not an exception of the task's
+    own code (`RayTaskError`: the same inputs would raise again)."""
+    import ray
+
+    return isinstance(exc, ray.exceptions.RayError) and not isinstance(
+        exc, ray.exceptions.RayTaskError)
+
+
+def one_seed_each(chunk: list[plan.Block]) -> list[list[plan.Block]]:
+    """A chunk as one-trial chunks, in order."""
+    return [[plan.Block(b.config_id, b.config, (t,))] for b in chunk for t in b.trials]
+
+
+def _first_line(exc: BaseException) -> str:
     from orchestrator.execute import describe_error
+
+    return describe_error(exc).splitlines()[0][:300]
+
+
+def _lost_chunk(chunk: list[plan.Block], exc: BaseException,
+                max_retries: int) -> list[TrialRecord]:
+    """Ray gave up on a chunk past `max_retries`: its trials are recorded failed. A single
+    trial whose worker died on every attempt is the one that kills it."""
     from tasks import MetricLog
 
     now = time.time()
-    error = f"lost by Ray after retries: {describe_error(exc).splitlines()[0][:500]}"
+    attempts = max_retries + 1
+    times = f"{attempts} time{'s' if attempts > 1 else ''}"
+    if killed_its_worker(exc) and sum(len(b.trials) for b in chunk) == 1:
+        error = f"killed its worker {times} (run alone): {_first_line(exc)}"
+    elif killed_its_worker(exc):
+        error = f"its worker died {times} running its block: {_first_line(exc)}"
+    else:
+        error = f"lost by Ray: {_first_line(exc)}"
     return [TrialRecord(t.trial_id, t.config_id, t.seed, "failed", error, 0.0, now, MetricLog())
             for block in chunk for t in block.trials]

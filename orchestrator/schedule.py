@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from orchestrator.plan import Block
 from orchestrator.spec import Resources, unsatisfiable
 
 CLUSTER_FIT_WAIT_S = 600.0  # how long a cluster (or its autoscaler) may take to offer a node
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": node address 127.0.0.1
 
 
 def unreachable(address: str | None, timeout_s: float = 10.0) -> str | None:
@@ -50,6 +51,11 @@ class StartError(RuntimeError):
 
 def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> None:
     """Join the Ray cluster at `address`, or start an embedded one; `StartError` if not."""
+    with contextlib.nullcontext() if address else loopback_only():
+        _connect(address, num_cpus, num_gpus)
+
+
+def _connect(address: str | None, num_cpus: int | None, num_gpus: int | None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -81,6 +87,29 @@ def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = No
         raise StartError(f"Ray did not start: {_one_line(exc)}") from None
     finally:
         signals.reinstall()  # ray.init replaces the SIGTERM handler with its own
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While the embedded Ray is imported and started: it serves this machine alone, so
+    nothing it starts may listen beyond 127.0.0.1.
+
+    Ray binds its GCS, raylet, workers and agents (metrics exporter included) to its node's
+    address, and turns `ray.init(_node_ip_address="127.0.0.1")` back into the machine's
+    routable one. Its single-machine mode (its default on macOS and Windows) makes the
+    node's address loopback instead. The driver reads that switch when it imports Ray,
+    and the processes of the embedded Ray inherit it as they start; it is only lent to the
+    start: processes the driver starts later (a `ray start` of the user's) see the
+    environment as it was. A caller that imported Ray before keeps Ray's default; an
+    explicit RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER wins."""
+    lend = "ray" not in sys.modules and SINGLE_MACHINE not in os.environ
+    if lend:
+        os.environ[SINGLE_MACHINE] = "0"
+    try:
+        yield
+    finally:
+        if lend:
+            os.environ.pop(SINGLE_MACHINE, None)
 
 
 def _start_embedded(num_cpus: int, kwargs: dict[str, Any], attempts: int = 2) -> None:

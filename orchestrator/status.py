@@ -30,7 +30,9 @@ class SweepStatus:
 
 def sweep_status(out_dir: str | Path) -> list[SweepStatus]:
     out_dir = Path(out_dir)
-    table = ResultStore(out_dir).read_trials(
+    store = ResultStore(out_dir)
+    store.check()
+    table = store.read_trials(
         columns=["trial_id", "sweep", "status", "error", "finished_at"])
     latest: dict[str, dict] = {}
     if table is not None:

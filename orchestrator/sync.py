@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.record import METRICS_SCHEMA, ResultStore
+from orchestrator.record import METRICS_SCHEMA, ResultStore, read_parts
 from orchestrator.tracking import SweepView, SyncSummary, TrialRow, dir_id, open_tracker
 from orchestrator.tracking.view import DEFAULT_LEVEL
 from tasks import REGISTRY, MetricLog
@@ -40,14 +40,11 @@ def metrics_loader(out_dir: Path):
 
     def load(trial_ids: Collection[str]) -> dict[str, MetricLog]:
         import pyarrow.compute as pc
-        import pyarrow.dataset as ds
 
-        parts = sorted((out_dir / "metrics").glob("part-*.parquet"))
-        if not parts or not trial_ids:
+        table = read_parts(out_dir / "metrics", schema=METRICS_SCHEMA,
+                           filter=pc.field("trial_id").isin(sorted(set(trial_ids))))
+        if table is None or not trial_ids:
             return {}
-        table = ds.dataset([str(p) for p in parts], schema=METRICS_SCHEMA,
-                           format="parquet").to_table(
-            filter=pc.field("trial_id").isin(sorted(set(trial_ids))))
         logs: dict[str, MetricLog] = {}
         for tid, step, name, value in zip(*(table.column(c).to_pylist() for c in (
                 "trial_id", "step", "metric", "value")), strict=True):
@@ -104,6 +101,7 @@ def sync_dir(out_dir: Path, tracking_uri: str, level: str | None = None) -> Sync
     the level of the sweep's latest invocation."""
     from orchestrator.runner import directory_lock
 
+    ResultStore(out_dir).check()  # a damaged part is named before MLflow is opened
     tracker = open_tracker(tracking_uri, out_dir)
     total = SyncSummary()
     with directory_lock(out_dir, purpose="mlflow-sync"):

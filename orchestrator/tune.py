@@ -17,6 +17,7 @@ until `n_trials` trials have finished (complete, pruned, or failed by their own 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from orchestrator import plan, schedule, signals
 from orchestrator.execute import TrialRecord
 from orchestrator.record import ResultStore
 from orchestrator.runner import RunError, _lost_chunk, directory_lock, save_spec_copy
-from orchestrator.spec import SpecError, load_spec
+from orchestrator.spec import MAX_NAME, NAME_PATTERN, SpecError, load_spec
 from orchestrator.tracking import (
     InvocationInfo,
     Study,
@@ -150,8 +151,9 @@ def open_storage(out_dir: Path, url: str | None):
     """`storage_for`, with a bad URL or an unreachable database as a one-line RunError."""
     try:
         return storage_for(out_dir, url)
-    except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database
-        raise RunError(f"--storage {url}: {error_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - a bad URL, unreachable database, bad journal
+        where = f"--storage {url}" if url else str(out_dir / JOURNAL)
+        raise RunError(f"{where}: {error_line(exc)}") from None
 
 
 def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bool = True,
@@ -194,8 +196,69 @@ def is_tuning_directory(out_dir: Path) -> bool:
 
 
 def study_info(out_dir: Path) -> dict[str, Any]:
-    """What DIR/tune.json says: the study's name, storage, objective, seeds, search."""
-    return json.loads((out_dir / STUDY_FILE).read_text())
+    """What DIR/tune.json says: the study's name, storage, objective, seeds, search.
+
+    Checked before any of it becomes a path or a storage URL (`RunError` naming the file):
+    the study is a name, the spec copy is DIR/specs/STUDY.yaml, and the storage is DIR's
+    journal or an existing database (reading a study never creates one)."""
+    path = out_dir / STUDY_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: not readable as JSON ({error_line(exc)}); it is written by "
+                       "`sgsweep tune`: restore it, or tune into another --out") from None
+    if not isinstance(info, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(info).__name__}")
+
+    def bad(key: str, expected: str) -> RunError:
+        text = repr(info.get(key))
+        return RunError(f"{path}: {key} {text[:60] + ('...' if len(text) > 60 else '')} is "
+                        f"not {expected}; it is written by `sgsweep tune`: restore it")
+
+    study = info.get("study")
+    if not (isinstance(study, str) and len(study) <= MAX_NAME and NAME_PATTERN.fullmatch(study)):
+        raise bad("study", "a study name (letters, digits, '.', '_', '-')")
+    if info.get("spec") not in (None, f"specs/{study}.yaml"):
+        raise bad("spec", f"specs/{study}.yaml")
+    objective = info.get("objective")
+    if not (isinstance(objective, dict) and isinstance(objective.get("metric"), str)):
+        raise bad("objective", "an objective with a metric")
+    storage = info.get("storage") or ""
+    if not isinstance(storage, str) or (storage and not _known_storage(out_dir, storage)):
+        raise bad("storage", "DIR's journal, an existing journal or SQLite file, or a "
+                             "postgresql/mysql URL")
+    return info
+
+
+DATABASES = {"sqlite", "postgresql", "mysql", "oracle", "mssql"}  # SQLAlchemy dialects
+
+
+def _known_storage(out_dir: Path, url: str) -> bool:
+    """A storage URL from tune.json that may be opened: a database of a known dialect (a
+    SQLite file or journal must already exist: opening one creates it)."""
+    if "://" not in url:
+        return Path(url).is_file()
+    scheme, _, rest = url.partition("://")
+    if scheme.split("+")[0] not in DATABASES or any(c in url for c in "\n\r\0"):
+        return False
+    if scheme.split("+")[0] != "sqlite":
+        return True
+    path = Path(rest[1:].split("?")[0]) if rest.startswith("/") else None
+    return path is not None and path.is_file() and _optuna_sqlite(path)
+
+
+def _optuna_sqlite(path: Path) -> bool:
+    """An SQLite file that holds Optuna's tables (read-only look: opening it as storage
+    would add them to any database)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as db:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                              "name = 'studies'").fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 def load_study(out_dir: Path):
@@ -204,8 +267,12 @@ def load_study(out_dir: Path):
 
     info = study_info(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=info["study"],
-                             storage=storage_for(out_dir, info.get("storage") or None)), info
+    storage = open_storage(out_dir, info.get("storage") or None)
+    try:
+        return optuna.load_study(study_name=info["study"], storage=storage), info
+    except KeyError:
+        raise RunError(f"{out_dir / STUDY_FILE}: its storage holds no study "
+                       f"{info['study']!r}") from None
 
 
 def study_status(out_dir: Path) -> str:
@@ -353,6 +420,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             storage_url = options.storage
         store = ResultStore(out_dir)
         store.prepare()
+        store.heal(options.progress)  # damaged parts aside (their Optuna trials stay told)
         copy = save_spec_copy(out_dir, spec.name, options.spec_path)
         artifacts = [copy] if copy else []
         if not storage_url:
@@ -498,7 +566,7 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: Study | None,
             try:
                 records: list[TrialRecord] = ray.get(ref)
             except ray.exceptions.RayError as exc:
-                records = _lost_chunk([run.block], exc)
+                records = _lost_chunk([run.block], exc, options.max_retries)
                 records = [r for r in records if r.seed in set(rungs[run.rung])]
             run.records.extend(records)
             bad = [r for r in records if r.status != "ok"]

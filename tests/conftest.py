@@ -12,10 +12,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    import ray
-
     from orchestrator import schedule
 
-    schedule.connect(None, num_cpus=2)
+    schedule.connect(None, num_cpus=2)  # imports Ray (loopback only, as `sgsweep run` does)
+    import ray
+
     yield ray
     ray.shutdown()

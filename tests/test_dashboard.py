@@ -74,14 +74,18 @@ def test_dashboard_serves_the_tuned_study_on_loopback_only(tmp_path: Path) -> No
         server.wait(timeout=30)
 
 
+OBJECTIVE = '"objective": {"metric": "m"}'
+
+
 @pytest.mark.parametrize("tune_json, expected", [
     ("not json", "not readable as JSON"),
-    ('["a list"]', "expected a JSON object with a study name and a storage"),
-    ('{"study": "s", "storage": "sqlite:////tmp/sgsweep-planted-never-created.db"}',
-     "no such SQLite file"),
-    ('{"study": "s", "storage": "/etc/passwd-not-a-journal"}', "not an existing journal file"),
-    ('{"study": "s", "storage": "redis://host"}', "expected a journal file or a sqlite"),
-    ('{"study": "s", "storage": ""}', "journal"),
+    ('["a list"]', "expected a JSON object"),
+    ('{"study": "s", "storage": "sqlite:////tmp/sgsweep-planted-never-created.db", '
+     f'{OBJECTIVE}}}', "is not DIR's journal, an existing journal or SQLite file"),
+    (f'{{"study": "s", "storage": "/etc/passwd-not-a-journal", {OBJECTIVE}}}',
+     "is not DIR's journal"),
+    (f'{{"study": "s", "storage": "redis://host", {OBJECTIVE}}}', "or a postgresql/mysql URL"),
+    (f'{{"study": "s", "storage": "", {OBJECTIVE}}}', "the study's journal"),
 ])
 def test_dashboard_refuses_what_tune_json_should_not_say_in_one_line(
         tmp_path: Path, capsys, tune_json: str, expected: str) -> None:
@@ -99,6 +103,6 @@ def test_dashboard_refuses_what_tune_json_should_not_say_in_one_line(
 def test_dashboard_refuses_a_bad_port_or_a_directory_without_a_study(
         tmp_path: Path, capsys, argv: list[str], expected: str) -> None:
     if argv:
-        (tmp_path / "tune.json").write_text('{"study": "s", "storage": ""}')
+        (tmp_path / "tune.json").write_text(f'{{"study": "s", "storage": "", {OBJECTIVE}}}')
     assert main(["dashboard", str(tmp_path), *argv]) == 2
     assert expected in capsys.readouterr().err

@@ -154,7 +154,57 @@ def test_worker_lost_past_max_retries_is_recorded_failed(ray_cluster, tmp_path) 
     summary = run_sweep(spec, quiet(out_dir=tmp_path, tracking_uri="", max_retries=0))
     assert (summary.ok, summary.failed) == (2, 1)
     failed = trials_of(tmp_path).query("status == 'failed'")
-    assert failed.seed.tolist() == [1] and "lost by Ray" in failed.error.iloc[0]
+    assert failed.seed.tolist() == [1]
+    assert failed.error.iloc[0].startswith("killed its worker 1 time (run alone)")
+
+
+def smoke_shaped_with_one_killer(name: str) -> dict:
+    """sweeps/smoke.yaml's shape (10 configs x 20 seeds, 20 ms trials of 5 steps), where
+    seed 7 of config `j` kills its worker every time it runs."""
+    variants = [{"label": label} for label in "abcdefghi"]
+    variants.append({"label": "j", "crash_seeds": [7]})
+    return {"name": name, "task": "probe", "params": {"work_ms": 20, "steps": 5},
+            "variants": variants, "seeds": 20, "timeout_s": 60}
+
+
+@pytest.mark.slow
+def test_a_worker_killing_seed_costs_only_itself_and_retry_failed_heals_the_innocent(
+        ray_cluster, tmp_path) -> None:
+    """The killer's chunk dies (Ray retries it), then its seeds run one at a time: only
+    the seed that kills its worker every time is recorded failed. A folder where an older
+    version recorded the killer's innocent neighbours failed is healed by --retry-failed."""
+    from orchestrator import plan
+    from orchestrator.execute import TrialRecord
+    from orchestrator.record import ResultStore
+    from tasks import get_task
+
+    spec = parse_spec(smoke_shaped_with_one_killer("smoke-killer"))
+    out = tmp_path / "out"
+    lines: list[str] = []
+    options = dict(out_dir=out, tracking_uri="", max_retries=1, live=False,
+                   progress=lines.append)
+    summary = run_sweep(spec, RunOptions(address="auto", **options))
+    assert (summary.ok, summary.failed) == (199, 1), summary.first_errors
+    trials = trials_of(out)
+    failed = trials.query("status == 'failed'")
+    assert len(trials) == 200 and trials.trial_id.is_unique
+    assert failed.seed.tolist() == [7] and '"label": "j"' in failed.config.iloc[0]
+    assert failed.error.iloc[0].startswith("killed its worker 2 times (run alone)")
+    assert any("running them one seed at a time" in line for line in lines), lines
+
+    # As an older version left it: the killer's 19 neighbours recorded failed too.
+    (block,) = [b for b in plan.expand(spec) if b.config["label"] == "j"]
+    now = time.time()  # after the first run's attempts, before the retry's
+    old = [TrialRecord(t.trial_id, t.config_id, t.seed, "failed", "lost by Ray after "
+                       "retries: WorkerCrashedError", 0.0, now) for t in block.trials
+           if t.seed != 7]
+    ResultStore(out).write(old, sweep=spec.name, task=get_task("probe"),
+                           configs={block.config_id: block.config}, invocation="older")
+    again = run_sweep(spec, RunOptions(address="auto", retry_failed=True, **options))
+    assert (again.ok, again.failed, again.skipped) == (19, 1, 180)
+    trials = trials_of(out)
+    assert len(trials) == 200 and trials.trial_id.is_unique
+    assert trials.query("status == 'failed'").seed.tolist() == [7]
 
 
 def test_exceptions_nans_and_timeouts_fail_only_their_trials(ray_cluster, tmp_path) -> None:
