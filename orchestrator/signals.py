@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -126,10 +127,11 @@ def witnessed() -> Iterator[None]:
 
     While a library runs it may own a handler (`ray.init` installs one for SIGTERM that
     calls `sys.exit`), and the exception that handler raises can be swallowed where it
-    lands: inside an at-fork hook of a process being started it is printed as "Exception
-    ignored" and the stop is lost (the run then went on to finish). The C-level wakeup fd
-    records every signal whatever Python handler runs, so nothing is lost. Only where
-    `install()` made signals a stop request (the command line).
+    lands: inside an at-fork hook of a process being started Python prints it as
+    "Exception ignored ... Traceback" and the stop is lost (the run then went on to
+    finish). The C-level wakeup fd records every signal whatever Python handler runs, so
+    nothing is lost, and such a swallowed `SystemExit` is not printed (sys.unraisablehook).
+    Only where `install()` made signals a stop request (the command line).
     """
     if not _installed or threading.current_thread() is not threading.main_thread():
         yield
@@ -138,9 +140,18 @@ def witnessed() -> Iterator[None]:
     os.set_blocking(read, False)
     os.set_blocking(write, False)
     previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    previous_hook = sys.unraisablehook
+
+    def quiet_exit(unraisable) -> None:  # the lost SystemExit of a signal: requested below
+        if not (isinstance(unraisable.exc_value, SystemExit)
+                and unraisable.exc_value.code in SIGNALS):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = quiet_exit
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         signal.set_wakeup_fd(previous)
         try:
             seen = os.read(read, 4096)

@@ -81,3 +81,19 @@ def test_witnessed_records_nothing_when_no_signal_arrives(installed) -> None:
     with signals.witnessed():
         pass
     assert signals.requested() is None
+
+
+def test_the_lost_systemexit_of_a_signal_is_not_printed_but_others_are(installed,
+                                                                        monkeypatch) -> None:
+    import types
+
+    def unraisable(exc: BaseException):
+        return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
+                                     err_msg="Exception ignored in", object=None)
+
+    printed: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_value))
+    with signals.witnessed():
+        sys.unraisablehook(unraisable(SystemExit(signal.SIGTERM)))
+        sys.unraisablehook(unraisable(ValueError("a real fault")))
+    assert [type(e) for e in printed] == [ValueError]
