@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator.record import ResultStore
+from orchestrator.status import spec_trial_ids
 from orchestrator.tracking import open_tracker, resolve_tracking_uri
 
 
@@ -40,7 +41,10 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
     if trials.empty:
         return None
     root = out_dir / "report"
+    planned = spec_trial_ids(out_dir)
     for sweep, sweep_trials in trials.groupby("sweep"):
+        if planned.get(str(sweep)) is not None:  # with trials another sweep recorded first
+            sweep_trials = trials[trials.trial_id.isin(planned[str(sweep)])]
         task = sweep_trials.task.iloc[0]
         folder = root / str(sweep)
         folder.mkdir(parents=True, exist_ok=True)

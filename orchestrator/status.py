@@ -41,19 +41,14 @@ def sweep_status(out_dir: str | Path) -> list[SweepStatus]:
     by_sweep: dict[str, list[dict]] = {}
     for row in latest.values():
         by_sweep.setdefault(row["sweep"], []).append(row)
-    specs = {p.stem: p for p in sorted((out_dir / "specs").glob("*.yaml"))}
+    specs = spec_trial_ids(out_dir)
     statuses = []
     for sweep in sorted(set(by_sweep) | set(specs)):
-        rows = by_sweep.get(sweep, [])
-        expected: set[str] | None = None
-        if sweep in specs:
-            try:
-                spec = load_spec(specs[sweep])
-                expected = {t.trial_id for b in plan.expand(spec) for t in b.trials}
-            except SpecError:
-                expected = None
-        if expected is not None:
-            rows = [r for r in rows if r["trial_id"] in expected]
+        expected = specs.get(sweep)
+        # a sweep's trials are those its file plans, whichever sweep recorded them first
+        # (two sweeps that share configs run into one DIR record the shared trials once)
+        rows = (by_sweep.get(sweep, []) if expected is None
+                else [row for tid, row in latest.items() if tid in expected])
         ok = sum(r["status"] == "ok" for r in rows)
         failed_rows = [r for r in rows if r["status"] != "ok"]
         errors = Counter((r["error"] or "").splitlines()[0][:200] if r["error"] else "?"
@@ -75,3 +70,16 @@ def format_status(statuses: list[SweepStatus]) -> str:
         for count, error in s.errors:
             lines.append(f"  {count} x {error}")
     return "\n".join(lines)
+
+
+def spec_trial_ids(out_dir: Path) -> dict[str, set[str] | None]:
+    """The trial ids each sweep file kept in DIR/specs/ plans (None where the copy no
+    longer loads, e.g. its data moved): what `status` counts and `report` analyses."""
+    planned: dict[str, set[str] | None] = {}
+    for copy in sorted((Path(out_dir) / "specs").glob("*.yaml")):
+        try:
+            planned[copy.stem] = {t.trial_id for b in plan.expand(load_spec(copy))
+                                  for t in b.trials}
+        except SpecError:
+            planned[copy.stem] = None
+    return planned

@@ -158,3 +158,29 @@ def test_mlflow_batches_respect_limits_and_lose_nothing() -> None:
     assert sum((m for _, m, _ in batches), []) == metrics
     assert len(batches) == 3  # 100+1+899, 30+970, 631
     assert list(pack_batches([1], [2], [])) == [([1], [2], [])]
+
+
+def test_a_sweep_that_shares_configs_with_an_earlier_one_counts_and_reports_them(
+        ray_cluster, tmp_path) -> None:
+    # e2-lambda-mnist shares its adaptive and backprop configs with e2-base-mnist: run into
+    # one DIR, the shared trials are recorded once (under the first sweep) and belong to both.
+    import yaml
+
+    from orchestrator.spec import load_spec
+    from orchestrator.status import sweep_status
+
+    out = tmp_path / "out"
+    files = {}
+    for name, labels in (("first", ["a"]), ("second", ["a", "b"])):
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump({
+            "name": name, "task": "probe", "variants": [{"label": x} for x in labels],
+            "seeds": 2}))
+        run_sweep(load_spec(files[name]), RunOptions(out_dir=out, address="auto",
+                                                     spec_path=files[name],
+                                                     progress=lambda _: None))
+    counts = {s.sweep: (s.ok, s.total) for s in sweep_status(out)}
+    assert counts == {"first": (2, 2), "second": (4, 4)}
+    write_report(out, tracking_uri="")
+    summary = (out / "report" / "second" / "summary.csv").read_text()
+    assert "\na,2," in summary and "\nb,2," in summary, summary
