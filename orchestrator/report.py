@@ -42,6 +42,7 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
         return None
     root = out_dir / "report"
     planned = spec_trial_ids(out_dir)
+    tracker = None  # opened once, for the first sweep with files to attach
     for sweep, sweep_trials in trials.groupby("sweep"):
         if planned.get(str(sweep)) is not None:  # with trials another sweep recorded first
             sweep_trials = trials[trials.trial_id.isin(planned[str(sweep)])]
@@ -52,7 +53,7 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
         params = sorted(json.loads(sweep_trials.config.iloc[0]))
         files = reports.write(str(task), sweep_trials, sweep_metrics, params, folder)
         if files:
-            tracker = open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
+            tracker = tracker or open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
             tracker.attach(str(sweep), out_dir, files)
     return root
 
