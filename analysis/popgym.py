@@ -32,7 +32,9 @@ from analysis.reports import (
     write_table,
 )
 from analysis.stats import mean_se
-from learners.compared import LABELS
+from learners.compared import LABELS as COMPARED_LABELS
+
+LABELS = {**COMPARED_LABELS, "bp": "BPTT"}  # backprop through time is E3's name for it
 
 LAMBDA = ("lambda_mean", "lambda_p25", "lambda_p75", "lambda_min", "lambda_max")
 
