@@ -174,8 +174,8 @@ def test_a_worker_killing_seed_costs_only_itself_and_retry_failed_heals_the_inno
     the seed that kills its worker every time is recorded failed. A folder where an older
     version recorded the killer's innocent neighbours failed is healed by --retry-failed."""
     from orchestrator import plan
-    from orchestrator.execute import TrialRecord
     from orchestrator.record import ResultStore
+    from orchestrator.records import TrialRecord
     from tasks import get_task
 
     spec = parse_spec(smoke_shaped_with_one_killer("smoke-killer"))

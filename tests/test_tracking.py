@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import plan
-from orchestrator.execute import TrialRecord
 from orchestrator.record import ResultStore
+from orchestrator.records import TrialRecord
 from orchestrator.runner import directory_lock
 from orchestrator.spec import parse_spec
 from orchestrator.sync import sync_dir
