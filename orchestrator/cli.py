@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAULT
     except OSError as exc:  # the file system: full, read-only, a file where a folder goes
-        from orchestrator.runner import OS_HINTS, os_errno, os_error_line
+        from orchestrator.engine import OS_HINTS, os_errno, os_error_line
 
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return EXIT_USAGE if os_errno(exc) in OS_HINTS else EXIT_FAULT

@@ -21,11 +21,9 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from orchestrator import plan, schedule, signals
-from orchestrator.execute import TrialRecord
+from orchestrator.engine import EngineOptions, directory_lock, save_spec_copy
+from orchestrator.errors import RunError
 from orchestrator.record import ResultStore
-from orchestrator.runner import RunError, _lost_chunk, directory_lock, save_spec_copy
+from orchestrator.records import TrialRecord
 from orchestrator.spec import MAX_NAME, NAME_PATTERN, SpecError, load_spec
 from orchestrator.tracking import (
     InvocationInfo,
@@ -52,17 +51,9 @@ JOURNAL = "study.journal"
 
 
 @dataclass
-class TuneOptions:
-    out_dir: Path
+class TuneOptions(EngineOptions):
     storage: str | None = None  # Optuna storage URL; None: a journal file in out_dir
-    tracking_uri: str | None = None  # None: SQLite store in out_dir; "" disables MLflow
-    address: str | None = None  # None: embedded local Ray
-    num_cpus: int | None = None
-    num_gpus: int | None = None
-    max_retries: int = 3
     n_trials: int | None = None  # overrides the spec's
-    spec_path: Path | None = None
-    progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
 
 @dataclass
@@ -370,6 +361,8 @@ class _Running:
     values: list[float] = field(default_factory=list)
     records: list[TrialRecord] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    expecting: int = 0  # records of the rung in flight
+    arrived: list[TrialRecord] = field(default_factory=list)  # ... those back so far
 
 
 def start_study(uri: str | None, spec: TuneSpec, out_dir: Path, artifacts: list[Path]) -> Study:
@@ -393,14 +386,8 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
         n_trials = min(n_trials, math.prod(len(d.grid_values() or []) for d in spec.search))
     # A --storage or --address that cannot be used is the user's mistake: say so before DIR
     # is touched.
-    if problem := schedule.unreachable(options.address):
-        raise RunError(problem)
-    with signals.deferred():  # a cluster's fit check connects to Ray and may wait
-        problem = schedule.unfit(spec.sweep.resources, options.address, options.num_cpus,
-                                 options.num_gpus, progress=options.progress,
-                                 stop=lambda: signals.requested() is not None)
-    if problem:
-        raise RunError(f"{spec.source}: {problem}")
+    schedule.preflight(spec.source, spec.sweep.resources, options.address, options.num_cpus,
+                       options.num_gpus, options.progress)
     given_storage = open_storage(out_dir, options.storage) if options.storage else None
     with signals.deferred(), directory_lock(out_dir):
         info_path = out_dir / STUDY_FILE
@@ -446,8 +433,8 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
                              f"({n_trials - remaining} of {n_trials} finished), "
                              f"{len(spec.seeds)} seeds each in {len(spec.rungs)} rungs")
             try:
-                schedule.connect(options.address, options.num_cpus, options.num_gpus)
-                ran = _optimise(spec, study, store, tracker, options, remaining)
+                with schedule.session(options.address, options.num_cpus, options.num_gpus):
+                    ran = _optimise(spec, study, store, tracker, options, remaining)
                 signals.check()
             except schedule.StartError:
                 if tracker is not None:
@@ -461,9 +448,6 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
                 if isinstance(exc, signals.Interrupted):
                     exc.reported = True
                 raise
-            finally:
-                if options.address is None:
-                    schedule.shutdown()
         else:
             options.progress(f"{spec.name}: all {n_trials} Optuna trials already finished")
 
@@ -493,17 +477,18 @@ def best_trial(study):
 
 def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: Study | None,
               options: TuneOptions, remaining: int) -> int:
-    """Keep up to `parallelism` trials in flight until `remaining` trials have finished."""
-    import ray
+    """Keep up to `parallelism` trials in flight until `remaining` trials have finished, or
+    a stop is requested (the caller raises it)."""
     from optuna.trial import TrialState
 
     task = get_task(spec.task)
     width = spec.parallelism or schedule.parallelism(spec.sweep.resources)
-    timeout_s = spec.sweep.timeout_s
+    pool: schedule.ChunkPool[_Running] = schedule.ChunkPool(
+        spec.task, spec.sweep.resources, options.max_retries, spec.sweep.timeout_s,
+        options.progress)
     invocation = uuid.uuid4().hex[:12]
     distributions = spec.distributions()
     rungs = spec.rungs
-    in_flight: dict[Any, _Running] = {}
     asked = finished = 0
     best_seen = best_trial(study)
 
@@ -511,9 +496,8 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: Study | None,
         seeds = set(rungs[run.rung])
         block = plan.Block(run.block.config_id, run.block.config,
                            tuple(t for t in run.block.trials if t.seed in seeds))
-        ref = schedule.submit(spec.task, [block], spec.sweep.resources, options.max_retries,
-                              timeout_s)
-        in_flight[ref] = run
+        run.expecting = len(block.trials)
+        pool.submit([block], run)
 
     def finish(run: _Running, state, value: float | None = None, error: str | None = None):
         nonlocal finished, best_seen
@@ -545,9 +529,38 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: Study | None,
             best_seen = best
             write_best(spec, options.out_dir, best)
 
-    while True:
-        signals.check()  # a stop is honoured here, between Ray calls (no ray.cancel)
-        while len(in_flight) < width and asked < remaining:
+    def rung_done(run: _Running, records: list[TrialRecord]) -> None:
+        run.records.extend(records)
+        bad = [r for r in records if r.status != "ok"]
+        if bad:
+            finish(run, TrialState.FAIL, error=f"seed {bad[0].seed} failed: {bad[0].error}")
+            return
+        for r in records:
+            v = seed_value(r.metrics, spec.objective)
+            if v is None:
+                finish(run, TrialState.FAIL, error="no metric "
+                       f"{spec.objective.metric!r} recorded")
+                raise RunError(
+                    f"objective.metric: task {spec.task!r} recorded no metric "
+                    f"{spec.objective.metric!r}; it recorded "
+                    f"{sorted(set(r.metrics.names))}")
+            run.values.append(v)
+            if spec.pruner != "median":
+                run.trial.report(v, step=spec.seeds.index(r.seed))
+        if spec.pruner == "median":
+            run.trial.report(aggregate(run.values, spec.objective.aggregate),
+                             step=len(run.values))
+        run.rung += 1
+        if run.rung == len(rungs):
+            finish(run, TrialState.COMPLETE, aggregate(run.values, spec.objective.aggregate))
+        elif run.trial.should_prune():
+            finish(run, TrialState.PRUNED)
+        else:
+            submit(run)
+
+    def top_up() -> None:
+        nonlocal asked
+        while len(pool) < width and asked < remaining and not signals.requested():
             trial = study.ask(distributions)
             asked += 1
             try:
@@ -558,45 +571,19 @@ def _optimise(spec: TuneSpec, study, store: ResultStore, tracker: Study | None,
                 continue
             (block,) = plan.expand(sweep)
             submit(_Running(trial, block.config, block))
-        if not in_flight:
-            return finished
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-        for ref in ready:
-            run = in_flight.pop(ref)
-            try:
-                records: list[TrialRecord] = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                records = _lost_chunk([run.block], exc, options.max_retries)
-                records = [r for r in records if r.seed in set(rungs[run.rung])]
-            run.records.extend(records)
-            bad = [r for r in records if r.status != "ok"]
-            if bad:
-                finish(run, TrialState.FAIL,
-                       error=f"seed {bad[0].seed} failed: {bad[0].error}")
-                continue
-            for r in records:
-                v = seed_value(r.metrics, spec.objective)
-                if v is None:
-                    finish(run, TrialState.FAIL, error="no metric "
-                           f"{spec.objective.metric!r} recorded")
-                    raise RunError(
-                        f"objective.metric: task {spec.task!r} recorded no metric "
-                        f"{spec.objective.metric!r}; it recorded "
-                        f"{sorted(set(r.metrics.names))}")
-                run.values.append(v)
-                if spec.pruner != "median":
-                    run.trial.report(v, step=spec.seeds.index(r.seed))
-            if spec.pruner == "median":
-                run.trial.report(aggregate(run.values, spec.objective.aggregate),
-                                 step=len(run.values))
-            run.rung += 1
-            if run.rung == len(rungs):
-                finish(run, TrialState.COMPLETE,
-                       aggregate(run.values, spec.objective.aggregate))
-            elif run.trial.should_prune():
-                finish(run, TrialState.PRUNED)
-            else:
-                submit(run)
+
+    top_up()
+    for done in pool.rounds(poll_s=1.0):
+        for run, records in done:
+            # A rung whose worker died comes back one seed at a time: wait for all of it.
+            run.arrived.extend(records)
+            if len(run.arrived) == run.expecting:
+                order = {seed: i for i, seed in enumerate(rungs[run.rung])}
+                arrived = sorted(run.arrived, key=lambda r: order[r.seed])
+                run.arrived = []
+                rung_done(run, arrived)
+        top_up()
+    return finished
 
 
 def _fmt(params: dict[str, Any]) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from orchestrator.runner import RunOptions, directory_lock, run_sweep
+from orchestrator.engine import directory_lock
+from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import parse_spec
 from orchestrator.sync import sync_dir
 from orchestrator.tracking import default_tracking_uri
