@@ -107,11 +107,16 @@ def os_errno(exc: OSError) -> int:
     return int(found.group(1)) if found else 0
 
 
+def spec_copy(out_dir: Path, name: str) -> Path:
+    """Where DIR keeps the sweep/tune file that made its results."""
+    return out_dir / "specs" / f"{name}.yaml"
+
+
 def save_spec_copy(out_dir: Path, name: str, spec_path: Path | None) -> Path | None:
     """Keep the sweep/tune file that made DIR's results in DIR/specs/NAME.yaml."""
     if spec_path is None:
         return None
-    (out_dir / "specs").mkdir(exist_ok=True)
-    copy = out_dir / "specs" / f"{name}.yaml"
+    copy = spec_copy(out_dir, name)
+    copy.parent.mkdir(exist_ok=True)
     shutil.copyfile(spec_path, copy)
     return copy
