@@ -165,17 +165,21 @@ class ResultStore:
 
     def recorded(self) -> dict[str, str]:
         """Latest recorded status per trial_id."""
-        table = self.read_trials(columns=["trial_id", "status", "finished_at"])
+        return {tid: row["status"] for tid, row in self.latest(["status"]).items()}
+
+    def latest(self, columns: list[str]) -> dict[str, dict[str, Any]]:
+        """The latest attempt of each trial: trial_id -> {column: value} for `columns`."""
+        table = self.read_trials(columns=["trial_id", "finished_at", *columns])
         if table is None:
             return {}
-        latest: dict[str, tuple[int, str]] = {}
+        latest: dict[str, tuple[int, dict[str, Any]]] = {}
         ids = table.column("trial_id").to_pylist()
-        statuses = table.column("status").to_pylist()
         times = table.column("finished_at").cast(pa.int64()).to_pylist()
-        for tid, status, at in zip(ids, statuses, times, strict=True):
+        values = zip(*(table.column(c).to_pylist() for c in columns), strict=True)
+        for tid, at, row in zip(ids, times, values, strict=True):
             if tid not in latest or at >= latest[tid][0]:
-                latest[tid] = (at, status)
-        return {tid: status for tid, (_, status) in latest.items()}
+                latest[tid] = (at, dict(zip(columns, row, strict=True)))
+        return {tid: row for tid, (_, row) in latest.items()}
 
     def compact(self) -> int:
         """Drop superseded attempts (e.g. a failed trial later re-run) from older parts.

@@ -9,18 +9,24 @@ stop it. A finished trial's seed records go to the Parquet datasets of `run`, ta
 the study, the Optuna trial number and its final state, and to MLflow as a child of the
 study's parent run.
 
+One row per trial id, one state per trial: a seed already recorded ok is reused by a later
+trial of the same parameters, not run again, and a trial's records are written before
+Optuna is told its state (see optimise.py).
+
 Resume: the study lives in Optuna storage (a journal file in DIR by default). Re-running
-the same command loads it; trials left RUNNING by a crash are marked FAIL (user attribute
-`orphaned`) and their parameters enqueued again, so they are retried first; the study runs
-until `n_trials` trials have finished (complete, pruned, or failed by their own error).
+the same command loads it; a trial a crash left RUNNING is told what its Parquet records
+say if they are there, else marked FAIL (user attribute `orphaned`) and its parameters
+enqueued again (resume.py); the study runs until `n_trials` trials have finished
+(complete, pruned, or failed by their own error).
 
 One module a job:
     command.py    `tune()`: check, hold DIR, open or resume the study, optimise, best.yaml
     study.py      storage, journal repair, DIR/tune.json, the study read back (`status`)
-    search.py     the sampler and the pruner
+    search.py     the sampler and the pruner (the grid through Optuna's queue)
     optimise.py   the ask / run rungs / tell loop
-    objective.py  a seed's value and the value over seeds
-    resume.py     trials a stop left RUNNING
+    objective.py  a seed's value, the value over seeds, what a rung reports
+    recorded.py   the study as Parquet holds it: seed records to reuse, their tags
+    resume.py     trials a stop left RUNNING, settled with Parquet
     best.py       DIR/best.yaml
     mirror.py     the tracker's view of the study, `mlflow-sync`
 """

@@ -13,9 +13,10 @@ from orchestrator import schedule, signals
 from orchestrator.engine import EngineOptions, results_folder, spec_copy
 from orchestrator.tracking import resolve_tracking_uri
 from orchestrator.tune.best import write_best
-from orchestrator.tune.mirror import start_study
+from orchestrator.tune.mirror import log_trial, start_study
 from orchestrator.tune.optimise import optimise
-from orchestrator.tune.resume import recover_orphans
+from orchestrator.tune.recorded import StudyRecords
+from orchestrator.tune.resume import settle
 from orchestrator.tune.study import (
     JOURNAL,
     best_trial,
@@ -45,6 +46,7 @@ class TuneSummary:
     pruned: int
     failed: int
     retried: int  # orphaned trials re-enqueued by this invocation
+    settled: int  # trials a stop left RUNNING, told now what their Parquet records say
     best_number: int | None
     best_value: float | None
     best_params: dict[str, Any]
@@ -79,16 +81,25 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
         artifacts = [spec_copy(out_dir, spec.name)] if options.spec_path else []
         if not storage_url:
             repair_journal(out_dir / JOURNAL)
-        study = open_study(spec, out_dir, storage_url, storage=given_storage)
+        storage = given_storage or open_storage(out_dir, storage_url)
+        study = open_study(spec, out_dir, storage_url, storage=storage)
         write_info(out_dir, spec, storage_url, has_spec_copy=bool(options.spec_path))
-        retried = recover_orphans(study)
-        if retried:
-            options.progress(f"{spec.name}: {retried} trials orphaned by an earlier stop "
-                             "marked failed; their parameters run again first")
+        recorded = StudyRecords(store, spec)
+        settled = settle(study, storage, spec, recorded)
+        if settled.told:
+            options.progress(f"{spec.name}: {len(settled.told)} trials a stop left unfinished "
+                             "in Optuna but recorded in Parquet told now what their records "
+                             "say")
+        if settled.orphaned:
+            options.progress(f"{spec.name}: {len(settled.orphaned)} trials orphaned by an "
+                             "earlier stop marked failed; their parameters run again first")
         remaining = n_trials - len(finished_trials(study))
         tracking_uri = resolve_tracking_uri(out_dir, options.tracking_uri)
         tracker = (start_study(tracking_uri, spec, out_dir, artifacts)
-                   if tracking_uri and remaining > 0 else None)
+                   if tracking_uri and (remaining > 0 or settled.told) else None)
+        if tracker is not None:
+            for number in settled.told:
+                log_trial(tracker, spec, study.trials[number])
         ran = 0
         if remaining > 0:
             options.progress(f"{spec.name}: {remaining} Optuna trials to run "
@@ -96,7 +107,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
                              f"{len(spec.seeds)} seeds each in {len(spec.rungs)} rungs")
             try:
                 with schedule.session(options.address, options.num_cpus, options.num_gpus):
-                    ran = optimise(spec, study, store, tracker, options, remaining)
+                    ran = optimise(spec, study, store, recorded, tracker, options, remaining)
                 signals.check()
             except schedule.StartError:
                 if tracker is not None:
@@ -113,6 +124,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
         else:
             options.progress(f"{spec.name}: all {n_trials} Optuna trials already finished")
 
+        store.compact()  # a failed seed run again by a later trial: its latest attempt
         trials = study.get_trials(deepcopy=False)
         counts = state_counts(trials)
         best = best_trial(study)
@@ -121,7 +133,8 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
             tracker.close(best.value if best else None, best.params if best else {}, counts)
         return TuneSummary(
             study=spec.name, n_trials=n_trials, ran=ran, complete=counts["complete"],
-            pruned=counts["pruned"], failed=counts["fail"], retried=retried,
+            pruned=counts["pruned"], failed=counts["fail"], retried=len(settled.orphaned),
+            settled=len(settled.told),
             best_number=best.number if best else None, best_value=best.value if best else None,
             best_params=dict(best.params) if best else {}, best_file=best_file,
             wall_s=time.perf_counter() - started, tracking_uri=tracking_uri,

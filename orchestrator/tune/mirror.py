@@ -44,14 +44,7 @@ def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
         if t.state == TrialState.RUNNING or t.state == TrialState.WAITING \
                 or str(t.number) in present:
             continue
-        steps = sorted(t.intermediate_values)
-        per_seed = spec.pruner != "median"
-        tracker.trial(t.number, t.state.name, dict(t.params),
-                      t.value if t.state == TrialState.COMPLETE else None,
-                      [t.intermediate_values[s] for s in steps] if per_seed else [],
-                      [spec.seeds[s] for s in steps] if per_seed else [],
-                      t.datetime_start.timestamp() if t.datetime_start else time.time(),
-                      t.user_attrs.get("error"), t.user_attrs.get("retry_of"))
+        log_trial(tracker, spec, t)
         logged += 1
     best = best_trial(study)
     trials = study.get_trials(deepcopy=False)
@@ -60,3 +53,17 @@ def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
     if tracker.error is not None:
         raise RunError(f"--tracking-uri {tracking_uri}: {tracker.error}")
     return logged, len(present & {str(t.number) for t in trials})
+
+
+def log_trial(tracker: Study, spec: TuneSpec, t) -> None:
+    """One finished Optuna trial (a FrozenTrial) as the study's tracker shows it."""
+    from optuna.trial import TrialState
+
+    steps = sorted(t.intermediate_values)
+    per_seed = spec.pruner != "median"
+    tracker.trial(t.number, t.state.name, dict(t.params),
+                  t.value if t.state == TrialState.COMPLETE else None,
+                  [t.intermediate_values[s] for s in steps] if per_seed else [],
+                  [spec.seeds[s] for s in steps] if per_seed else [],
+                  t.datetime_start.timestamp() if t.datetime_start else time.time(),
+                  t.user_attrs.get("error"), t.user_attrs.get("retry_of"))

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from orchestrator.tune_spec import Objective
+from orchestrator.tune_spec import Objective, TuneSpec
 from tasks import MetricLog
 
 
@@ -29,3 +29,16 @@ def aggregate(values: list[float], how: str) -> float:
         cut = int(math.floor(len(x) / 4))
         return float(x[cut:len(x) - cut].mean())
     return float(x.mean())
+
+
+def reports(spec: TuneSpec, seeds: list[int], values: list[float],
+            new: int) -> list[tuple[int, float]]:
+    """What a trial reports to Optuna (step, value) once `new` more seeds have values
+    (`seeds`/`values`: all so far, in the order they ran): each new seed's value at its
+    index in `spec.seeds` (the same in every trial, so trials are paired), or for the
+    median pruner the aggregate so far at step = seeds so far."""
+    if new == 0:
+        return []
+    if spec.pruner == "median":
+        return [(len(values), aggregate(values, spec.objective.aggregate))]
+    return [(spec.seeds.index(s), v) for s, v in zip(seeds[-new:], values[-new:], strict=True)]
