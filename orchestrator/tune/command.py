@@ -107,7 +107,9 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
                              f"{len(spec.seeds)} seeds each in {len(spec.rungs)} rungs")
             try:
                 with schedule.session(options.address, options.num_cpus, options.num_gpus):
-                    ran = optimise(spec, study, store, recorded, tracker, options, remaining)
+                    if not signals.requested():  # e.g. a SIGTERM while Ray started
+                        ran = optimise(spec, study, store, recorded, tracker, options,
+                                       remaining)
                 signals.check()
             except schedule.StartError:
                 if tracker is not None:
