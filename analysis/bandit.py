@@ -27,10 +27,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.reports import last_checkpoint, save_figure, subplots, write_table
-from analysis.stats import mean_se, paired_bootstrap_diff, paired_bootstrap_ratio
+from analysis.reports import (
+    backprop_mse_ratio,
+    lambda_rule,
+    last_checkpoint,
+    save_figure,
+    style_panel,
+    subplots,
+    write_table,
+)
+from analysis.stats import mean_se, paired_bootstrap_diff
+from learners.compared import BACKPROP, LABELS
 
-RULES = {"bp": "backprop", "mix": "sgprop mixture", "sg": "pure SG"}
 CONDITIONS = ("lr", "p_flip", "parents")
 BASELINE = "SparseNet BP"
 
@@ -39,6 +47,8 @@ def method_label(row: pd.Series) -> str:
     model = "MLP" if row.get("model") == "mlp" else "SparseNet"
     if row.get("learner") != "sgprop":
         return f"{model} BP"
+    if (rule := lambda_rule(row)) is not None:
+        return f"{model} sgprop {rule} λ₀={float(row.get('lam')):g}"
     if bool(row.get("adaptive")):
         return f"{model} sgprop adaptive λ"
     return f"{model} sgprop λ={float(row.get('lam')):g}"
@@ -90,12 +100,9 @@ def final_vs(final: pd.DataFrame, column: str, folder: Path) -> Path:
         ax.errorbar(xs, mean, yerr=se, marker="o", capsize=3, label=method)
     if column == "lr":
         ax.set_xscale("log")
-    ax.set_xlabel({"lr": "policy learning rate", "p_flip": "reward flip probability",
-                   "parents": "parents per neuron"}[column])
-    ax.set_ylabel("final eval reward (noise-free)")
-    ax.set_title(f"E2: final reward vs {column} (mean ± SEM)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    style_panel(ax, {"lr": "policy learning rate", "p_flip": "reward flip probability",
+                     "parents": "parents per neuron"}[column],
+                "final eval reward (noise-free)", f"E2: final reward vs {column} (mean ± SEM)")
     return save_figure(fig, folder / f"final_reward_vs_{column}.png")
 
 
@@ -170,11 +177,8 @@ def lambda_traces(metrics: pd.DataFrame, info: pd.DataFrame, folder: Path) -> Pa
     for (method, p), line in data.groupby(["method", "p_flip"], sort=True):
         ax.plot(line.step, line["mean"], label=f"{method}, p_flip {p:g}")
         ax.fill_between(line.step, line["mean"] - line.se, line["mean"] + line.se, alpha=0.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("layer-averaged λ (1 = BP, 0 = SG)")
-    ax.set_title("E2: adaptive λ over training (mean ± SEM)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    style_panel(ax, "training step", "layer-averaged λ (1 = BP, 0 = SG)",
+                "E2: adaptive λ over training (mean ± SEM)")
     return save_figure(fig, folder / "lambda_traces.png")
 
 
@@ -183,7 +187,7 @@ def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     names = metrics.metric.unique()
     groups = sorted({n.split("/")[2] for n in names if n.startswith("grad_mse/")},
                     key=lambda g: (g in ("hidden", "all", "head"), g))
-    rules = [r for r in RULES if any(n.startswith(f"grad_mse/{r}/") for n in names)]
+    rules = [r for r in LABELS if any(n.startswith(f"grad_mse/{r}/") for n in names)]
     wide = last_checkpoint(metrics, "grad_")
     frame = final[["trial_id", "method", "p_flip"]].merge(wide, left_on="trial_id",
                                                          right_index=True)
@@ -200,12 +204,7 @@ def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
                 row[f"bias2_{rule}"] = float(group[f"grad_bias2/{rule}/{layer}"].mean())
                 row[f"var_{rule}"] = float(group[f"grad_var/{rule}/{layer}"].mean())
                 row[f"cos_{rule}"] = float(group[f"grad_cos/{rule}/{layer}"].mean())
-                if rule != "bp":
-                    ratio, low, high = paired_bootstrap_ratio(
-                        group[f"grad_mse/bp/{layer}"].to_numpy(), mse, 500)
-                    row[f"ratio_bp_{rule}"] = ratio
-                    row[f"ratio_bp_{rule}_low"] = low
-                    row[f"ratio_bp_{rule}_high"] = high
+                row.update(backprop_mse_ratio(group, rule, layer, mse))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -218,33 +217,25 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
     fig, axes = subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         rows = hidden[hidden.method == method].sort_values("p_flip")
-        for rule, name in RULES.items():
+        for rule, name in LABELS.items():
             if f"rel_mse_{rule}" in rows:
                 ax.plot(rows.p_flip, rows[f"rel_mse_{rule}"], marker="o", label=name)
-        ax.set_yscale("log")
-        ax.set_xlabel("reward flip probability")
-        ax.set_ylabel("MSE / ‖true gradient‖² (hidden layers)")
-        ax.set_title(method, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        style_panel(ax, "reward flip probability", "MSE / ‖true gradient‖² (hidden layers)",
+                    method, log_y=True)
     files.append(save_figure(fig, folder / "grad_mse_vs_pflip.png"))
 
     fig, axes = subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         rows = hidden[hidden.method == method].sort_values("p_flip")
-        for rule in ("mix", "sg"):
+        for rule in (r for r in LABELS if r != BACKPROP.key):
             if f"ratio_bp_{rule}" in rows:
                 err = np.vstack([rows[f"ratio_bp_{rule}"] - rows[f"ratio_bp_{rule}_low"],
                                  rows[f"ratio_bp_{rule}_high"] - rows[f"ratio_bp_{rule}"]])
                 ax.errorbar(rows.p_flip, rows[f"ratio_bp_{rule}"], yerr=err, marker="o",
-                            capsize=3, label=f"MSE_BP / MSE_{RULES[rule]}")
+                            capsize=3, label=f"MSE_BP / MSE_{LABELS[rule]}")
         ax.axhline(1.0, color="k", ls="--", lw=0.8)
-        ax.set_yscale("log")
-        ax.set_xlabel("reward flip probability")
-        ax.set_ylabel("MSE ratio (> 1: rule beats BP)")
-        ax.set_title(method, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        style_panel(ax, "reward flip probability", "MSE ratio (> 1: rule beats BP)", method,
+                    log_y=True)
     files.append(save_figure(fig, folder / "grad_mse_ratio_vs_pflip.png"))
 
     top = table[(table.p_flip == table.p_flip.max())
@@ -253,8 +244,8 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
     for ax, method in zip(axes[0], methods, strict=True):
         rows = top[top.method == method]
         xs = np.arange(len(rows))
-        for i, rule in enumerate(r for r in RULES if f"rel_mse_{r}" in rows):
-            ax.bar(xs + 0.27 * (i - 1), rows[f"rel_mse_{rule}"], width=0.27, label=RULES[rule])
+        for i, rule in enumerate(r for r in LABELS if f"rel_mse_{r}" in rows):
+            ax.bar(xs + 0.27 * (i - 1), rows[f"rel_mse_{rule}"], width=0.27, label=LABELS[rule])
         ax.set_xticks(xs, rows.group)
         ax.set_yscale("log")
         ax.set_ylabel("MSE / ‖true gradient‖²")
@@ -270,19 +261,15 @@ def grad_figures(table: pd.DataFrame, metrics: pd.DataFrame, info: pd.DataFrame,
     fig, axes = subplots(1, len(methods), figsize=(4.8 * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         sub = wide[wide.method == method]
-        for rule, name in RULES.items():
+        for rule, name in LABELS.items():
             col = f"grad_mse/{rule}/hidden"
             if col not in sub:
                 continue
             rel = (sub[col] / sub["grad_truth_sq/hidden"]).groupby(sub.step)
             mean, se = rel.mean(), rel.std().fillna(0) / np.sqrt(rel.count())
             ax.errorbar(mean.index, mean, yerr=se, marker="o", capsize=3, label=name)
-        ax.set_yscale("log")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("MSE / ‖true gradient‖² (hidden)")
-        ax.set_title(f"{method}, p_flip {rows.p_flip.max():g}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        style_panel(ax, "training step", "MSE / ‖true gradient‖² (hidden)",
+                    f"{method}, p_flip {rows.p_flip.max():g}", log_y=True)
     files.append(save_figure(fig, folder / "grad_mse_over_training.png"))
     return files
 
@@ -305,7 +292,7 @@ def mechanism_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
             truth = frame[f"grad_truth_sq/{group}"].to_numpy()
             row = {"method": method, "p_flip": p, "step": step, "group": group,
                    "seeds": len(frame), "truth_norm": float(np.mean(np.sqrt(truth)))}
-            for rule in RULES:
+            for rule in LABELS:
                 column = f"grad_mse/{rule}/{group}"
                 if column not in frame or frame[column].isna().all():
                     continue
@@ -313,11 +300,7 @@ def mechanism_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
                     row[f"{stat}_{rule}"] = float(np.mean(
                         frame[f"grad_{stat}/{rule}/{group}"].to_numpy() / truth))
                 row[f"cos_{rule}"] = float(frame[f"grad_cos/{rule}/{group}"].mean())
-                if rule != "bp":
-                    ratio = paired_bootstrap_ratio(frame[f"grad_mse/bp/{group}"].to_numpy(),
-                                                   frame[column].to_numpy(), 500)
-                    row[f"ratio_bp_{rule}"], row[f"ratio_bp_{rule}_low"], \
-                        row[f"ratio_bp_{rule}_high"] = ratio
+                row.update(backprop_mse_ratio(frame, rule, group, frame[column].to_numpy()))
             for stat in ("norm", "cos", "gain"):
                 column = f"update_{stat}/{group}"
                 if column in frame and frame[column].notna().any():

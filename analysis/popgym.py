@@ -22,10 +22,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.reports import last_checkpoint, save_figure, subplots, write_table
-from analysis.stats import mean_se, paired_bootstrap_ratio
+from analysis.reports import (
+    backprop_mse_ratio,
+    lambda_rule,
+    last_checkpoint,
+    save_figure,
+    style_panel,
+    subplots,
+    write_table,
+)
+from analysis.stats import mean_se
+from learners.compared import LABELS as COMPARED_LABELS
 
-RULES = {"bp": "BPTT", "mix": "sgprop mixture", "sg": "pure SG"}
+LABELS = {**COMPARED_LABELS, "bp": "BPTT"}  # backprop through time is E3's name for it
+
 LAMBDA = ("lambda_mean", "lambda_p25", "lambda_p75", "lambda_min", "lambda_max")
 
 
@@ -35,6 +45,8 @@ def method_label(row: pd.Series) -> str:
         return model.upper()
     if row.get("learner") != "sgprop":
         return "SparseNet BPTT"
+    if (rule := lambda_rule(row)) is not None:
+        return f"SparseNet sgprop {rule} λ₀={float(row.get('lam')):g}"
     if bool(row.get("adaptive", True)):
         return "SparseNet sgprop"
     return f"SparseNet sgprop λ={float(row.get('lam')):g}"
@@ -108,11 +120,8 @@ def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, fo
             lr = chosen[(method, int(n))]
             ax.plot(x, mean, label=f"{method} (lr {lr:g})")
             ax.fill_between(x, mean - se, mean + se, alpha=0.2)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel(label)
-        ax.set_title(f"{final.env.iloc[0]}: {n} envs per batch (mean ± SEM)", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        style_panel(ax, "environment steps", label,
+                    f"{final.env.iloc[0]}: {n} envs per batch (mean ± SEM)")
     stem = "success" if metric == "success_rate" else metric
     return save_figure(fig, folder / f"{stem}_vs_env_steps.png")
 
@@ -126,11 +135,7 @@ def versus_lr(table: pd.DataFrame, metric: str, label: str, folder: Path) -> Pat
             ax.errorbar(rows.lr, rows[f"{metric}_mean"], yerr=rows[f"{metric}_se"],
                         marker="o", capsize=3, label=method)
         ax.set_xscale("log")
-        ax.set_xlabel("policy learning rate")
-        ax.set_ylabel(label)
-        ax.set_title(f"{n} envs per batch (mean ± SEM)", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        style_panel(ax, "policy learning rate", label, f"{n} envs per batch (mean ± SEM)")
     return save_figure(fig, folder / f"{metric}_vs_lr.png")
 
 
@@ -149,11 +154,8 @@ def lambda_stats(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
                         color=line.get_color())
         ax.plot(curve.index, curve.lambda_min, ls=":", color=line.get_color())
         ax.plot(curve.index, curve.lambda_max, ls="--", color=line.get_color())
-    ax.set_xlabel("batch")
-    ax.set_ylabel("λ over neurons (1 = BPTT, 0 = SG)")
-    ax.set_title("E3: adaptive λ (band p25–p75, dotted min, dashed max)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    style_panel(ax, "batch", "λ over neurons (1 = BPTT, 0 = SG)",
+                "E3: adaptive λ (band p25–p75, dotted min, dashed max)")
     return save_figure(fig, folder / "lambda_stats.png")
 
 
@@ -170,7 +172,7 @@ def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
             row = {"method": method, "num_envs": n, "lr": lr, "group": g,
                    "seeds": len(group),
                    "ref_rel_se2": float(np.mean(group[f"grad_ref_se2/{g}"] / ref))}
-            for rule in RULES:
+            for rule in LABELS:
                 col = f"grad_mse/{rule}/{g}"
                 if col not in names or group[col].isna().all():
                     continue
@@ -179,12 +181,7 @@ def grad_table(final: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
                 row[f"rel_bias2_{rule}"] = float(np.mean(group[f"grad_bias2/{rule}/{g}"] / ref))
                 row[f"rel_var_{rule}"] = float(np.mean(group[f"grad_var/{rule}/{g}"] / ref))
                 row[f"cos_{rule}"] = float(group[f"grad_cos/{rule}/{g}"].mean())
-                if rule != "bp":
-                    ratio, low, high = paired_bootstrap_ratio(
-                        group[f"grad_mse/bp/{g}"].to_numpy(), mse, 500)
-                    row[f"ratio_bp_{rule}"] = ratio
-                    row[f"ratio_bp_{rule}_low"] = low
-                    row[f"ratio_bp_{rule}_high"] = high
+                row.update(backprop_mse_ratio(group, rule, g, mse))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -195,7 +192,7 @@ def grad_figure(table: pd.DataFrame, folder: Path) -> Path:
               zip(rows.method, rows.num_envs, rows.lr, strict=True)]
     xs = np.arange(len(rows))
     fig, ax = subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
-    for i, (rule, name) in enumerate(RULES.items()):
+    for i, (rule, name) in enumerate(LABELS.items()):
         col = f"rel_mse_{rule}"
         if col in rows:
             vals = rows[col].to_numpy(dtype=float)

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.stats import mean_se
+from analysis.stats import mean_se, paired_bootstrap_ratio
+from learners.compared import BACKPROP
 
 # (final-metrics frame, long metrics, varying params, folder) -> files written
 Reporter = Callable[[pd.DataFrame, pd.DataFrame, list[str], Path], list[Path]]
@@ -22,6 +23,25 @@ def final_metrics(trials: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
         return ok.copy()
     last = metrics.sort_values("step").groupby(["trial_id", "metric"]).value.last().unstack()
     return ok.merge(last, left_on="trial_id", right_index=True, how="left")
+
+
+def lambda_rule(row: pd.Series) -> str | None:
+    """The λ rule a trial names in `lam_rule` (one of learners.feedback.RULES beyond the
+    fixed and adaptive λ that `adaptive` chooses), or None."""
+    value = row.get("lam_rule")
+    return value if isinstance(value, str) and value else None
+
+
+def backprop_mse_ratio(frame: pd.DataFrame, rule: str, group: str, mse: np.ndarray,
+                       ) -> dict[str, float]:
+    """MSE_BP / MSE_rule over the frame's seeds (`mse`: the rule's, paired by row) with a
+    paired-bootstrap 95% CI, as columns ratio_bp_<rule>[_low, _high]; none for backprop."""
+    if rule == BACKPROP.key:
+        return {}
+    ratio, low, high = paired_bootstrap_ratio(
+        frame[f"grad_mse/{BACKPROP.key}/{group}"].to_numpy(), mse, 500)
+    return {f"ratio_bp_{rule}": ratio, f"ratio_bp_{rule}_low": low,
+            f"ratio_bp_{rule}_high": high}
 
 
 def last_checkpoint(metrics: pd.DataFrame, prefix: str) -> pd.DataFrame:
@@ -61,6 +81,18 @@ def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
     fig = Figure(**{k: v for k, v in kwargs.items() if k in figure_keys})
     axes = fig.subplots(nrows, ncols, **{k: v for k, v in kwargs.items() if k not in figure_keys})
     return fig, axes
+
+
+def style_panel(ax: Any, xlabel: str, ylabel: str, title: str, log_y: bool = False) -> None:
+    """A report panel's labels, small title, light grid (minor lines too on a log y axis)
+    and small legend."""
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both" if log_y else "major", alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def save_figure(fig: Any, path: Path) -> Path:

@@ -40,14 +40,8 @@ from torch.nn.utils.stateless import _reparametrize_module
 from learners.recurrent import RecurrentBaseline
 from learners.reinforce import normalised_returns, policy_loss
 from tasks.mazes import MazeBatch, _GlobalRngGuard, wrapped_popgym_env
-from tasks.popgym_task import (
-    PopgymConfig,
-    PopgymRun,
-    random_seeds,
-    rollout,
-    sample_actions,
-    seen_rewards,
-)
+from tasks.popgym_task import PopgymConfig, PopgymRun, random_seeds, rollout, seen_rewards
+from tasks.sampling import sample_actions
 
 CASES = {
     "GRU BPTT": dict(model="gru", learner="backprop"),

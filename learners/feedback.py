@@ -6,12 +6,16 @@ A node sees two candidate feedbacks for its output:
 
 Every rule is a λ-mixture `λ·g + (1−λ)·ĝ`, with λ per neuron in [0, 1].
 Convention everywhere: λ = 1 is pure backprop, λ = 0 is pure synthetic gradient.
-E1 (expert simulation), E2 (bandit) and E3 (RL) all mix through `FeedbackRule.mix`.
+E1 (expert simulation), E2 (bandit) and E3 (RL) all mix through `mix`. A rule
+(`FeedbackRule` and its subclasses, registered in `RULES`) owns how λ starts and moves;
+the E2 and E3 learners ask it and implement no rule themselves. `optimal_lambda` and
+`lambda_from_moments` estimate the batch's MSE-optimal λ for the rules that want it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -29,21 +33,72 @@ def mix(lam: float | Tensor, realised: Tensor, predicted: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class FeedbackRule:
-    """A named feedback rule with a fixed λ (adaptive rules start from `lam`)."""
+    """A feedback rule: which λ a learner mixes with, and how λ moves during training.
+
+    This base class holds λ fixed (`lambda_mixture`, and backprop and pure SG at its
+    edges); a rule that moves λ subclasses it (`AdaptiveLambda`). The learners ask a rule
+    only these questions, so a new rule is one subclass plus one line in `RULES`:
+    - `initial_lambda(shape)`: the per-neuron λ state a learner starts from;
+    - `constant_lambda`: λ as a float if it never changes (the learners then mix with the
+      float, so λ = 1 and λ = 0 return g or ĝ itself), else None (they mix with the state);
+    - `needs_estimate`: whether `next_lambda` wants the batch's MSE-optimal λ̂ (the
+      learners compute that costly estimate only then, from `optimal_lambda`'s moments);
+    - `next_lambda(previous, estimate)`: the state after a training step, used from the
+      next step on, so a batch never chooses its own mixing weight.
+    `lam` and `momentum` come from a task's `lam` and `lam_momentum` fields (`rule_for`).
+    """
 
     name: str
-    lam: float
-    adaptive: bool = False
-    momentum: float = 0.9
+    lam: float  # λ, or the λ₀ a rule that moves λ starts from
+    momentum: float = 0.9  # the rate at which a rule that moves λ moves it
+
+    needs_estimate: ClassVar[bool] = False
+
+    @property
+    def constant_lambda(self) -> float | None:
+        """λ if it never changes, else None."""
+        return self.lam
 
     @property
     def uses_predictor(self) -> bool:
         """Whether the rule needs a synthetic-gradient predictor at all."""
-        return self.adaptive or self.lam < 1.0
+        return self.constant_lambda != 1.0
+
+    def initial_lambda(self, shape: tuple[int, ...], device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> Tensor:
+        """The λ state a learner starts from: `lam` for every neuron."""
+        return torch.full(shape, self.lam, device=device, dtype=dtype)
+
+    def next_lambda(self, previous: Tensor, estimate: Tensor | None) -> Tensor:
+        """The λ state after a training step: a fixed rule keeps `previous`."""
+        return previous
 
     def mix(self, realised: Tensor, predicted: Tensor, lam: float | Tensor | None = None) -> Tensor:
-        """The feedback this rule learns from; `lam` overrides λ (adaptive state)."""
+        """The feedback this rule learns from; `lam` overrides λ (a learner's state)."""
         return mix(self.lam if lam is None else lam, realised, predicted)
+
+
+@dataclass(frozen=True)
+class AdaptiveLambda(FeedbackRule):
+    """λ per neuron, from λ₀ = `lam`, moved after each step toward the batch's MSE-optimal
+    λ̂ by an exponential moving average: λ ← momentum·λ + (1 − momentum)·λ̂."""
+
+    needs_estimate: ClassVar[bool] = True
+
+    @property
+    def constant_lambda(self) -> float | None:
+        return None
+
+    def next_lambda(self, previous: Tensor, estimate: Tensor | None) -> Tensor:
+        if estimate is None:
+            raise ValueError("adaptive λ needs the batch's λ estimate")
+        return ema(previous, estimate, self.momentum)
+
+
+# The rules a task's `lam_rule` field can name, built as RULES[name](name, lam, momentum).
+# `fixed` and `adaptive` are chosen by a task's `adaptive` field instead (one spelling each).
+RULES: dict[str, type[FeedbackRule]] = {"fixed": FeedbackRule, "adaptive": AdaptiveLambda}
+CHOSEN_BY_ADAPTIVE = ("fixed", "adaptive")
 
 
 def backprop() -> FeedbackRule:
@@ -65,14 +120,18 @@ def adaptive_lambda(init: float = 0.9, momentum: float = 0.9) -> FeedbackRule:
         raise ValueError(f"initial lambda must be in [0, 1], got {init}")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"lambda momentum must be in [0, 1), got {momentum}")
-    return FeedbackRule("adaptive", float(init), adaptive=True, momentum=float(momentum))
+    return AdaptiveLambda("adaptive", float(init), float(momentum))
 
 
-def rule_for(learner: str, lam: float, adaptive: bool, momentum: float) -> FeedbackRule:
-    """The rule a task's learner fields select: backprop, or sgprop with fixed/adaptive λ."""
+def rule_for(learner: str, lam: float, adaptive: bool, momentum: float,
+             lam_rule: str | None = None) -> FeedbackRule:
+    """The rule a task's learner fields select: backprop (λ = 1), or for sgprop the rule
+    `lam_rule` names in `RULES`, or without one adaptive or fixed λ as `adaptive` says."""
     if learner == "backprop":
         return backprop()
-    return adaptive_lambda(lam, momentum) if adaptive else lambda_mixture(lam)
+    if lam_rule is None:
+        return adaptive_lambda(lam, momentum) if adaptive else lambda_mixture(lam)
+    return RULES[lam_rule](lam_rule, float(lam), float(momentum))
 
 
 def optimal_lambda(

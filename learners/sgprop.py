@@ -25,7 +25,9 @@ sgprop, per training step, on one batch and one forward pass:
    (`normalise`, the reference's order) — the per-neuron MSE-optimal λ of
    `learners.feedback`, computed from outer-product moments, never materialising the
    (B, N, P) per-sample parameter gradients; then λ ← EMA(λ, λ̂, momentum). The new λ is
-   used from the next step on, so a batch never chooses its own mixing weight.
+   used from the next step on, so a batch never chooses its own mixing weight. (The rule
+   decides: `learners.feedback.FeedbackRule` — a fixed λ keeps its λ, and only a rule that
+   `needs_estimate` has λ̂ computed at all.)
 
 λ = 1 reproduces backprop's parameter gradients bit for bit (`mix` returns g itself);
 λ = 0 makes every hidden layer learn from its own local prediction ĝ_l(x_l) only.
@@ -40,7 +42,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
+from learners.compared import BACKPROP, COMPARED
+from learners.feedback import FeedbackRule, lambda_from_moments, mix
 from learners.sparsenet import MLP, LayerTrace, SparseNet, SparseNetShape, Trace, seed_einsum
 
 Model = SparseNet | MLP
@@ -305,7 +308,7 @@ class Backprop:
                        ) -> dict[str, list[Tensor]]:
         """Per-parameter gradient estimates of each rule this learner can form."""
         loss = reinforce_loss(self.forward(images).logits, actions, rewards)
-        return {"bp": list(torch.autograd.grad(loss, parameters_of(self.model)))}
+        return {BACKPROP.key: list(torch.autograd.grad(loss, parameters_of(self.model)))}
 
 
 class SGProp:
@@ -326,13 +329,13 @@ class SGProp:
         self.norms: dict[str, Tensor] = {}
         # fused: one pass over the parameters, bit-identical to the default loop on CPU
         self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr, fused=True)
-        self.lams = [torch.full((model.seeds, shape.width), rule.lam, device=model.head.device)
+        self.lams = [rule.initial_lambda((model.seeds, shape.width), device=model.head.device)
                      for _ in range(shape.layers)]
 
     def mixing(self, layer: int) -> Lam:
-        """λ of a layer as `mix` wants it: a float if fixed, (S, 1, N, 1) if adaptive."""
-        if not self.rule.adaptive:
-            return self.rule.lam
+        """λ of a layer as `mix` wants it: the rule's float if constant, else (S, 1, N, 1)."""
+        if self.rule.constant_lambda is not None:
+            return self.rule.constant_lambda
         lam = self.lams[layer]
         return lam.view(lam.shape[0], 1, lam.shape[1], 1)
 
@@ -387,32 +390,29 @@ class SGProp:
         for p, g in zip(params, [*prop.grads, head], strict=True):
             p.grad = g
         self.norms = feedback_norms(prop.realised, predicted)
-        if self.rule.adaptive:
-            for layer, lt in enumerate(trace.layers):
-                estimate = layer_lambda(lt, layer, prop.realised[layer], predicted[layer],
-                                        self.lams[layer], self.normalise)
-                self.lams[layer] = ema(self.lams[layer], estimate, self.rule.momentum)
+        for layer, lt in enumerate(trace.layers):
+            estimate = (layer_lambda(lt, layer, prop.realised[layer], predicted[layer],
+                                     self.lams[layer], self.normalise)
+                        if self.rule.needs_estimate else None)
+            self.lams[layer] = self.rule.next_lambda(self.lams[layer], estimate)
         return stats
 
     def rule_gradients(self, images: Tensor, actions: Tensor, rewards: Tensor,
                        ) -> dict[str, list[Tensor]]:
-        """Gradient estimates of backprop (λ=1), the current mixture and pure SG (λ=0)."""
+        """Each `learners.compared` setting's gradient estimate: backprop (λ=1), the
+        current mixture and pure SG (λ=0)."""
         trace = self.forward(images)
         head, top_grad = self.top(trace, actions, rewards)
         scale = self.unit_scale(top_grad.shape[1])
         with torch.no_grad():
             predicted = [self.sg.predict(layer, lt) / scale
                          for layer, lt in enumerate(trace.layers)]
-        layers = range(len(trace.layers))
-        settings: dict[str, list[Lam]] = {
-            "bp": [1.0 for _ in layers],
-            "mix": [self.mixing(layer) for layer in layers],
-            "sg": [0.0 for _ in layers],
-        }
+        current = [self.mixing(layer) for layer in range(len(trace.layers))]
         return {
-            name: [*propagate(self.model, trace, top_grad, lams, predicted, params=True).grads,
-                   head]
-            for name, lams in settings.items()
+            setting.key: [*propagate(self.model, trace, top_grad,
+                                     [setting.lambda_given(lam) for lam in current], predicted,
+                                     params=True).grads, head]
+            for setting in COMPARED
         }
 
     def lambda_means(self) -> list[Tensor]:

@@ -19,7 +19,8 @@ mixed at every step, padded ones included. Units: g_t and ĝ_t are gradients of 
 loss. Then, on the same predictions: (1) adaptive λ: the per-neuron MSE-optimal λ̂ of
 `learners.feedback` from this batch's g_t and ĝ_t (each a unit vector per neuron, every
 valid (t, b) a sample; moments of the cell's parameter blocks as in E2), λ ← EMA(λ, λ̂,
-0.9), used from the next batch on (λ starts at 1.0); (2) one SG Adam step (LR 1e-5,
+0.9), used from the next batch on (λ starts at 1.0; the rule decides, as in E2: a fixed λ
+stays, and λ̂ is computed only for a rule that `needs_estimate`); (2) one SG Adam step (LR 1e-5,
 gradient norm clipped to `sg_clip` = 0.5) on mean over valid (t, b) and (N, K) of
 (ĝ_t − g̃_t)², the mixed gradient detached.
 
@@ -50,7 +51,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from learners.feedback import FeedbackRule, ema, lambda_from_moments, mix
+from learners.compared import BACKPROP, COMPARED
+from learners.feedback import FeedbackRule, lambda_from_moments, mix
 from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, SequenceTrace
 from learners.reinforce import Batch, pad_steps, policy_loss
 from learners.sgprop import local_errors, outer_moments, unit
@@ -79,7 +81,7 @@ class BPTT:
         return stats
 
     def rule_gradients(self, batch: Batch, advantages: Tensor) -> dict[str, list[Tensor]]:
-        return {"bp": self.gradients(batch, advantages)[0]}
+        return {BACKPROP.key: self.gradients(batch, advantages)[0]}
 
 
 class SyntheticGradientsTime(nn.Module):
@@ -236,7 +238,7 @@ class SGPropTime:
         like = {"device": model.biases.device, "dtype": model.biases.dtype}
         self.sg = SyntheticGradientsTime(model.shape).to(**like)
         self.sg_optimizer = torch.optim.Adam(self.sg.parameters(), lr=sg_lr)
-        self.lam = torch.full((model.shape.neurons,), rule.lam, **like)
+        self.lam = rule.initial_lambda((model.shape.neurons,), **like)
 
     # -- pieces -------------------------------------------------------------------------
     def prepare(self, batch: Batch, advantages: Tensor) -> tuple[Batch, Tensor]:
@@ -275,7 +277,9 @@ class SGPropTime:
         return out
 
     def step_lambda(self, valid: Tensor) -> Lam:
-        if not self.rule.adaptive and self.rule.lam == 1.0:
+        """λ at every step of the batch: the temporal schedule of the current λ (1.0 for a
+        rule that holds λ = 1)."""
+        if self.rule.constant_lambda == 1.0:
             return 1.0
         steps = valid.shape[0]
         horizon = max(self.horizon or steps, steps)
@@ -312,9 +316,9 @@ class SGPropTime:
             p.grad = g
         if preds is None or mixable is None:
             return stats
-        if self.rule.adaptive:
-            estimate = self.batch_lambda(trace, prop.realised, mixable, batch.valid)
-            self.lam = ema(self.lam, estimate, self.rule.momentum)
+        estimate = (self.batch_lambda(trace, prop.realised, mixable, batch.valid)
+                    if self.rule.needs_estimate else None)
+        self.lam = self.rule.next_lambda(self.lam, estimate)
         stats.update(feedback_norms(prop, mixable, batch.valid))
         stats["sg_loss"] = self.update_synthetic(preds, prop.mixed, batch.valid)
         return stats
@@ -375,17 +379,18 @@ class SGPropTime:
 
 
     def rule_gradients(self, batch: Batch, advantages: Tensor) -> dict[str, list[Tensor]]:
-        """Gradient estimates of BPTT (λ=1), the current mixture and pure SG (λ=0)."""
+        """Each `learners.compared` setting's gradient estimate: BPTT (λ=1), the current
+        mixture and pure SG (λ=0)."""
         batch, advantages = self.prepare(batch, advantages)
         trace = self.model(batch.obs, cut=True)
         actor, direct, _ = self.top(trace, batch, advantages)
         predicted = self.mixable(self.predictions(trace), batch.valid)
-        settings: dict[str, Lam] = {"bp": 1.0, "mix": self.step_lambda(batch.valid),
-                                    "sg": 0.0}
-        return {name: self.full_gradients(
-                    trace, propagate_time(self.model, trace, direct, lam, predicted, True),
+        current = self.step_lambda(batch.valid)
+        return {setting.key: self.full_gradients(
+                    trace, propagate_time(self.model, trace, direct,
+                                          setting.lambda_given(current), predicted, True),
                     actor)
-                for name, lam in settings.items()}
+                for setting in COMPARED}
 
     def lambda_stats(self) -> dict[str, Tensor]:
         q = torch.quantile(self.lam, torch.tensor([0.25, 0.75], dtype=self.lam.dtype))

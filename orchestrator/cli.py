@@ -286,15 +286,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.record import DamagedResults
     from orchestrator.status import format_status, sweep_status
-
-    _require_results(args.out)
-    print(format_status(sweep_status(args.out)))
     from orchestrator.tune import is_tuning_directory, study_status
 
+    _require_results(args.out)
+    statuses, damaged = sweep_status(args.out)
+    print(format_status(statuses))
     if is_tuning_directory(args.out):
-
         print(study_status(args.out))
+    if damaged:  # the healthy parts are reported above; the damaged ones named here
+        raise DamagedResults(damaged)
     return 0
 
 

@@ -24,10 +24,11 @@ import time
 import types
 import typing
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.dataset as ds
@@ -163,23 +164,24 @@ class ResultStore:
         _atomic_write(metrics, self.metrics_dir / name)
         _atomic_write(trials.replace_schema_metadata(metadata), self.trials_dir / name)
 
+    def latest(self, columns: list[str] | None = None,
+               skip: Collection[str] = ()) -> pd.DataFrame:
+        """The latest attempt of every trial (all sweeps): its row with the greatest
+        `finished_at`, the last written among equal times. `skip`: part names left out
+        (damaged ones, whose trials then count as not run)."""
+        wanted = None if columns is None else list(dict.fromkeys(
+            [*columns, "trial_id", "finished_at"]))
+        table = self.read_trials(columns=wanted, skip=skip)
+        if table is None:
+            return pd.DataFrame(columns=columns or [name for name, _ in TRIAL_COLUMNS])
+        trials = table.to_pandas().sort_values("finished_at", kind="stable")
+        trials = trials.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
+        return trials if columns is None else trials[columns]
+
     def recorded(self) -> dict[str, str]:
         """Latest recorded status per trial_id."""
-        return {tid: row["status"] for tid, row in self.latest(["status"]).items()}
-
-    def latest(self, columns: list[str]) -> dict[str, dict[str, Any]]:
-        """The latest attempt of each trial: trial_id -> {column: value} for `columns`."""
-        table = self.read_trials(columns=["trial_id", "finished_at", *columns])
-        if table is None:
-            return {}
-        latest: dict[str, tuple[int, dict[str, Any]]] = {}
-        ids = table.column("trial_id").to_pylist()
-        times = table.column("finished_at").cast(pa.int64()).to_pylist()
-        values = zip(*(table.column(c).to_pylist() for c in columns), strict=True)
-        for tid, at, row in zip(ids, times, values, strict=True):
-            if tid not in latest or at >= latest[tid][0]:
-                latest[tid] = (at, dict(zip(columns, row, strict=True)))
-        return {tid: row for tid, (_, row) in latest.items()}
+        latest = self.latest(["trial_id", "status"])
+        return dict(zip(latest.trial_id, latest.status, strict=True))
 
     def compact(self) -> int:
         """Drop superseded attempts (e.g. a failed trial later re-run) from older parts.
@@ -263,10 +265,12 @@ class ResultStore:
             report(f"damaged: {item}; moved to {self.root / QUARANTINE}/, its trials run again")
         return found
 
-    def read_trials(self, columns: list[str] | None = None) -> pa.Table | None:
-        """The trials parts; their `sweep` values are checked to be sweep names (they become
-        folder names and MLflow experiment names): a tampered one raises `RunError`."""
-        table = _read_dataset(self.trials_dir, columns)
+    def read_trials(self, columns: list[str] | None = None,
+                    skip: Collection[str] = ()) -> pa.Table | None:
+        """The trials parts (less those named in `skip`); their `sweep` values are checked
+        to be sweep names (they become folder names and MLflow experiment names): a
+        tampered one raises `RunError`."""
+        table = read_parts(self.trials_dir, columns, skip=skip)
         if table is not None and "sweep" in table.column_names:
             for name in pa.compute.unique(table.column("sweep")).to_pylist():
                 if not (isinstance(name, str) and len(name) <= MAX_NAME
@@ -283,7 +287,7 @@ class ResultStore:
         return self.trials_dir
 
     def read_metrics(self, columns: list[str] | None = None) -> pa.Table | None:
-        return _read_dataset(self.metrics_dir, columns)
+        return read_parts(self.metrics_dir, columns)
 
     def _remove_interrupted_writes(self) -> None:
         for folder in (self.trials_dir, self.metrics_dir):
@@ -354,10 +358,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_parts(folder: Path, columns: Iterable[str] | None = None,
-               schema: pa.Schema | None = None, filter: Any = None) -> pa.Table | None:
-    """All parts of one dataset folder as a table (None if there are none); a part that
-    cannot be read raises `DamagedResults` naming it."""
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+               schema: pa.Schema | None = None, filter: Any = None,
+               skip: Collection[str] = ()) -> pa.Table | None:
+    """All parts of one dataset folder (less those named in `skip`) as a table (None if
+    there are none); a part that cannot be read raises `DamagedResults` naming it."""
+    parts = sorted(p for p in folder.glob("part-*.parquet")
+                   if p.name not in skip) if folder.is_dir() else []
     if not parts:
         return None
     try:
@@ -378,6 +384,3 @@ def read_parts(folder: Path, columns: Iterable[str] | None = None,
         raise OSError(f"{folder}: cannot read its parts together ({_first_line(exc)})") \
             from exc
 
-
-def _read_dataset(folder: Path, columns: Iterable[str] | None) -> pa.Table | None:
-    return read_parts(folder, columns)

@@ -17,11 +17,9 @@ def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, metrics): the latest attempt of each trial, and its metrics (long form)."""
     store = ResultStore(out_dir)
     store.check()
-    trials_table = store.read_trials()
-    if trials_table is None:
+    trials = store.latest()
+    if trials.empty:
         return pd.DataFrame(), pd.DataFrame(columns=["trial_id", "step", "metric", "value"])
-    trials = trials_table.to_pandas()
-    trials = trials.sort_values("finished_at").drop_duplicates("trial_id", keep="last")
     metrics_table = store.read_metrics()
     metrics = (metrics_table.to_pandas() if metrics_table is not None
                else pd.DataFrame(columns=["trial_id", "step", "metric", "value"]))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import plan
-from orchestrator.record import ResultStore
+from orchestrator.record import Damage, DamagedResults, ResultStore
 from orchestrator.spec import SpecError, load_spec
 
 
@@ -28,16 +28,20 @@ class SweepStatus:
         return None if self.total is None else self.total - self.ok - self.failed
 
 
-def sweep_status(out_dir: str | Path) -> list[SweepStatus]:
+def sweep_status(out_dir: str | Path) -> tuple[list[SweepStatus], list[Damage]]:
+    """Each sweep's counts from the healthy parts of DIR, and the damaged parts (whose
+    trials count as pending: `sgsweep run` sets those parts aside and runs them again)."""
     out_dir = Path(out_dir)
     store = ResultStore(out_dir)
-    store.check()
-    table = store.read_trials(
-        columns=["trial_id", "sweep", "status", "error", "finished_at"])
-    latest: dict[str, dict] = {}
-    if table is not None:
-        for row in sorted(table.to_pylist(), key=lambda r: r["finished_at"]):
-            latest[row["trial_id"]] = row
+    damaged = store.damage()
+    columns = ["trial_id", "sweep", "status", "error"]
+    while True:
+        try:
+            table = store.latest(columns, skip={d.path.name for d in damaged})
+            break
+        except DamagedResults as exc:  # garbled data behind an intact footer
+            damaged += exc.damage
+    latest = {row["trial_id"]: row for row in table.to_dict("records")}
     by_sweep: dict[str, list[dict]] = {}
     for row in latest.values():
         by_sweep.setdefault(row["sweep"], []).append(row)
@@ -57,7 +61,7 @@ def sweep_status(out_dir: str | Path) -> list[SweepStatus]:
             sweep, len(expected) if expected is not None else None, ok, len(failed_rows),
             [(count, line) for line, count in errors.most_common(5)],
         ))
-    return statuses
+    return statuses, damaged
 
 
 def format_status(statuses: list[SweepStatus]) -> str:

@@ -27,12 +27,7 @@ TRIAL_FIELDS = ["trial_id", "sweep", "task", "config_id", "seed", "status", "err
 
 def latest_trials(out_dir: Path) -> pd.DataFrame:
     """The latest attempt of every trial in DIR (all sweeps)."""
-    table = ResultStore(out_dir).read_trials(columns=TRIAL_FIELDS)
-    if table is None:
-        return pd.DataFrame(columns=TRIAL_FIELDS)
-    trials = table.to_pandas()
-    trials = trials.sort_values("finished_at", kind="stable")
-    return trials.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
+    return ResultStore(out_dir).latest(TRIAL_FIELDS)
 
 
 def metrics_loader(out_dir: Path):

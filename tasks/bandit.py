@@ -29,7 +29,10 @@ Metrics (step = number of policy updates so far):
     `grad_var/<rule>/<group>`   mean_r ‖ĝ_r − mean ĝ‖²   (mse = bias2 + var)
     `grad_cos/<rule>/<group>`   mean_r cos(ĝ_r, g*)
     `grad_truth_sq/<group>`     ‖g*‖²
-  rules: `bp` (backprop), and for sgprop `mix` (the current λ-mixture) and `sg` (λ = 0);
+  (plug-in estimators, `tasks.gradient_errors.ExactErrors`: var divides by R, biased low
+  by (R − 1)/R; E3 records unbiased ones under the same names);
+  rules (`learners.compared`): `bp` (backprop), and for sgprop `mix` (the current
+  λ-mixture) and `sg` (λ = 0);
   groups: `l0`..`l<L−1>` (hidden layers), `head`, `hidden` (all hidden layers), `all`.
   All rules see the same batches (paired). The head's estimate is the same for every rule.
   Then the step's actual update Δθ (Adam's, from the learner's own batch):
@@ -57,7 +60,9 @@ from learners.feedback import FeedbackRule, rule_for
 from learners.sgprop import Backprop, SGProp, parameters_of
 from learners.sparsenet import MLP, SparseNet, SparseNetShape
 from tasks import datasets
-from tasks.base import ConfigError, MetricLog, Task, check_lambda
+from tasks.base import ConfigError, MetricLog, Task, check_at_least, check_lambda_fields
+from tasks.gradient_errors import ExactErrors
+from tasks.sampling import sample_actions, stream
 
 # Policy learning rates of the paper, used when `lr` is not given.
 PAPER_LR = {("sparsenet", "sgprop"): 5e-3, ("sparsenet", "backprop"): 1e-3,
@@ -82,6 +87,8 @@ class BanditConfig:
     lam: float = 0.9  # sgprop: fixed λ, or λ₀ if adaptive (1 = backprop, 0 = pure SG)
     adaptive: bool = True  # sgprop: adapt λ per neuron
     lam_momentum: float = 0.9  # EMA momentum of adaptive λ
+    # sgprop: a rule of learners.feedback.RULES beyond fixed/adaptive (which `adaptive` picks)
+    lam_rule: str | None = field(default=None, metadata={"added_later": True})
     lam_normalise: bool = True  # adaptive λ from unit-normalised feedback directions
     layers: int = 5  # SparseNet
     width: int = 200
@@ -118,22 +125,17 @@ class BanditConfig:
             raise ConfigError("exclude", "expected distinct classes leaving at least two")
         if not 0.0 <= self.p_flip <= 1.0:
             raise ConfigError("p_flip", f"expected a probability in [0, 1], got {self.p_flip}")
-        positive = {"steps": self.steps, "layers": self.layers, "width": self.width,
-                    "dim": self.dim, "fan_in": self.pixels_per_neuron,
-                    "parents": self.parents,
-                    "slots": self.slots, "mlp_width": self.mlp_width,
-                    "mlp_layers": self.mlp_layers, "eval_points": self.eval_points,
-                    "eval_size": self.eval_size}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(name, f"expected a positive integer, got {value}")
-        if self.batch_size < 2:
-            raise ConfigError("batch_size", f"expected at least 2, got {self.batch_size}")
+        check_at_least(1, {"steps": self.steps, "layers": self.layers, "width": self.width,
+                           "dim": self.dim, "fan_in": self.pixels_per_neuron,
+                           "parents": self.parents, "slots": self.slots,
+                           "mlp_width": self.mlp_width, "mlp_layers": self.mlp_layers,
+                           "eval_points": self.eval_points, "eval_size": self.eval_size})
+        check_at_least(2, {"batch_size": self.batch_size})
         if self.lr is not None and not self.lr > 0:
             raise ConfigError("lr", f"expected a positive learning rate, got {self.lr}")
         if not self.sg_lr > 0:
             raise ConfigError("sg_lr", f"expected a positive learning rate, got {self.sg_lr}")
-        check_lambda(self.lam, self.lam_momentum)
+        check_lambda_fields(self)
         if self.pixels_per_neuron > datasets.PIXELS[self.dataset]:
             where = "" if self.fan_in is not None else (
                 f" (fan_in defaults to dim × parents = {self.pixels_per_neuron})")
@@ -143,10 +145,8 @@ class BanditConfig:
             raise ConfigError("parents", f"expected at most width = {self.width}")
         if self.eval_points > self.steps:
             raise ConfigError("eval_points", f"expected at most steps = {self.steps}")
-        if self.mse_every < 0:
-            raise ConfigError("mse_every", f"expected >= 0, got {self.mse_every}")
-        if self.mse_batches < 2:
-            raise ConfigError("mse_batches", f"expected at least 2, got {self.mse_batches}")
+        check_at_least(0, {"mse_every": self.mse_every})
+        check_at_least(2, {"mse_batches": self.mse_batches})
         if self.learner == "sgprop" and self.model != "sparsenet":
             raise ConfigError("learner", "sgprop needs model sparsenet (the MLP is BP only)")
         if not self.train_hidden and self.learner != "backprop":
@@ -161,7 +161,8 @@ class BanditConfig:
         return self.lr if self.lr is not None else PAPER_LR[(self.model, self.learner)]
 
     def rule(self) -> FeedbackRule:
-        return rule_for(self.learner, self.lam, self.adaptive, self.lam_momentum)
+        return rule_for(self.learner, self.lam, self.adaptive, self.lam_momentum,
+                        self.lam_rule)
 
     def eval_steps(self) -> list[int]:
         """int(linspace(1, steps, eval_points)), as the reference code (duplicates merged);
@@ -185,21 +186,10 @@ def bandit_data(cfg: BanditConfig) -> tuple[datasets.Dataset, list[int]]:
     return data.without_classes(cfg.exclude)
 
 
-def stream(seed: int, name: str) -> torch.Generator:
-    state = np.random.SeedSequence([seed, STREAMS[name]]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
-
-
 def expected_rewards(labels: Tensor, actions: int, p_flip: float) -> Tensor:
     """E[r | x, a] for every action: p + (1 − 2p)·1[a = y]; labels (...,) → (..., A)."""
     onehot = torch.nn.functional.one_hot(labels, actions).to(torch.float32)
     return p_flip + (1.0 - 2.0 * p_flip) * onehot
-
-
-def sample_actions(probs: Tensor, uniforms: Tensor) -> Tensor:
-    """Inverse-CDF sampling: probs (S, B, A), uniforms (S, B) → actions (S, B)."""
-    cdf = probs.cumsum(-1)
-    return (cdf < uniforms.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
 class BanditBlock:
@@ -224,7 +214,8 @@ class BanditBlock:
             self.test_y = data.test_y[: cfg.eval_size].to(self.device)
         else:
             self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
-        self.gens = {name: [stream(s, name) for s in self.seeds] for name in STREAMS}
+        self.gens = {name: [stream(s, index) for s in self.seeds]
+                     for name, index in STREAMS.items()}
         self.model = build_model(cfg, data.pixels, self.actions, self.gens["init"]).to(self.device)
         self.learner: Backprop | SGProp
         if cfg.learner == "sgprop":
@@ -320,9 +311,7 @@ class BanditBlock:
         and the exact gradient per group, (S, P_group)."""
         groups = self._groups()
         truth = self._flatten(self.exact_gradient(), groups)
-        sums: dict[tuple[str, str], Tensor] = {}
-        sq: dict[tuple[str, str], Tensor] = {}
-        cos: dict[tuple[str, str], Tensor] = {}
+        errors: dict[tuple[str, str], ExactErrors] = {}
         gens = self.gens["mse"]
         for _ in range(self.cfg.mse_batches):
             images, labels = self.sample_batch(gens)
@@ -331,22 +320,13 @@ class BanditBlock:
             actions, rewards = self.act(logits, labels, gens)
             for rule, grads in self.learner.rule_gradients(images, actions, rewards).items():
                 for group, est in self._flatten(grads, groups).items():
-                    key = (rule, group)
-                    t = truth[group]
-                    err = ((est - t) ** 2).sum(-1)
-                    c = (est * t).sum(-1) / (est.norm(dim=-1) * t.norm(dim=-1)).clamp(min=1e-30)
-                    sums[key] = sums.get(key, 0) + est.detach()
-                    sq[key] = sq.get(key, 0) + err.detach()
-                    cos[key] = cos.get(key, 0) + c.detach()
-        r = self.cfg.mse_batches
+                    if (rule, group) not in errors:
+                        errors[(rule, group)] = ExactErrors(truth[group])
+                    errors[(rule, group)].add(est)
         out: dict[str, Tensor] = {}
-        for (rule, group), total in sums.items():
-            mse = sq[(rule, group)] / r
-            bias2 = ((total / r - truth[group]) ** 2).sum(-1)
-            out[f"grad_mse/{rule}/{group}"] = mse
-            out[f"grad_bias2/{rule}/{group}"] = bias2
-            out[f"grad_var/{rule}/{group}"] = (mse - bias2).clamp(min=0.0)
-            out[f"grad_cos/{rule}/{group}"] = cos[(rule, group)] / r
+        for (rule, group), error in errors.items():
+            out.update({f"grad_{stat}/{rule}/{group}": value
+                        for stat, value in error.finish().items()})
         for group, t in truth.items():
             out[f"grad_truth_sq/{group}"] = (t * t).sum(-1)
         return out, truth
@@ -427,9 +407,11 @@ def build_model(cfg: BanditConfig, pixels: int, actions: int,
     return SparseNet(shape, generators)
 
 
-# On CPU a seed-batched step only pays off for small models: benchmarks/bench_bandit.py
-# measured 6 batched seeds at 1.1-2.8x the speed of 6 sequential runs at the digits sweeps'
-# sizes, but 0.46-0.9x at the paper's (width 200, dim 10), where the einsums are memory-bound.
+# On CPU a seed-batched step pays off only for small models. benchmarks/bench_bandit.py
+# --threads 1 (a 6-seed block vs 6 sequential seeds, fastest of 5-10 rounds, on the shared
+# 2-core machine; docs/performance.md) measured 1.2-2.1x at the digits sweeps' sizes by wall
+# and CPU clock alike, but at the paper's (width 200, dim 10) 0.55-1.29x by wall clock and
+# 0.94-1.40x by CPU clock, by load and case: no reliable gain, so those run seed by seed.
 CPU_BATCH_LIMIT = 512  # SparseNet width·dim (or MLP width) up to which CPU blocks are batched
 
 

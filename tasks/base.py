@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from learners.feedback import CHOSEN_BY_ADAPTIVE, RULES
+
 
 class ConfigError(ValueError):
     """A config value is invalid. `field` names the offending parameter."""
@@ -22,12 +24,40 @@ class ConfigError(ValueError):
         self.message = message
 
 
-def check_lambda(lam: float, momentum: float) -> None:
-    """The λ fields of every task with an sgprop learner: `lam` and `lam_momentum`."""
+def check_at_least(minimum: int, values: dict[str, int]) -> None:
+    """Each named integer field is at least `minimum`."""
+    expected = {0: ">= 0", 1: "a positive integer"}.get(minimum, f"at least {minimum}")
+    for name, value in values.items():
+        if value < minimum:
+            raise ConfigError(name, f"expected {expected}, got {value}")
+
+
+def check_lambda_fields(config: Any) -> None:
+    """The λ fields of every task with an sgprop learner: `lam`, `lam_momentum`, and
+    `lam_rule` — a rule of `learners.feedback.RULES` other than the two that `adaptive`
+    chooses (one spelling each), for sgprop only, and not beside `adaptive: false`."""
+    lam, momentum, lam_rule = config.lam, config.lam_momentum, config.lam_rule
     if not 0.0 <= lam <= 1.0:
         raise ConfigError("lam", f"expected λ in [0, 1], got {lam}")
     if not 0.0 <= momentum < 1.0:
         raise ConfigError("lam_momentum", f"expected [0, 1), got {momentum}")
+    if lam_rule is None:
+        return
+    choices = [name for name in RULES if name not in CHOSEN_BY_ADAPTIVE]
+    if lam_rule in CHOSEN_BY_ADAPTIVE:
+        raise ConfigError("lam_rule", f"{lam_rule} λ is chosen by adaptive: "
+                                      f"{str(lam_rule == 'adaptive').lower()}; leave lam_rule out")
+    if lam_rule not in RULES:
+        if not choices:
+            raise ConfigError("lam_rule", "no rule beyond fixed and adaptive is registered in "
+                                          f"learners.feedback.RULES, got {lam_rule!r}")
+        raise ConfigError("lam_rule", f"expected one of {choices} (learners.feedback.RULES), "
+                                      f"got {lam_rule!r}")
+    if config.learner != "sgprop":
+        raise ConfigError("lam_rule", "only sgprop chooses λ (backprop is λ = 1)")
+    if not config.adaptive:
+        raise ConfigError("adaptive", f"false contradicts lam_rule {lam_rule}, which chooses "
+                                      "how λ moves; leave adaptive out")
 
 
 @dataclass

@@ -34,8 +34,10 @@ batches. Per group (`all`, `recurrent` = the cell's parameters):
   grad_bias2/<rule>/<group> ‖mean ĝ − g_ref‖² − var/R − se²         (unbiased; may be < 0)
   grad_cos/<rule>/<group>   mean_i cos(ĝ_i, g_ref)
   grad_ref_sq/<group>, grad_ref_se2/<group>   ‖g_ref‖², se²
-g is E[BPTT's one-batch gradient of the normalised-return loss]; rules: `bp`, and for
-sgprop `mix` (the current λ-mixture with its schedule) and `sg` (λ = 0 at every step).
+(unbiased estimators, `tasks.gradient_errors.errors_against_reference`; E2 records plug-in
+ones under the same names.) g is E[BPTT's one-batch gradient of the normalised-return
+loss]; rules (`learners.compared`): `bp`, and for sgprop `mix` (the current λ-mixture with
+its schedule) and `sg` (λ = 0 at every step).
 
 Randomness: per seed independent streams (init, mazes [`maze_seeds: independent`], train =
 actions and reward noise, grad), so gradient checkpoints never change a training
@@ -45,7 +47,7 @@ trajectory. Seeds in a block run one after the other (bit-identical to running a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -56,8 +58,10 @@ from learners.feedback import FeedbackRule, rule_for
 from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, build_model
 from learners.reinforce import Batch, normalised_returns
 from learners.sgprop_time import BPTT, SGPropTime
-from tasks.base import ConfigError, MetricLog, Task, check_lambda
+from tasks.base import ConfigError, MetricLog, Task, check_at_least, check_lambda_fields
+from tasks.gradient_errors import errors_against_reference, reference_gradient
 from tasks.mazes import ACTIONS, OBS_DIM, MazeBatch, StepResult
+from tasks.sampling import sample_actions, stream
 
 STREAMS = {"init": 0, "mazes": 1, "train": 2, "grad": 3}
 LENGTH = {"escape": 80, "explore": 40}
@@ -84,6 +88,8 @@ class PopgymConfig:
     adaptive: bool = True
     lam_momentum: float = 0.9
     lam_schedule: Literal["children", "parents", "none"] = "children"
+    # sgprop: a rule of learners.feedback.RULES beyond fixed/adaptive (which `adaptive` picks)
+    lam_rule: str | None = field(default=None, metadata={"added_later": True})
     sg_padding: Literal["mix", "mask"] = "mix"  # SG mixed at padded steps, or masked there
     sg_units: Literal["mean", "per_sample"] = "mean"  # SG learns the mean-loss g, or n·g
     maze_seeds: Literal["reference", "independent"] = "reference"
@@ -99,13 +105,10 @@ class PopgymConfig:
     ref_batches: int = 64  # batches averaged into the reference gradient
 
     def validate(self) -> None:
-        positive = {"num_envs": self.num_envs, "batches": self.batches,
-                    "neurons": self.neurons, "dim": self.dim, "parents": self.parents,
-                    "input_neurons": self.input_neurons, "slots": self.slots,
-                    "hidden": self.hidden, "log_every": self.log_every}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(name, f"expected a positive integer, got {value}")
+        check_at_least(1, {"num_envs": self.num_envs, "batches": self.batches,
+                           "neurons": self.neurons, "dim": self.dim, "parents": self.parents,
+                           "input_neurons": self.input_neurons, "slots": self.slots,
+                           "hidden": self.hidden, "log_every": self.log_every})
         if self.maze_size < 6 or self.maze_size % 2:  # mazelib's smallest: 3×3 cells
             raise ConfigError("maze_size", f"expected an even size >= 6, got {self.maze_size}")
         if self.length is not None and self.length < 2:
@@ -120,17 +123,13 @@ class PopgymConfig:
             raise ConfigError("gamma", f"expected a discount in [0, 1], got {self.gamma}")
         if self.entropy_coef < 0:
             raise ConfigError("entropy_coef", f"expected >= 0, got {self.entropy_coef}")
-        check_lambda(self.lam, self.lam_momentum)
+        check_lambda_fields(self)
         if self.parents > self.neurons:
             raise ConfigError("parents", f"expected at most neurons = {self.neurons}")
         if self.input_neurons > self.neurons:
             raise ConfigError("input_neurons", f"expected at most neurons = {self.neurons}")
-        if self.grad_every < 0:
-            raise ConfigError("grad_every", f"expected >= 0, got {self.grad_every}")
-        if self.grad_batches < 2:
-            raise ConfigError("grad_batches", f"expected at least 2, got {self.grad_batches}")
-        if self.ref_batches < 2:
-            raise ConfigError("ref_batches", f"expected at least 2, got {self.ref_batches}")
+        check_at_least(0, {"grad_every": self.grad_every})
+        check_at_least(2, {"grad_batches": self.grad_batches, "ref_batches": self.ref_batches})
         if self.learner == "sgprop" and self.model != "sparsenet":
             raise ConfigError("learner", "sgprop needs model sparsenet (GRU/LSTM are BPTT only)")
 
@@ -143,22 +142,12 @@ class PopgymConfig:
         return self.reward_noise if self.reward_noise is not None else NOISE[self.env]
 
     def rule(self) -> FeedbackRule:
-        return rule_for(self.learner, self.lam, self.adaptive, self.lam_momentum)
+        return rule_for(self.learner, self.lam, self.adaptive, self.lam_momentum,
+                        self.lam_rule)
 
     def shape(self) -> RecurrentShape:
         return RecurrentShape(OBS_DIM, ACTIONS, self.neurons, self.dim, self.parents,
                               self.input_neurons, self.slots)
-
-
-def stream(seed: int, name: str) -> torch.Generator:
-    state = np.random.SeedSequence([seed, STREAMS[name]]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
-
-
-def sample_actions(probs: Tensor, uniforms: Tensor) -> Tensor:
-    """Inverse-CDF sampling: probs (B, A), uniforms (B,) → actions (B,)."""
-    cdf = probs.cumsum(-1)
-    return (cdf < uniforms.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def random_seeds(gen: torch.Generator, n: int) -> list[int]:
@@ -213,7 +202,7 @@ class PopgymRun:
             # The environment is NumPy on the CPU and the models are small: run on the CPU.
             device = "cpu"
         self.cfg = cfg
-        self.gens = {name: stream(seed, name) for name in STREAMS}
+        self.gens = {name: stream(seed, index) for name, index in STREAMS.items()}
         self.model = build_model(cfg.model, OBS_DIM, ACTIONS, self.gens["init"], cfg.shape(),
                                  cfg.hidden)
         self.learner: BPTT | SGPropTime
@@ -303,24 +292,15 @@ class PopgymRun:
             for rule, grads in self.learner.rule_gradients(*self.collect("grad")).items():
                 estimates.setdefault(rule, []).append(flat(grads))
         out: dict[str, float] = {}
-        r_ref, r = cfg.ref_batches, cfg.grad_batches
         for group in groups:
-            ref_all = torch.stack([x[group] for x in refs])
-            g_ref = ref_all.mean(0)
-            se2 = float(((ref_all - g_ref) ** 2).sum(-1).sum() / (r_ref - 1) / r_ref)
+            g_ref, se2 = reference_gradient(torch.stack([x[group] for x in refs]))
             out[f"grad_ref_sq/{group}"] = float((g_ref * g_ref).sum())
             out[f"grad_ref_se2/{group}"] = se2
             for rule, ests in estimates.items():
-                est = torch.stack([x[group] for x in ests])
-                mean = est.mean(0)
-                var = float(((est - mean) ** 2).sum(-1).sum() / (r - 1))
-                raw = float(((est - g_ref) ** 2).sum(-1).mean())
-                cos = torch.nn.functional.cosine_similarity(est, g_ref.unsqueeze(0), dim=-1)
-                out[f"grad_mse/{rule}/{group}"] = raw - se2
-                out[f"grad_var/{rule}/{group}"] = var
-                out[f"grad_bias2/{rule}/{group}"] = (
-                    float(((mean - g_ref) ** 2).sum()) - var / r - se2)
-                out[f"grad_cos/{rule}/{group}"] = float(cos.mean())
+                errors = errors_against_reference(torch.stack([x[group] for x in ests]),
+                                                  g_ref, se2)
+                out.update({f"grad_{stat}/{rule}/{group}": value
+                            for stat, value in errors.items()})
         return out
 
     def run(self) -> MetricLog:

@@ -10,7 +10,8 @@ from learners.sgprop import parameters_of, reinforce_loss
 from orchestrator.spec import SpecError, parse_spec
 from tasks import REGISTRY, ConfigError
 from tasks import datasets as ds
-from tasks.bandit import BanditBlock, BanditConfig, expected_rewards, run_block, sample_actions
+from tasks.bandit import BanditBlock, BanditConfig, expected_rewards, run_block
+from tasks.sampling import sample_actions
 
 SMALL = dict(width=8, dim=3, fan_in=10, parents=2, slots=2, layers=3, steps=12,
              eval_points=3, batch_size=16, eval_size=200)

@@ -13,13 +13,14 @@ from learners.reinforce import discounted_returns, normalised_returns
 from tasks import REGISTRY, ConfigError
 from tasks.mazes import OBS_DIM, MazeBatch, StepResult, _GlobalRngGuard, wrapped_popgym_env
 from tasks.popgym_task import (
+    STREAMS,
     PopgymConfig,
     PopgymRun,
     rollout,
     run_block,
     seen_rewards,
-    stream,
 )
+from tasks.sampling import stream
 
 torch.set_num_threads(1)
 
@@ -215,8 +216,8 @@ def test_training_logs_every_metric() -> None:
 
 
 def test_streams_are_independent_per_name_and_seed() -> None:
-    draws = {(s, n): torch.rand(3, generator=stream(s, n)).tolist()
-             for s in (0, 1) for n in ("init", "mazes", "train", "grad")}
+    draws = {(s, n): torch.rand(3, generator=stream(s, i)).tolist()
+             for s in (0, 1) for n, i in STREAMS.items()}
     assert len({tuple(v) for v in draws.values()}) == len(draws)
 
 

@@ -179,7 +179,7 @@ def test_a_sweep_that_shares_configs_with_an_earlier_one_counts_and_reports_them
         run_sweep(load_spec(files[name]), RunOptions(out_dir=out, address="auto",
                                                      spec_path=files[name],
                                                      progress=lambda _: None))
-    counts = {s.sweep: (s.ok, s.total) for s in sweep_status(out)}
+    counts = {s.sweep: (s.ok, s.total) for s in sweep_status(out)[0]}
     assert counts == {"first": (2, 2), "second": (4, 4)}
     write_report(out, tracking_uri="")
     summary = (out / "report" / "second" / "summary.csv").read_text()

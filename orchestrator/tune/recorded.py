@@ -38,10 +38,11 @@ class StudyRecords:
         self.store = store
         self.spec = spec
         self.rows: dict[str, Recorded] = {}
-        for tid, row in store.latest(["status", "tags"]).items():
-            tags = json.loads(row["tags"] or "{}")
+        latest = store.latest(["trial_id", "status", "tags"])
+        for tid, status, text in zip(latest.trial_id, latest.status, latest.tags, strict=True):
+            tags = json.loads(text or "{}")
             ours = tags.get("study") == spec.name
-            self.rows[tid] = Recorded(row["status"], tags.get("optuna_trial") if ours else None,
+            self.rows[tid] = Recorded(status, tags.get("optuna_trial") if ours else None,
                                       tags.get("optuna_state") if ours else None)
 
     def add(self, records: Iterable[TrialOutcome], number: int, state: str) -> None:
