@@ -54,6 +54,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} -h)\n")
 
 
+def _add_engine_command(sub, name: str, help: str, spec_help: str) -> argparse.ArgumentParser:
+    """`run` or `tune`: a file and the results directory (then its own options, then
+    `_add_engine_options`)."""
+    command = sub.add_parser(name, help=help)
+    command.add_argument("spec", type=Path, help=spec_help)
+    command.add_argument("--out", type=Path, required=True, help="results directory")
+    return command
+
+
 def _add_engine_options(command: argparse.ArgumentParser, retried: str) -> None:
     """Options `run` and `tune` share: where to run (Ray), where to track (MLflow)."""
     command.add_argument("--tracking-uri", default=None,
@@ -96,9 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run (or resume) every trial of a sweep file")
-    run.add_argument("spec", type=Path, help="sweep file (YAML)")
-    run.add_argument("--out", type=Path, required=True, help="results directory")
+    run = _add_engine_command(sub, "run", "run (or resume) every trial of a sweep file",
+                              "sweep file (YAML)")
     _add_engine_options(run, retried="chunk")
     _add_level_option(run)
     run.add_argument("--block-size", type=_positive_int, default=None,
@@ -107,9 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trial-timeout", type=_positive_float, default=None, metavar="SECONDS",
                      help="fail a trial that runs longer (default: the spec's timeout_s)")
 
-    tune = sub.add_parser("tune", help="run (or resume) an Optuna study of a tune file")
-    tune.add_argument("spec", type=Path, help="tune file (YAML: a sweep file with `search`)")
-    tune.add_argument("--out", type=Path, required=True, help="results directory")
+    tune = _add_engine_command(sub, "tune", "run (or resume) an Optuna study of a tune file",
+                               "tune file (YAML: a sweep file with `search`)")
     tune.add_argument("--storage", default=None,
                       help="Optuna storage URL, e.g. postgresql://... for a cluster "
                            "(default: a journal file OUT/study.journal)")
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAULT
     except OSError as exc:  # the file system: full, read-only, a file where a folder goes
-        from orchestrator.runner import OS_HINTS, os_errno, os_error_line
+        from orchestrator.engine import OS_HINTS, os_errno, os_error_line
 
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return EXIT_USAGE if os_errno(exc) in OS_HINTS else EXIT_FAULT
@@ -206,24 +213,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.runner import RunError, RunOptions, run_sweep
-    from orchestrator.spec import load_spec
-
-    spec = load_spec(args.spec, args.max_trials)  # raises SpecError before anything is written
+def _engine_start(args: argparse.Namespace, load, options_type, **own):
+    """What `run` and `tune` do before they start: the file checked (a `SpecError` before
+    anything is written), --out a folder, the options they share from the command line
+    plus their `own`. Returns (spec, options); a `RunError` later is printed by `main`."""
+    spec = load(args.spec, args.max_trials)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory")
-    options = RunOptions(
-        out_dir=args.out, tracking_uri=args.tracking_uri, tracking_level=args.tracking_level,
-        address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-        block_size=args.block_size, max_retries=args.max_retries,
-        retry_failed=args.retry_failed, spec_path=args.spec,
-        trial_timeout_s=args.trial_timeout,
-    )
-    try:
-        summary = run_sweep(spec, options)
-    except RunError as exc:
-        raise UserError(str(exc)) from None
+    return spec, options_type(
+        out_dir=args.out, tracking_uri=args.tracking_uri, address=args.address,
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_retries=args.max_retries,
+        spec_path=args.spec, **own)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.runner import RunOptions, run_sweep
+    from orchestrator.spec import load_spec
+
+    spec, options = _engine_start(
+        args, load_spec, RunOptions, tracking_level=args.tracking_level,
+        block_size=args.block_size, retry_failed=args.retry_failed,
+        trial_timeout_s=args.trial_timeout)
+    summary = run_sweep(spec, options)
     print(f"{spec.name}: {summary.ok} ok, {summary.failed} failed, {summary.skipped} already "
           f"recorded, of {summary.total} trials in {summary.wall_s:.1f}s")
     for line in summary.first_errors:
@@ -255,23 +266,12 @@ def _finish(args: argparse.Namespace, tracking_uri: str | None,
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from orchestrator.runner import RunError
     from orchestrator.tune import TuneOptions, tune
     from orchestrator.tune_spec import load_tune_spec
 
-    spec = load_tune_spec(args.spec, args.max_trials)  # SpecError before anything is written
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out}: exists and is not a directory")
-    options = TuneOptions(
-        out_dir=args.out, storage=args.storage, tracking_uri=args.tracking_uri,
-        address=args.address,
-        num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_retries=args.max_retries,
-        n_trials=args.n_trials, spec_path=args.spec,
-    )
-    try:
-        summary = tune(spec, options)
-    except RunError as exc:
-        raise UserError(str(exc)) from None
+    spec, options = _engine_start(args, load_tune_spec, TuneOptions, storage=args.storage,
+                                  n_trials=args.n_trials)
+    summary = tune(spec, options)
     print(f"{spec.name}: {summary.ran} Optuna trials run now; study has {summary.complete} "
           f"complete, {summary.pruned} pruned, {summary.failed} failed "
           f"(target {summary.n_trials}) in {summary.wall_s:.1f}s")
@@ -306,7 +306,7 @@ def _require_results(out: Path) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from orchestrator.runner import RunError
+    from orchestrator.errors import RunError
     from orchestrator.sync import sync_dir
     from orchestrator.tracking import TrackingError, resolve_tracking_uri
 

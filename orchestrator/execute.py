@@ -20,25 +20,11 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from orchestrator.plan import Block
+from orchestrator.records import TrialRecord
 from tasks import MetricLog, get_task
-
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    config_id: str
-    seed: int
-    status: str  # "ok" | "failed"
-    error: str | None
-    duration_s: float
-    finished_at: float
-    metrics: MetricLog = field(default_factory=MetricLog)
-    node: str = ""
-    device: str = "cpu"
 
 
 class TrialTimeout(Exception):

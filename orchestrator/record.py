@@ -35,7 +35,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from orchestrator.errors import RunError
-from orchestrator.execute import TrialRecord
+from orchestrator.records import TrialRecord
 from orchestrator.spec import MAX_NAME, NAME_PATTERN
 from tasks import Task
 

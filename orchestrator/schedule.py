@@ -1,4 +1,6 @@
-"""Ray side of the engine: connect (embedded local Ray by default), run chunks as tasks.
+"""Ray side of the engine, the one module that imports Ray: connect (an embedded local Ray
+by default), run chunks of blocks as tasks, and wait for them (`ChunkPool`, the wait loop
+`run` and `tune` share, with the worker-death policy).
 
 There is no cancel: on a stop the driver stops waiting and shuts the session down, which
 ends its tasks with it (`ray.cancel` racing a finishing task can abort the driver).
@@ -16,11 +18,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from orchestrator import signals
-from orchestrator.execute import TrialRecord, run_blocks
+from orchestrator.errors import RunError
+from orchestrator.execute import describe_error, run_blocks
 from orchestrator.plan import Block
+from orchestrator.records import TrialRecord
 from orchestrator.spec import Resources, unsatisfiable
 
 CLUSTER_FIT_WAIT_S = 600.0  # how long a cluster (or its autoscaler) may take to offer a node
@@ -47,6 +51,36 @@ def unreachable(address: str | None, timeout_s: float = 10.0) -> str | None:
 
 class StartError(RuntimeError):
     """Ray did not start or could not be joined (one line, not the user's mistake)."""
+
+
+def preflight(source: str, resources: Resources, address: str | None, num_cpus: int | None,
+              num_gpus: int | None, progress: Callable[[str], None] = print) -> None:
+    """`RunError` in one line, before DIR is touched, if `--address` cannot be a Ray head
+    or no node will ever run one block of `resources` (see `unfit`); a stop requested
+    meanwhile is raised on the way out."""
+    if problem := unreachable(address):
+        raise RunError(problem)
+    with signals.deferred():  # a cluster's fit check connects to Ray and may wait
+        problem = unfit(resources, address, num_cpus, num_gpus, progress=progress,
+                        stop=lambda: signals.requested() is not None)
+    if problem:
+        raise RunError(f"{source}: {problem}")
+
+
+@contextlib.contextmanager
+def session(address: str | None, num_cpus: int | None,
+            num_gpus: int | None = None) -> Iterator[None]:
+    """Ray for the length of the block: the cluster at `address` joined, or an embedded
+    one started, and the embedded one stopped on the way out, however the block ends.
+    Not started when a stop is already requested (callers check `signals.requested()`
+    before using it); `StartError` if it does not start."""
+    try:
+        if not signals.requested():
+            connect(address, num_cpus, num_gpus)
+        yield
+    finally:
+        if address is None:
+            shutdown()
 
 
 def connect(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> None:
@@ -262,6 +296,111 @@ def parallelism(resources: Resources) -> int:
     if resources.num_gpus > 0:
         return max(1, int(min(by_cpu, total.get("GPU", 0) / resources.num_gpus)))
     return max(1, int(by_cpu))
+
+
+P = TypeVar("P")
+
+
+class ChunkPool(Generic[P]):
+    """Chunks of blocks in flight on Ray, each with a payload of the caller's: the one wait
+    loop of `run` and `tune`.
+
+    `rounds()` waits for chunks to finish and yields, after each wait, the (payload,
+    records) of the chunks that finished in it (often none: the caller's chance to show
+    progress; it may `submit` more at any time). A chunk Ray gives up on is turned into
+    records by the worker-death policy: Ray retries it `max_retries` times (`submit`); if
+    its worker died every time, its seeds are submitted again one at a time under the same
+    payload (their records then come back one piece at a time), so only a seed that kills
+    its worker when run alone is recorded failed (`lost_chunk`). The rounds end when
+    nothing is in flight or a stop is requested (`signals.requested()`, polled between
+    waits); chunks still running are then left to the session's shutdown (no `ray.cancel`,
+    whose races with finishing tasks can abort the driver), and run again on resume."""
+
+    def __init__(self, task_name: str, resources: Resources, max_retries: int,
+                 timeout_s: float | None = None,
+                 progress: Callable[[str], None] = print) -> None:
+        self.task_name = task_name
+        self.resources = resources
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.progress = progress
+        self._in_flight: dict[Any, tuple[list[Block], P]] = {}
+
+    def __len__(self) -> int:
+        """Chunks in flight."""
+        return len(self._in_flight)
+
+    def submit(self, blocks: list[Block], payload: P) -> None:
+        ref = submit(self.task_name, blocks, self.resources, self.max_retries, self.timeout_s)
+        self._in_flight[ref] = (blocks, payload)
+
+    def rounds(self, poll_s: float = 0.5) -> Iterator[list[tuple[P, list[TrialRecord]]]]:
+        import ray
+
+        while self._in_flight and not signals.requested():
+            ready, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=poll_s)
+            finished = []
+            for ref in ready:
+                blocks, payload = self._in_flight.pop(ref)
+                try:
+                    records: list[TrialRecord] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    if signals.requested():
+                        return  # lost to the stop, not to the trial: it runs again on resume
+                    if killed_its_worker(exc) and num_trials(blocks) > 1:
+                        self._one_seed_each(blocks, payload, exc)
+                        continue
+                    records = lost_chunk(blocks, exc, self.max_retries)
+                finished.append((payload, records))
+            yield finished
+
+    def _one_seed_each(self, blocks: list[Block], payload: P, exc: BaseException) -> None:
+        """Ray retried the chunk `max_retries` times and its worker died each time: run its
+        seeds one by one, so only the seed that kills its worker is lost (and its innocent
+        neighbours are not)."""
+        singles = one_seed_each(blocks)
+        self.progress(f"  a worker died {self.max_retries + 1} times running {len(singles)} "
+                      f"trials ({_first_line(exc)}); running them one seed at a time")
+        for single in singles:
+            self.submit(single, payload)
+
+
+def num_trials(blocks: list[Block]) -> int:
+    return sum(len(b.trials) for b in blocks)
+
+
+def killed_its_worker(exc: BaseException) -> bool:
+    """A worker or node death (crash, OOM kill, node lost), not an exception of the task's
+    own code (`RayTaskError`: the same inputs would raise again)."""
+    import ray
+
+    return isinstance(exc, ray.exceptions.RayError) and not isinstance(
+        exc, ray.exceptions.RayTaskError)
+
+
+def one_seed_each(chunk: list[Block]) -> list[list[Block]]:
+    """A chunk as one-trial chunks, in order."""
+    return [[Block(b.config_id, b.config, (t,))] for b in chunk for t in b.trials]
+
+
+def _first_line(exc: BaseException) -> str:
+    return describe_error(exc).splitlines()[0][:300]
+
+
+def lost_chunk(chunk: list[Block], exc: BaseException, max_retries: int) -> list[TrialRecord]:
+    """Ray gave up on a chunk past `max_retries`: its trials are recorded failed. A single
+    trial whose worker died on every attempt is the one that kills it."""
+    now = time.time()
+    attempts = max_retries + 1
+    times = f"{attempts} time{'s' if attempts > 1 else ''}"
+    if killed_its_worker(exc) and num_trials(chunk) == 1:
+        error = f"killed its worker {times} (run alone): {_first_line(exc)}"
+    elif killed_its_worker(exc):
+        error = f"its worker died {times} running its block: {_first_line(exc)}"
+    else:
+        error = f"lost by Ray: {_first_line(exc)}"
+    return [TrialRecord(t.trial_id, t.config_id, t.seed, "failed", error, 0.0, now)
+            for block in chunk for t in block.trials]
 
 
 def _run_chunk(task_name: str, blocks: list[Block], timeout_s: float | None) -> list[TrialRecord]:

@@ -94,7 +94,7 @@ def _spec_configs(out_dir: Path, sweep: str) -> list[tuple[str, dict[str, Any]]]
 def sync_dir(out_dir: Path, tracking_uri: str, level: str | None = None) -> SyncSummary:
     """`sgsweep mlflow-sync`: every sweep of DIR mirrored exactly. `level`: None keeps
     the level of the sweep's latest invocation."""
-    from orchestrator.runner import directory_lock
+    from orchestrator.engine import directory_lock
 
     ResultStore(out_dir).check()  # a damaged part is named before MLflow is opened
     tracker = open_tracker(tracking_uri, out_dir)

@@ -21,7 +21,8 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from orchestrator.runner import RunOptions, directory_lock, run_sweep
+from orchestrator.engine import directory_lock
+from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import parse_spec
 from orchestrator.sync import sync_dir
 from orchestrator.tracking import default_tracking_uri
@@ -174,8 +175,8 @@ def test_a_worker_killing_seed_costs_only_itself_and_retry_failed_heals_the_inno
     the seed that kills its worker every time is recorded failed. A folder where an older
     version recorded the killer's innocent neighbours failed is healed by --retry-failed."""
     from orchestrator import plan
-    from orchestrator.execute import TrialRecord
     from orchestrator.record import ResultStore
+    from orchestrator.records import TrialRecord
     from tasks import get_task
 
     spec = parse_spec(smoke_shaped_with_one_killer("smoke-killer"))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import plan
-from orchestrator.execute import TrialRecord
+from orchestrator.engine import directory_lock
 from orchestrator.record import ResultStore
-from orchestrator.runner import directory_lock
+from orchestrator.records import TrialRecord
 from orchestrator.spec import parse_spec
 from orchestrator.sync import sync_dir
 from orchestrator.tracking import (

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.records import TrialOutcome
+
 if TYPE_CHECKING:  # tasks import torch; the command line reads LEVELS before that
     from tasks import MetricLog
 
@@ -30,16 +32,9 @@ AUTO_SEED_RUN_S = 1.0
 
 
 @dataclass(frozen=True)
-class TrialRow:
+class TrialRow(TrialOutcome):
     """One trial's latest attempt, as recorded in Parquet (metrics are loaded on demand)."""
 
-    trial_id: str
-    config_id: str
-    seed: int
-    status: str  # "ok" | "failed"
-    error: str | None
-    duration_s: float
-    finished_at: float  # seconds since the epoch (Parquet keeps milliseconds)
     invocation: str
 
     @property
@@ -52,7 +47,7 @@ class TrialRow:
         return self.finished_at - self.duration_s
 
     @classmethod
-    def of(cls, record: Any, invocation: str) -> TrialRow:
+    def of(cls, record: TrialOutcome, invocation: str) -> TrialRow:
         """From an engine `TrialRecord`, rounded as Parquet stores it."""
         return cls(record.trial_id, record.config_id, int(record.seed), record.status,
                    record.error, float(record.duration_s),
