@@ -30,10 +30,25 @@ def trials_table(study, pruner: str = "wilcoxon") -> pd.DataFrame:
             **{f"param_{k}": v for k, v in t.params.items()},
             "seeds_run": (max(steps) if pruner == "median" else len(steps)) if steps else 0,
             "duration_s": duration, "retry_of": t.user_attrs.get("retry_of"),
+            # seeds whose records an earlier trial (or `sgsweep run`) of the same parameters
+            # made: reused, not run again
+            "reused_from": _reused_from(t.user_attrs.get("reused")),
             "error": t.user_attrs.get("error") or ("orphaned by a stop"
                                                    if t.user_attrs.get("orphaned") else None),
         })
     return pd.DataFrame(rows)
+
+
+def _reused_from(reused: dict[str, int | None] | None) -> str | None:
+    """`reused` (seed -> Optuna trial number, None for a record of `sgsweep run`) as
+    "trial 0: seeds 0, 1"; None when every seed ran in this trial."""
+    if not reused:
+        return None
+    by_source: dict[str, list[str]] = {}
+    for seed, number in reused.items():
+        by_source.setdefault("run" if number is None else f"trial {number}", []).append(seed)
+    return "; ".join(f"{source}: seeds {', '.join(seeds)}"
+                     for source, seeds in sorted(by_source.items()))
 
 
 def history_figure(table: pd.DataFrame, direction: str, metric: str, path: Path,

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from analysis.tune import trials_table
 from orchestrator.tune import TuneOptions, load_study, open_study, tune
 from orchestrator.tune.study import JOURNAL
 from orchestrator.tune_spec import parse_tune_spec
@@ -81,6 +82,9 @@ def test_the_same_parameters_proposed_twice_run_once_and_the_repeat_reuses_them(
             assert t.value == first.value
             assert t.user_attrs["reused"] == {str(s): first.number for s in range(4)}
     assert study.trials[1].user_attrs["reused"] == {"0": 0, "1": 0, "2": 0, "3": 0}
+    table = trials_table(study).set_index("number")  # the tune report's trials table
+    assert table.reused_from[1] == "trial 0: seeds 0, 1, 2, 3"
+    assert pd.isna(table.reused_from[0])  # trial 0 ran its own seeds
 
 
 @pytest.mark.parametrize("last", ["ran its seeds", "reused its seeds"])
