@@ -13,6 +13,7 @@ SIGTERM and SIGHUP stop at the next safe point (see orchestrator/signals.py) and
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -30,11 +31,12 @@ def _number(kind: type, minimum: float, inclusive: bool, expected: str,
 
     def parse(text: str):
         try:
-            value = kind(text)
+            # ASCII only: int() and float() also read other scripts' digits ("١٢").
+            value = kind(text) if text.isascii() else None
         except ValueError:
             value = None
-        if value is None or value < minimum or (not inclusive and value == minimum) \
-                or value > maximum:
+        if value is None or not math.isfinite(value) or value < minimum \
+                or (not inclusive and value == minimum) or value > maximum:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # Inside the try: Ctrl-C while torch/Ray are still importing is a clean exit too.
-        from orchestrator.errors import RunError
+        from orchestrator.errors import RunError, visible
         from orchestrator.schedule import StartError
         from orchestrator.spec import SpecError
     except KeyboardInterrupt as exc:
@@ -172,15 +174,15 @@ def main(argv: list[str] | None = None) -> int:
                     "ui": cmd_ui, "dashboard": cmd_dashboard}
         return commands[args.command](args)
     except (SpecError, UserError, RunError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except StartError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
         return EXIT_FAULT
     except OSError as exc:  # the file system: full, read-only, a file where a folder goes
         from orchestrator.engine import OS_HINTS, os_errno, os_error_line
 
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"error: {visible(os_error_line(exc))}", file=sys.stderr)
         return EXIT_USAGE if os_errno(exc) in OS_HINTS else EXIT_FAULT
     except KeyboardInterrupt as exc:
         return _interrupted(args, exc)
@@ -360,8 +362,41 @@ def cmd_ui(args: argparse.Namespace) -> int:
                "--port", str(args.port), "--workers", "1",
                "--default-artifact-root", (args.out / "mlartifacts").resolve().as_uri()]
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    os.execv(command[0], command)
-    return 0  # not reached
+    return _serve(command, "MLflow UI")
+
+
+def _serve(command: list[str], what: str) -> int:
+    """Run a server until it exits or Ctrl-C / SIGTERM / SIGHUP arrives, then stop it with
+    SIGTERM. The server runs in a session of its own, so the terminal's Ctrl-C reaches only
+    sgsweep (a server stopped by SIGINT prints a traceback), and it is sent SIGTERM if
+    sgsweep itself dies (Linux)."""
+    import subprocess
+
+    server = subprocess.Popen(command, preexec_fn=_detach_with_parent)  # noqa: PLW1509
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        print(f"{what} stopped", file=sys.stderr)
+        raise
+
+
+def _detach_with_parent() -> None:
+    """In the server's process before exec: its own session, and SIGTERM when the parent
+    dies (PR_SET_PDEATHSIG; Linux only, elsewhere the session alone)."""
+    import contextlib
+    import ctypes
+    import os
+    import signal
+
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -387,11 +422,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"optuna-dashboard for study {info['study']!r} on http://127.0.0.1:{args.port} "
           "(Ctrl-C stops it)", flush=True)
     try:
-        os.execv(command[0], command)
+        return _serve(command, "optuna-dashboard")
     except OSError as exc:
         raise UserError(f"cannot start optuna-dashboard ({exc}); install it with "
                         "`pip install optuna-dashboard`") from None
-    return 0  # not reached
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -59,6 +59,7 @@ MAX_DEPTH = 32  # nesting of mappings and lists
 MAX_NODES = 200_000  # YAML nodes, an alias counted as the whole node it names
 DEFAULT_MAX_TRIALS = 100_000  # configs × seeds; `--max-trials` overrides
 MAX_NAME = 100  # sweep and study names become file names and MLflow experiment names
+RESERVED_NAMES = {"Default"}  # MLflow's own experiment (id 0): a sweep there mixes with it
 MAX_TEXT = 1_000  # a text parameter
 MAX_DESCRIPTION = 10_000
 MAX_TIMEOUT_S = 1_000_000.0  # about 11.6 days per trial
@@ -68,7 +69,8 @@ MIN_RESOURCE = 1e-4  # Ray's resource granularity
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # matched with fullmatch
 NON_FINITE = {"nan", "inf", "infinity"}
-NUMBER_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # 5e-3, 1.0E4, .5
+# 5e-3, 1.0E4, .5 — ASCII digits only (\d alone also matches other scripts' digits)
+NUMBER_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", re.ASCII)
 
 Seeds = range | tuple[int, ...]
 
@@ -133,6 +135,38 @@ class _StrictLoader(_Base):  # type: ignore[misc, valid-type]
                         key_node.start_mark)
                 lines[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):
+        _refuse_yaml11_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):
+        _refuse_yaml11_number(node)
+        return super().construct_yaml_float(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
+
+# YAML 1.1 reads these plain scalars as numbers no other YAML reader (nor a person) expects:
+# 010 is 8 (octal) and 1:30 is 90 (base 60). Refused rather than silently run.
+YAML11_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+YAML11_BASE60 = re.compile(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?")
+
+
+def _refuse_yaml11_number(node: Any) -> None:
+    text = node.value
+    if node.style not in (None, "") or not isinstance(text, str):
+        return  # quoted: text, never resolved as a number
+    if YAML11_OCTAL.fullmatch(text):
+        read_as = int(text.replace("_", ""), 8)
+        raise _ShapeError(node.start_mark, f"{_clip(text, 40)} is an octal number in YAML 1.1 "
+                          f"(read as {read_as}): write it without the leading 0, or quote it "
+                          "as text", kind="ambiguous number")
+    if YAML11_BASE60.fullmatch(text):
+        raise _ShapeError(node.start_mark, f"{_clip(text, 40)} is a base-60 number in YAML "
+                          "1.1 (1:30 is read as 90): write the number itself, or quote it as "
+                          "text", kind="ambiguous number")
 
 
 class _ShapeError(Exception):
@@ -342,13 +376,19 @@ def parse_spec(raw: Any, where: str = "<spec>", max_trials: float | None = None)
     )
 
 
-def check_name(value: Any, field: str, fail) -> str:
-    """A sweep or study name: it becomes a file name and an MLflow experiment name."""
+def check_name(value: Any, field: str, fail, suffix: str = "") -> str:
+    """A sweep or study name: it becomes a file name and an MLflow experiment name, and so
+    does `value + suffix` (a study's NAME-best sweep) when a suffix is given."""
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise fail(field, "expected letters, digits, '.', '_' or '-' (starting with a letter "
                           f"or digit), got {_show(value)}")
-    if len(value) > MAX_NAME:
-        raise fail(field, f"expected at most {MAX_NAME} characters, got {len(value):,}")
+    if len(value) > MAX_NAME - len(suffix):
+        why = f" (NAME{suffix} names a sweep too)" if suffix else ""
+        raise fail(field, f"expected at most {MAX_NAME - len(suffix)} characters{why}, got "
+                          f"{len(value):,}")
+    if value + suffix in RESERVED_NAMES:
+        raise fail(field, f"{value + suffix!r} is MLflow's built-in experiment; choose another "
+                          "name")
     return value
 
 
@@ -468,7 +508,7 @@ def _coerce(value: Any, hint: Any, field: str, fail, expected: str | None = None
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(field, f"expected an integer, got {_show(value)}")
+            raise fail(field, f"expected an integer, got {_show(value)}{_digits_hint(value)}")
         if not -INT_LIMIT <= value < INT_LIMIT:
             raise fail(field, f"expected an integer of at most 64 bits, got {_show(value)}")
         return value
@@ -494,7 +534,7 @@ def _finite(value: Any, field: str, fail, expected: str = "a number") -> float:
     elif isinstance(value, str) and value.strip().lower().lstrip("+-.") in NON_FINITE:
         number = math.nan  # "nan", "-inf", "Infinity", ".inf" written as text
     if number is None:
-        raise fail(field, f"expected {expected}, got {_show(value)}")
+        raise fail(field, f"expected {expected}, got {_show(value)}{_digits_hint(value)}")
     try:
         number = float(number)
     except OverflowError:  # an integer beyond float's range
@@ -502,6 +542,13 @@ def _finite(value: Any, field: str, fail, expected: str = "a number") -> float:
     if not math.isfinite(number):
         raise fail(field, f"expected a finite number, got {_show(value)}")
     return number
+
+
+def _digits_hint(value: Any) -> str:
+    """A hint when text holds digits of another script (YAML reads "١٢" as text)."""
+    if isinstance(value, str) and any(c.isdigit() and not c.isascii() for c in value):
+        return " (numbers are written with the digits 0-9)"
+    return ""
 
 
 def _type_name(hint: Any) -> str:
@@ -554,7 +601,7 @@ def parse_seeds(value: Any, field: str, fail) -> Seeds:
         if (i := _first_duplicate(value)) is not None:
             raise fail(f"{field}[{i}]", f"expected distinct seeds, got {value[i]} again")
         return tuple(value)
-    raise fail(field, f"expected {expected}, got {_kind(value)}")
+    raise fail(field, f"expected {expected}, got {_kind(value)}{_digits_hint(value)}")
 
 
 def _block_size(value: Any, fail) -> int | None:

@@ -70,6 +70,7 @@ from tasks import REGISTRY
 SWEEP_KEYS = {"name", "task", "description", "params", "seeds", "resources", "timeout_s"}
 TUNE_KEYS = {"search", "objective", "n_trials", "rung_size", "parallelism", "sampler",
              "pruner", "reeval_seeds"}
+BEST_SUFFIX = "-best"  # the sweep `tune` writes for re-evaluating the best trial: NAME-best
 SAMPLERS = ("tpe", "cmaes", "random", "grid")
 PRUNERS = ("wilcoxon", "median", "none")
 AGGREGATES = ("mean", "iqm", "median")
@@ -180,7 +181,7 @@ class TuneSpec:
     def best_sweep(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """A ready-to-run sweep file (as a mapping) that re-evaluates `values` on fresh seeds."""
         seeds = self.reeval_seeds
-        raw = {**self.base, "name": f"{self.name}-best",
+        raw = {**self.base, "name": f"{self.name}{BEST_SUFFIX}",
                "params": {**self.base.get("params", {}), **dict(values)},
                "seeds": ({"start": seeds.start, "count": len(seeds)}
                          if isinstance(seeds, range) else list(seeds))}
@@ -220,7 +221,7 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
     for required in ("name", "task", "seeds", "search", "objective", "n_trials"):
         if required not in raw:
             raise fail(required, "missing (required)")
-    check_name(raw["name"], "name", fail)
+    check_name(raw["name"], "name", fail, suffix=BEST_SUFFIX)
     task_name = raw["task"]
     if not isinstance(task_name, str) or task_name not in REGISTRY:
         raise fail("task", f"unknown task {_show(task_name)}; expected one of "
@@ -262,6 +263,9 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
     parallelism = raw.get("parallelism")
     if parallelism is not None:
         parallelism = _positive_int(parallelism, "parallelism", fail)
+        if parallelism > n_trials:  # more in flight than trials to run is never useful
+            raise fail("parallelism", f"expected at most n_trials ({n_trials:,}) Optuna trials "
+                                      f"in flight, got {parallelism:,}")
     sampler, sampler_options = _choice_with_options(
         raw.get("sampler", "tpe"), "sampler", SAMPLERS, {"seed": int}, fail)
     pruner, pruner_options = _choice_with_options(

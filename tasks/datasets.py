@@ -132,6 +132,14 @@ def installed_mnist_dir() -> Path:
 def mnist_paths(data_dir: str | Path | None = None) -> dict[str, Path]:
     """The four IDX files (plain or .gz) in `data_dir`, or in torchvision's DIR/MNIST/raw or
     DIR/raw; `None`: the installed copy. DatasetError names what is missing, in one line."""
+    try:
+        return _mnist_paths(data_dir)
+    except OSError as exc:  # e.g. a path component longer than the file system allows
+        raise DatasetError(f"MNIST folder {str(data_dir)[:80]!r}: "
+                           f"{exc.strerror or type(exc).__name__}") from None
+
+
+def _mnist_paths(data_dir: str | Path | None) -> dict[str, Path]:
     if data_dir is None:
         folder = installed_mnist_dir()
         if not folder.is_dir():

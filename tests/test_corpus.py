@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
+from orchestrator.errors import visible
 from orchestrator.spec import MAX_FILE_BYTES
 from tests.test_reliability import SGSWEEP
 
@@ -51,12 +52,14 @@ def command_for(path: Path) -> str:
 def assert_one_line(err: str, path: Path, expected: str) -> None:
     assert err.startswith(f"error: {path}: "), err[:MAX_LINE]
     assert err.count("\n") == 1 and err.endswith("\n"), err[:MAX_LINE]
+    # nothing that acts on a terminal or hides text: controls, bidi, zero-width characters
+    assert visible(err[:-1]) == err[:-1], ascii(err[:MAX_LINE])
     assert expected in err, err[:MAX_LINE]
     assert len(err) <= MAX_LINE, f"{len(err)} characters: {err[:MAX_LINE]}"
 
 
-def test_corpus_covers_every_class_with_at_least_60_files() -> None:
-    assert len(FILES) >= 60
+def test_corpus_covers_every_class_with_at_least_140_files() -> None:
+    assert len(FILES) >= 140
     assert {p.parent.name for p in FILES} == CLASSES
     for path in FILES:
         expectations(path)  # every file states what it expects
@@ -132,3 +135,17 @@ def test_corpus_subset_is_refused_by_the_installed_command(tmp_path: Path) -> No
         assert done.returncode == 2 and not done.stdout, (argv, done.stdout, done.stderr)
         assert_one_line(done.stderr, path, says)
         assert not dest.exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--trial-timeout", "nan"), ("--trial-timeout", "inf"), ("--trial-timeout", "-1"),
+    ("--num-cpus", "١"), ("--max-retries", "３"), ("--trial-timeout", "٦٠"),
+])
+def test_command_line_numbers_are_finite_and_ascii(flag, value, tmp_path, capsys) -> None:
+    path = CORPUS.parent.parent / "sweeps" / "smoke.yaml"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", str(path), "--out", str(tmp_path / "o"), flag, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sgsweep run: argument ") and err.count("\n") == 1, err
+    assert f"{flag}: expected" in err and not (tmp_path / "o").exists()

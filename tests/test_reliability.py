@@ -576,12 +576,14 @@ def test_tracking_server_down_then_mlflow_sync_and_a_live_server(ray_cluster, tm
 @pytest.mark.slow
 def test_ui_serves_the_directory_store_on_loopback(ray_cluster, tmp_path) -> None:
     """`sgsweep ui`: prints the runs table's URL (one row per config, the model-training
-    view), serves it with one worker on 127.0.0.1; a port in use is one line, exit 2."""
+    view), serves it with one worker on 127.0.0.1; a port in use is one line, exit 2;
+    Ctrl-C stops the server with no traceback, exit 130."""
     spec = parse_spec({"name": "ui", "task": "probe", "seeds": 2})
     run_sweep(spec, quiet(out_dir=tmp_path))
     port = free_port()
+    log = (tmp_path / "ui.err").open("w+")
     ui = subprocess.Popen([SGSWEEP, "ui", str(tmp_path), "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          stdout=subprocess.PIPE, stderr=log, text=True,
                           start_new_session=True)
     try:
         assert ui.stdout.readline().startswith(f"MLflow UI for {tmp_path} on http://127.0.0.1:")
@@ -593,14 +595,26 @@ def test_ui_serves_the_directory_store_on_loopback(ray_cluster, tmp_path) -> Non
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert b'"name": "ui"' in response.read().replace(b'":"', b'": "')
-        group = subprocess.run(["pgrep", "-g", str(ui.pid)], capture_output=True, text=True)
+        # The server runs in a session of its own (the terminal's Ctrl-C reaches sgsweep only)
+        server = int(subprocess.run(["pgrep", "-P", str(ui.pid)], capture_output=True,
+                                    text=True).stdout.split()[0])
+        group = subprocess.run(["pgrep", "-g", str(server)], capture_output=True, text=True)
         assert len(group.stdout.split()) <= 2, group.stdout  # `mlflow server` + 1 worker
         busy = subprocess.run([SGSWEEP, "ui", str(tmp_path), "--port", str(port)],
                               capture_output=True, text=True, timeout=120)
         assert busy.returncode == 2 and busy.stderr.count("\n") == 1, busy.stderr
         assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in busy.stderr
+        ui.send_signal(signal.SIGINT)  # what Ctrl-C sends sgsweep
+        assert ui.wait(timeout=60) == 130
+        log.seek(0)
+        err = log.read()
+        assert "Traceback" not in err and err.endswith("MLflow UI stopped\n"), err[-2000:]
+        gone = subprocess.run(["pgrep", "-g", str(server)], capture_output=True, text=True)
+        assert gone.stdout == "", gone.stdout
     finally:
-        stop(ui)
+        if ui.poll() is None:
+            stop(ui)
+        log.close()
     bad = subprocess.run([SGSWEEP, "ui", str(tmp_path), "--port", "99999"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "a port number in 1..65535" in bad.stderr

@@ -13,6 +13,7 @@ before Optuna is told, so a stop between the two is settled on resume (`resume.s
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from orchestrator.tune.search import GridQueue
 from orchestrator.tune.study import best_trial
 from orchestrator.tune_spec import TuneSpec
 from tasks import get_task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +59,13 @@ def optimise(spec: TuneSpec, study, store: ResultStore, recorded: StudyRecords,
     from optuna.trial import TrialState
 
     task = get_task(spec.task)
-    width = spec.parallelism or schedule.parallelism(spec.sweep.resources)
+    # More trials in flight than the cluster runs at once only queue in Ray, while Optuna
+    # samples each of them without the results of the others: never more than it fits.
+    capacity = schedule.parallelism(spec.sweep.resources)
+    width = min(spec.parallelism or capacity, capacity, max(remaining, 1))
+    if spec.parallelism and spec.parallelism > width:
+        log.info("parallelism %d: %d Optuna trials in flight (what the cluster runs at once)",
+                 spec.parallelism, width)
     pool: schedule.ChunkPool[_Running] = schedule.ChunkPool(
         spec.task, spec.sweep.resources, options.max_retries, spec.sweep.timeout_s,
         options.progress)
