@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+import urllib.parse
 
 
 class RunError(RuntimeError):
@@ -30,3 +31,15 @@ def visible(text: str) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def without_password(text: str, url: str | None) -> str:
+    """`text` with the password of `url` (user:password@host) replaced by ***, wherever it
+    appears: a storage URL is echoed in errors, and the library's own message may quote it."""
+    if not url:
+        return text
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:  # not a URL that parses: it has no password to find
+        return text
+    return text.replace(password, "***") if password else text

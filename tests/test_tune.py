@@ -425,3 +425,12 @@ def test_tune_on_a_ray_cluster_through_address(tmp_path: Path) -> None:
     assert "cluster-tune-best: 4 ok, 0 failed" in summary["best_stdout"]
     best = ds.dataset(tmp_path / "out" / "best" / "trials").to_table().to_pandas()
     assert sorted(best.seed) == [4, 5, 6, 7]
+
+
+def test_a_storage_password_is_never_echoed(tmp_path, capsys) -> None:
+    url = "postgresql://bob:s3cr3t-pw@127.0.0.1:1/study"  # nothing listens on port 1
+    spec = Path(__file__).parent.parent / "sweeps" / "tune-e1.yaml"
+    assert main(["tune", str(spec), "--out", str(tmp_path / "o"), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--storage postgresql://bob:***@127.0.0.1:1/study" in err
+    assert "s3cr3t-pw" not in err

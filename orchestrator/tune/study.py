@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import RunError
+from orchestrator.errors import RunError, without_password
 from orchestrator.spec import MAX_NAME, NAME_PATTERN
 from orchestrator.tracking import error_line
 from orchestrator.tune.search import make_pruner, make_sampler
@@ -39,7 +39,7 @@ def open_storage(out_dir: Path, url: str | None):
         return storage_for(out_dir, url)
     except Exception as exc:  # noqa: BLE001 - a bad URL, unreachable database, bad journal
         where = f"--storage {url}" if url else str(out_dir / JOURNAL)
-        raise RunError(f"{where}: {error_line(exc)}") from None
+        raise RunError(without_password(f"{where}: {error_line(exc)}", url)) from None
 
 
 def open_study(spec: TuneSpec, out_dir: Path, storage_url: str | None, quiet: bool = True,
