@@ -300,10 +300,14 @@ def test_tracking_server_down_then_mlflow_sync_rebuilds_the_study_view(
 
 def test_a_missing_objective_metric_stops_the_study_with_one_line(
         ray_cluster, tmp_path: Path) -> None:
-    spec = parse_tune_spec(_with(objective={"metric": "sqerr_typo"}, n_trials=3))
+    spec = parse_tune_spec(_with(objective={"metric": "sqerr_typo"}, n_trials=3,
+                                 parallelism=2))
     with pytest.raises(RunError, match=r"objective.metric: task 'expert' recorded no metric "
                                        r"'sqerr_typo'; it recorded \['sqerr_bp'"):
         tune(spec, quiet(tmp_path / "out", tracking_uri=""))
+    study, _ = load_study(tmp_path / "out")  # the trial in flight beside it is not RUNNING
+    assert len(study.trials) == 2
+    assert {t.state.name for t in study.trials} == {"FAIL"}
 
 
 @pytest.mark.parametrize(

@@ -195,16 +195,22 @@ def optimise(spec: TuneSpec, study, store: ResultStore, recorded: StudyRecords,
                 continue
             start(_Running(trial, block))
 
-    top_up()
-    for done in pool.rounds(poll_s=1.0):
-        for run, records in done:
-            # A rung whose worker died comes back one seed at a time: wait for all of it.
-            run.arrived.extend(records)
-            if len(run.arrived) == run.expecting:
-                ran, run.arrived = run.arrived, []
-                if conclude(run, sorted(ran, key=lambda r: rungs[run.rung].index(r.seed))):
-                    advance(run)
+    try:
         top_up()
+        for done in pool.rounds(poll_s=1.0):
+            for run, records in done:
+                # A rung whose worker died comes back one seed at a time: wait for all of it.
+                run.arrived.extend(records)
+                if len(run.arrived) == run.expecting:
+                    ran, run.arrived = run.arrived, []
+                    if conclude(run, sorted(ran, key=lambda r: rungs[run.rung].index(r.seed))):
+                        advance(run)
+            top_up()
+    except RunError as exc:  # the study cannot go on: no trial is left RUNNING behind it
+        for run in [*running.values(), *waiting]:
+            run.trial.set_user_attr("error", f"stopped: {exc}"[:2000])
+            study.tell(run.trial, state=TrialState.FAIL)
+        raise
     return finished
 
 
