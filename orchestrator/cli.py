@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("spec", type=Path)
     _add_max_trials(validate)
 
+    schema = sub.add_parser("schema", help="write the JSON Schema of sweep and tune files "
+                                           "(for editors: completion and checks as you type)")
+    schema.add_argument("-o", "--output", type=Path, default=None,
+                        help="file to write (default: standard output)")
+
     report = sub.add_parser("report", help="tables and figures for a results directory")
     report.add_argument("out", type=Path, help="results directory")
     report.add_argument("--tracking-uri", default=None,
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "tune": cmd_tune, "validate": cmd_validate,
                     "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
-                    "ui": cmd_ui, "dashboard": cmd_dashboard}
+                    "ui": cmd_ui, "dashboard": cmd_dashboard, "schema": cmd_schema}
         return commands[args.command](args)
     except (SpecError, UserError, RunError) as exc:
         print(f"error: {visible(str(exc))}", file=sys.stderr)
@@ -212,6 +217,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = parse_spec(raw, str(args.spec), args.max_trials)
     print(f"{args.spec}: ok — sweep {spec.name!r}, task {spec.task!r}, "
           f"{len(spec.configs)} configs x {len(spec.seeds)} seeds = {spec.num_trials} trials")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.schema import file_schema
+
+    text = json.dumps(file_schema(), indent=2, ensure_ascii=False) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    args.output.write_text(text, encoding="utf-8")
+    print(f"schema: {args.output}")
     return 0
 
 
