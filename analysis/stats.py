@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import bootstrap
 
 
 def mean_se(values: np.ndarray) -> tuple[float, float]:
@@ -28,13 +29,13 @@ def paired_bootstrap_ratio(
     den = np.asarray(denominator, dtype=float)
     if num.shape != den.shape or num.ndim != 1 or num.size == 0:
         raise ValueError("expected two 1-d arrays of equal, non-zero length")
-    ratio = _safe_ratio(num.mean(), den.mean())
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, num.size, size=(resamples, num.size))
-    boot = _safe_ratio(num[idx].mean(1), den[idx].mean(1))
-    alpha = (1.0 - level) / 2
-    low, high = np.quantile(boot, [alpha, 1 - alpha])
-    return float(ratio), float(low), float(high)
+    ratio = float(_safe_ratio(num.mean(), den.mean()))
+
+    def ratio_of_means(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _safe_ratio(x.mean(axis), y.mean(axis))
+
+    low, high = _paired_percentile(ratio_of_means, (num, den), ratio, resamples, seed, level)
+    return ratio, low, high
 
 
 def paired_bootstrap_diff(
@@ -48,12 +49,26 @@ def paired_bootstrap_diff(
     y = np.asarray(b, dtype=float)
     if x.shape != y.shape or x.ndim != 1 or x.size == 0:
         raise ValueError("expected two 1-d arrays of equal, non-zero length")
-    diff = x - y
-    rng = np.random.default_rng(seed)
-    boot = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(1)
-    alpha = (1.0 - level) / 2
-    low, high = np.quantile(boot, [alpha, 1 - alpha])
-    return float(diff.mean()), float(low), float(high)
+    diff = float((x - y).mean())
+
+    def mean_difference(u: np.ndarray, v: np.ndarray, axis: int = -1) -> np.ndarray:
+        return (u - v).mean(axis)
+
+    low, high = _paired_percentile(mean_difference, (x, y), diff, resamples, seed, level)
+    return diff, low, high
+
+
+def _paired_percentile(statistic, samples: tuple[np.ndarray, ...], point: float,
+                       resamples: int, seed: int, level: float) -> tuple[float, float]:
+    """SciPy's paired percentile bootstrap (the pairs resampled together), seeded. One pair
+    has no spread to resample: its interval is the point itself."""
+    if samples[0].size == 1:
+        return point, point
+    with np.errstate(invalid="ignore"):  # a ratio of infinite resamples (zero denominators)
+        result = bootstrap(samples, statistic, paired=True, vectorized=True,
+                           method="percentile", n_resamples=resamples, confidence_level=level,
+                           random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def _safe_ratio(a, b):
