@@ -23,7 +23,7 @@ def test_default_sweep_runs_reports_and_resumes(tmp_path: Path) -> None:
                             "--num-cpus", "2"], capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "480 ok, 0 failed" in first.stdout
-    assert f"report:  {out.resolve()}/report" in first.stdout or "report:" in first.stdout
+    assert f"report:  {out}/report\n" in first.stdout, first.stdout[-2000:]
     assert len(ds.dataset(out / "trials").to_table()) == 480
     assert (out / "report" / "e1-small" / "ratio_vs_d_case-noisy.png").stat().st_size > 10_000
     assert (out / "mlflow.db").exists() and (out / "specs" / "e1-small.yaml").exists()

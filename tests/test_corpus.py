@@ -24,7 +24,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.errors import visible
 from orchestrator.spec import MAX_FILE_BYTES
-from tests.test_reliability import SGSWEEP
+from tests.helpers import SGSWEEP
 
 CORPUS = Path(__file__).with_name("corpus")
 FILES = sorted(CORPUS.rglob("*.yaml"))

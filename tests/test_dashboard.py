@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from tests.test_reliability import SGSWEEP
+from tests.helpers import SGSWEEP
 from tests.two_node_sweep import free_ports
 
 STUDY = {

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -27,111 +26,24 @@ from orchestrator.spec import parse_spec
 from orchestrator.sync import sync_dir
 from orchestrator.tracking import default_tracking_uri
 from orchestrator.tracking.mlflow_tracker import client_for
-from tests.mirror import all_runs, assert_exact_mirror
-from tests.two_node_sweep import free_ports
-
-BIN = Path(sys.executable).parent
-SGSWEEP = str(BIN / "sgsweep")
-ISOLATED = ["unshare", "--net", "--pid", "--fork", "--mount-proc"]  # loopback-only, own PIDs
-
-
-def probe_spec(tmp: Path, name: str = "probe", seeds: int = 10, **params) -> Path:
-    spec = tmp / f"{name}.yaml"
-    values = ", ".join(f"{k}: {v}" for k, v in params.items())
-    spec.write_text(f"name: {name}\ntask: probe\nparams: {{{values}}}\n"
-                    f"grid: {{label: [a, b, c, d]}}\nseeds: {seeds}\n")
-    return spec
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def trials_of(out: Path):
-    return ds.dataset(out / "trials").to_table().to_pandas()
-
-
-def quiet(**kwargs) -> RunOptions:
-    return RunOptions(address="auto", progress=lambda _: None, live=False, **kwargs)
-
-
-def isolated_env() -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def isolated(command: list[str]) -> list[str]:
-    # In a fresh network namespace loopback must be brought up first.
-    script = "ip link set lo up && exec " + " ".join(f"'{c}'" for c in command)
-    return [*ISOLATED, "sh", "-c", script]
-
-
-def kill_9_after_parts(command: list[str], out: Path, parts: int, within_s: float) -> None:
-    """Run `command` isolated, and once `out` holds `parts` trial part files (or `within_s`
-    has passed) kill -9 its driver. The driver is PID 1 of its own namespace, so the
-    embedded Ray dies with it, as in a reboot."""
-    wrapper = subprocess.Popen(isolated(command), env=isolated_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if len(list((out / "trials").glob("part-*.parquet"))) >= parts:
-            break
-        time.sleep(0.05)
-    driver = subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True,
-                            text=True).stdout.split()
-    os.kill(int(driver[0]), signal.SIGKILL)
-    wrapper.wait(timeout=60)
-
-
-class Driver:
-    """`sgsweep` as a user runs it, in its own process group as a shell job is (so a
-    terminal's Ctrl-C, sent to the group, can be imitated); stderr collected as it comes."""
-
-    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=env or isolated_env(),
-                                        start_new_session=True)
-        self.err: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.err.append(line)
-
-    def wait_until(self, ready, what: str, within_s: float = 600) -> None:
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline and self.process.poll() is None and not ready():
-            time.sleep(0.05)
-        assert self.process.poll() is None and ready(), (
-            f"{what} did not happen while the driver ran: {''.join(self.err)[-3000:]}")
-
-    def signal_group(self, signum: int) -> None:
-        os.killpg(self.process.pid, signum)
-
-    def finish(self, timeout: float = 600) -> tuple[int, str, str]:
-        out = self.process.stdout.read()
-        self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return self.process.returncode, out, "".join(self.err)
-
-
-def parts(out: Path) -> int:
-    return len(list((out / "trials").glob("part-*"))) if (out / "trials").is_dir() else 0
-
-
-def runs_by_role(out: Path, sweep: str) -> dict[str, list]:
-    client = client_for(default_tracking_uri(out))
-    experiment = client.get_experiment_by_name(sweep)
-    by_role: dict[str, list] = {}
-    for run in all_runs(client, experiment.experiment_id) if experiment else []:
-        by_role.setdefault(run.data.tags.get("sgsweep.role"), []).append(run)
-    return by_role
-
-
-def assert_clean_stop(code: int, err: str, expected: int) -> None:
-    assert code == expected, err[-3000:]
-    assert "interrupted: completed trials are saved" in err and "again to resume" in err
-    assert "Traceback" not in err and "Check failed" not in err, err[-3000:]
+from tests.helpers import (
+    SGSWEEP,
+    Driver,
+    assert_clean_stop,
+    free_port,
+    isolated,
+    isolated_env,
+    kill_9_after_parts,
+    parts,
+    probe_spec,
+    quiet,
+    runs_by_role,
+    start_mlflow_server,
+    stop,
+    trials_of,
+    wait_http,
+)
+from tests.mirror import assert_exact_mirror
 
 
 def test_crashed_worker_is_retried_and_its_trials_recorded_once(ray_cluster, tmp_path) -> None:
@@ -299,7 +211,6 @@ def test_two_concurrent_runs_one_wins_no_corruption(tmp_path) -> None:
     while not (out / ".lock").exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert first.poll() is None, f"the first run ended early: {first.communicate()[1][-3000:]}"
-    time.sleep(0.5)
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     first_out, _ = first.communicate(timeout=300)
     assert first.returncode == 0 and "80 ok" in first_out
@@ -441,8 +352,11 @@ def test_ctrl_c_and_sigterm_during_start_up_stop_cleanly(tmp_path) -> None:
                 starting.process.send_signal(signum)
             code, _, err = starting.finish()
             assert_clean_stop(code, err, expected)
-        time.sleep(1)
-        left = subprocess.run(["pgrep", "-f", str(ray_tmp)], capture_output=True, text=True)
+        # Ray's processes exit after the driver: wait for that (a deadline, not a sleep).
+        deadline = time.monotonic() + 120
+        while (left := subprocess.run(["pgrep", "-f", str(ray_tmp)], capture_output=True,
+                                      text=True)).stdout and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert left.stdout == "", f"Ray processes left running: {left.stdout}"
         if (out / "mlflow.db").exists():
             assert all(r.info.status != "RUNNING" for runs in runs_by_role(out, "probe").values()
@@ -502,37 +416,6 @@ def test_node_loss_on_a_two_node_loopback_cluster(tmp_path) -> None:
     assert summary["killed_while_running"]
     assert len(summary["nodes_before_kill"]) == 2  # trials were placed on both nodes
     assert summary["rows"] == summary["unique"] == summary["ok"] == 60
-
-
-def start_mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--default-artifact-root", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/health", server)
-    return server
-
-
-def wait_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "server exited"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -357,7 +357,7 @@ def test_a_cluster_without_a_node_that_fits_is_refused_after_a_bounded_wait() ->
     import subprocess
     import sys
 
-    from tests.test_reliability import isolated, isolated_env
+    from tests.helpers import isolated, isolated_env
 
     script = Path(__file__).with_name("unfit_on_cluster.py")
     result = subprocess.run(isolated([sys.executable, str(script)]), env=isolated_env(),

@@ -21,7 +21,7 @@ from orchestrator.spec import SpecError, load_spec, parse_spec
 from orchestrator.tracking.mlflow_tracker import client_for
 from orchestrator.tune import TuneOptions, aggregate, load_study, open_study, tune
 from orchestrator.tune_spec import load_tune_spec, parse_tune_spec
-from tests.test_reliability import SGSWEEP, isolated, isolated_env, kill_9_after_parts
+from tests.helpers import SGSWEEP, isolated, isolated_env, kill_9_after_parts
 
 E1 = {
     "name": "e1-lam", "task": "expert", "params": {"d": 6, "k": 2, "leak": 0.3},
@@ -272,7 +272,7 @@ def test_pruned_trials_are_recorded_as_pruned(ray_cluster, tmp_path: Path, capsy
 @pytest.mark.slow
 def test_tracking_server_down_then_mlflow_sync_rebuilds_the_study_view(
         ray_cluster, tmp_path: Path, capsys) -> None:
-    from tests.test_reliability import free_port
+    from tests.helpers import free_port
 
     spec_path = tmp_path / "t.yaml"
     spec_path.write_text(yaml.safe_dump(_with(n_trials=3, seeds=4, rung_size=2,

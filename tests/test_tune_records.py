@@ -17,7 +17,7 @@ from analysis.tune import trials_table
 from orchestrator.tune import TuneOptions, load_study, open_study, tune
 from orchestrator.tune.study import JOURNAL
 from orchestrator.tune_spec import parse_tune_spec
-from tests.test_reliability import SGSWEEP, Driver, isolated_env, parts
+from tests.helpers import SGSWEEP, Driver, isolated_env, parts
 from tests.test_tune import trials_of
 
 PROBE = {
@@ -165,7 +165,7 @@ def test_sigterm_mid_study_then_resume_keeps_one_row_per_trial_id_and_states_agr
     """`sgsweep tune` as a user runs it, stopped by SIGTERM while trials run: exit 143, the
     resume line, the study's tracker run closed KILLED. The same command resumes it to the
     end; Parquet then holds each trial id once, and every row's tags agree with Optuna."""
-    from tests.test_reliability import runs_by_role
+    from tests.helpers import runs_by_role
 
     spec_path = tmp_path / "t.yaml"
     spec_path.write_text(yaml.safe_dump(probe_study(
