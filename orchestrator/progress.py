@@ -40,9 +40,9 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         left = self.total - self.done
         eta = _duration(left / rate) if rate > 0 else "?"
-        return (f"{self.done}/{self.total} done ({self.ok} ok, {self.failed} failed, "
-                f"{self.in_flight} running), {rate:.1f} trials/s, "
-                f"elapsed {_duration(elapsed)}, eta {eta}")
+        # Short enough for an 80-column terminal with room for a bar (about 60 characters).
+        return (f"{self.done}/{self.total} ({self.ok} ok, {self.failed} failed, "
+                f"{self.in_flight} running) {rate:.1f}/s {_duration(elapsed)} eta {eta}")
 
     def _draw(self, now: float) -> None:
         if not self.enabled:
@@ -51,11 +51,11 @@ class Progress:
         if not self.live:
             print(f"  {text}", file=self.stream, flush=True)
             return
-        width = shutil.get_terminal_size((100, 20)).columns
-        bar_width = max(10, min(40, width - len(text) - 4))
+        width = shutil.get_terminal_size((80, 20)).columns
+        bar_width = min(40, width - len(text) - 4)  # the text first: no bar if it fits alone
         filled = int(bar_width * self.done / max(self.total, 1))
-        bar = "#" * filled + "-" * (bar_width - filled)
-        self.stream.write(f"\r[{bar}] {text}"[: width - 1].ljust(width - 1))
+        bar = f"[{'#' * filled}{'-' * (bar_width - filled)}] " if bar_width >= 10 else ""
+        self.stream.write("\r" + f"{bar}{text}"[: width - 1].ljust(width - 1))
         self.stream.flush()
 
     def close(self) -> None:

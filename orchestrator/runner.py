@@ -111,9 +111,11 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
         resume = (f"interrupted: completed trials are saved in {out_dir}; run the same "
                   "command again to resume")
         if num_pending:
+            ray_start = (f"connecting to Ray at {options.address}" if options.address
+                         else "starting Ray")  # it can take a minute on a loaded machine
             options.progress(
                 f"{spec.name}: {num_pending} trials to run ({skipped} already recorded), "
-                f"{len(pending)} configs")
+                f"{len(pending)} configs; {ray_start}")
             try:
                 with schedule.session(options.address, options.num_cpus, options.num_gpus):
                     if not signals.requested():
