@@ -281,9 +281,13 @@ def _finish(args: argparse.Namespace, tracking_uri: str | None,
     from orchestrator.tracking import default_tracking_uri
 
     if tracking_uri and tracking_uri == default_tracking_uri(args.out):  # DIR's own store
-        # the command as the user typed it (e.g. .venv/bin/sgsweep), so the line can be pasted
-        prog = sys.argv[0] if Path(sys.argv[0]).name == "sgsweep" else "sgsweep"
-        print(f"browse:  {prog} ui {args.out}   (the MLflow UI on 127.0.0.1)")
+        print(f"browse:  {_prog()} ui {args.out}   (the MLflow UI on 127.0.0.1)")
+
+
+def _prog() -> str:
+    """The command as the user typed it (e.g. .venv/bin/sgsweep), so a printed hint can be
+    pasted as it is."""
+    return sys.argv[0] if Path(sys.argv[0]).name == "sgsweep" else "sgsweep"
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -300,7 +304,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v!r}" for k, v in summary.best_params.items())
         print(f"best:    trial {summary.best_number}, {spec.objective.metric} = "
               f"{summary.best_value:.6g} ({params})")
-        print(f"         re-evaluate on fresh seeds: sgsweep run {summary.best_file} "
+        print(f"         re-evaluate on fresh seeds: {_prog()} run {summary.best_file} "
               f"--out {args.out / 'best'}")
     _finish(args, summary.tracking_uri, summary.tracking_error)
     return 0
