@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.schema import file_schema
-from orchestrator.spec import SpecError, parse_yaml
+from orchestrator.spec import SpecError, load_yaml
 from tests.test_corpus import CORPUS, FILES, expectations
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
@@ -41,7 +41,7 @@ BEYOND_A_SCHEMA_FILES = {
 
 
 def load(path: Path):
-    return parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    return load_yaml(path)  # as `validate` reads it: a file that is not UTF-8 is a SpecError
 
 
 def structural(path: Path) -> bool:
