@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from orchestrator import spec as sweep_fields
 from orchestrator import tune_spec as tune_fields
+from orchestrator import values
 from orchestrator.tracking.view import LEVELS
 from tasks import REGISTRY, Task
 
@@ -30,12 +31,12 @@ SCHEMA_ID = "https://sgsweep.invalid/schema.json"  # a name, never fetched
 NUMBER_AS_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 ONE_LINE = {"pattern": "[\\n\\r]"}  # `$` alone also matches before a final newline
 NAME = {
-    "type": "string", "pattern": f"^{sweep_fields.NAME_PATTERN.pattern}$", "maxLength":
-    sweep_fields.MAX_NAME, "not": {"anyOf": [{"enum": sorted(sweep_fields.RESERVED_NAMES)},
+    "type": "string", "pattern": f"^{values.NAME_PATTERN.pattern}$", "maxLength":
+    values.MAX_NAME, "not": {"anyOf": [{"enum": sorted(values.RESERVED_NAMES)},
                                              ONE_LINE]},
     "description": "letters, digits, '.', '_' or '-'; also the MLflow experiment's name",
 }
-POSITIVE_INT = {"type": "integer", "minimum": 1, "exclusiveMaximum": sweep_fields.INT_LIMIT}
+POSITIVE_INT = {"type": "integer", "minimum": 1, "exclusiveMaximum": values.INT_LIMIT}
 AS_TEXT = {"type": "string", "pattern": NUMBER_AS_TEXT}
 RESOURCES = {  # Ray's granularity: 0 or at least MIN_RESOURCE; GPUs: a fraction or whole
     "num_cpus": {"anyOf": [{"const": 0}, {"type": "number",
@@ -48,7 +49,7 @@ RESOURCES = {  # Ray's granularity: 0 or at least MIN_RESOURCE; GPUs: a fraction
 
 
 def value_schema(hint: Any) -> dict[str, Any]:
-    """The schema of one task-config field from its type hint (as `spec._coerce` reads it)."""
+    """The schema of one task-config field from its type hint (as `values.coerce` reads it)."""
     origin = typing.get_origin(hint)
     if origin is Literal:
         return {"enum": list(typing.get_args(hint))}
@@ -61,12 +62,12 @@ def value_schema(hint: Any) -> dict[str, Any]:
     if hint is bool:
         return {"type": "boolean"}
     if hint is int:
-        return {"type": "integer", "minimum": -sweep_fields.INT_LIMIT,
-                "exclusiveMaximum": sweep_fields.INT_LIMIT}
+        return {"type": "integer", "minimum": -values.INT_LIMIT,
+                "exclusiveMaximum": values.INT_LIMIT}
     if hint is float:
         return {"anyOf": [{"type": "number"}, AS_TEXT]}
     if hint is str:
-        return {"type": "string", "maxLength": sweep_fields.MAX_TEXT}
+        return {"type": "string", "maxLength": values.MAX_TEXT}
     raise TypeError(f"no schema for a task field of type {hint!r}")
 
 
@@ -110,9 +111,9 @@ def _per_task(kind: str) -> list[dict[str, Any]]:
 
 
 def _seeds() -> dict[str, Any]:
-    seed = {"type": "integer", "minimum": 0, "exclusiveMaximum": sweep_fields.SEED_LIMIT}
+    seed = {"type": "integer", "minimum": 0, "exclusiveMaximum": values.SEED_LIMIT}
     return {"description": "N (seeds 0..N-1), {start: S, count: N}, or a list of seeds",
-            "anyOf": [{"type": "integer", "minimum": 1, "maximum": sweep_fields.SEED_LIMIT},
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": values.SEED_LIMIT},
                       {"type": "object", "required": ["start", "count"],
                        "additionalProperties": False,
                        "properties": {"start": {"type": "integer", "minimum": 0},
@@ -173,7 +174,7 @@ def tune_schema() -> dict[str, Any]:
                      "value": {"enum": list(tune_fields.VALUES)}}}
     properties = {
         **_shared(),
-        "name": {**NAME, "maxLength": sweep_fields.MAX_NAME - len(tune_fields.BEST_SUFFIX)},
+        "name": {**NAME, "maxLength": values.MAX_NAME - len(tune_fields.BEST_SUFFIX)},
         "search": {"type": "object", "minProperties": 1, "additionalProperties": dimension,
                    "description": "parameter -> {low, high[, step, log]} or {choices: [...]}"},
         "objective": objective,

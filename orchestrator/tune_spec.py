@@ -46,24 +46,23 @@ from typing import Any, Literal
 
 import yaml
 
-from orchestrator.spec import (
+from orchestrator.spec import SweepSpec, parse_spec
+from orchestrator.values import (
     DEFAULT_MAX_TRIALS,
     INT_LIMIT,
     Seeds,
     SpecError,
-    SweepSpec,
-    _clip,
-    _coerce,
-    _count,
-    _first_duplicate,
-    _kind,
-    _mapping,
-    _show,
-    _type_name,
     check_name,
+    clip,
+    coerce,
+    count_text,
+    first_duplicate,
+    kind_of,
     load_yaml,
+    mapping,
     parse_seeds,
-    parse_spec,
+    show,
+    type_name,
 )
 from tasks import REGISTRY
 
@@ -203,10 +202,10 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
     max_trials = DEFAULT_MAX_TRIALS if max_trials is None else max_trials
 
     def fail(field: str, message: str) -> SpecError:
-        return SpecError(f"{where}: {_clip(field, 80)}: {message}")
+        return SpecError(f"{where}: {clip(field, 80)}: {message}")
 
     if not isinstance(raw, Mapping):
-        raise SpecError(f"{where}: expected a mapping of tune fields, got {_kind(raw)}")
+        raise SpecError(f"{where}: expected a mapping of tune fields, got {kind_of(raw)}")
     keys = set(map(str, raw))
     for swept in ("grid", "variants"):
         if swept in keys:
@@ -224,14 +223,14 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
     check_name(raw["name"], "name", fail, suffix=BEST_SUFFIX)
     task_name = raw["task"]
     if not isinstance(task_name, str) or task_name not in REGISTRY:
-        raise fail("task", f"unknown task {_show(task_name)}; expected one of "
+        raise fail("task", f"unknown task {show(task_name)}; expected one of "
                            f"{sorted(REGISTRY)}")
     task = REGISTRY[task_name]
     hints = typing.get_type_hints(task.config_type)
     fields = task.config_fields()
 
-    params = _mapping(raw.get("params", {}), "params", fail)
-    search_raw = _mapping(raw["search"], "search", fail)
+    params = mapping(raw.get("params", {}), "params", fail)
+    search_raw = mapping(raw["search"], "search", fail)
     if not search_raw:
         raise fail("search", "expected at least one parameter to search")
     search = []
@@ -250,9 +249,10 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
     n_trials = _positive_int(raw["n_trials"], "n_trials", fail)
     if n_trials * len(seeds) > max_trials:
         raise SpecError(
-            f"{where}: {_count(n_trials * len(seeds))} trials ({_count(n_trials)} Optuna trials "
-            f"× {_count(len(seeds))} seeds), above the limit of {max_trials:,}; lower n_trials "
-            "or seeds, or raise the limit with --max-trials")
+            f"{where}: {count_text(n_trials * len(seeds))} trials "
+            f"({count_text(n_trials)} Optuna trials × {count_text(len(seeds))} seeds), above "
+            f"the limit of {max_trials:,}; lower n_trials or seeds, or raise the limit with "
+            "--max-trials")
     sweep = _check_corners(base, search, where)
 
     objective = _objective(raw["objective"], fail)
@@ -273,10 +273,10 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
         {"p_threshold": float, "n_startup_steps": int, "n_startup_trials": int}, fail)
     if not 0 <= sampler_options.get("seed", 0) < OPTUNA_SEED_LIMIT:
         raise fail("sampler.seed", f"expected an integer in [0, 2^32), got "
-                                   f"{_show(sampler_options['seed'])}")
+                                   f"{show(sampler_options['seed'])}")
     if "p_threshold" in pruner_options and not 0 < pruner_options["p_threshold"] < 1:
         raise fail("pruner.p_threshold", f"expected a p-value in (0, 1), got "
-                                         f"{_show(pruner_options['p_threshold'])}")
+                                         f"{show(pruner_options['p_threshold'])}")
     for key in ("n_startup_steps", "n_startup_trials"):
         if pruner_options.get(key, 0) < 0:
             raise fail(f"pruner.{key}", f"expected an integer >= 0, got {pruner_options[key]}")
@@ -289,8 +289,8 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
                                                "(choices, an int range, or a float step)")
         points = math.prod(d.grid_size() or 0 for d in search)
         if points > MAX_GRID_POINTS:
-            sizes = " × ".join(f"{d.name} {_count(d.grid_size() or 0)}" for d in search)
-            raise fail("sampler", f"the grid has {_count(points)} points ({sizes}), above "
+            sizes = " × ".join(f"{d.name} {count_text(d.grid_size() or 0)}" for d in search)
+            raise fail("sampler", f"the grid has {count_text(points)} points ({sizes}), above "
                                   f"the limit of {MAX_GRID_POINTS:,} that the grid sampler "
                                   "lists; use a coarser step, fewer choices, or tpe")
 
@@ -300,7 +300,7 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
         reeval = {"start": largest + 1, "count": reeval}  # the N seeds after the tuning seeds
     reeval_seeds = parse_seeds(reeval, "reeval_seeds", fail)
     if len(reeval_seeds) > DEFAULT_MAX_TRIALS:
-        raise fail("reeval_seeds", f"{_count(len(reeval_seeds))} seeds for best.yaml, above "
+        raise fail("reeval_seeds", f"{count_text(len(reeval_seeds))} seeds for best.yaml, above "
                                    f"the limit of {DEFAULT_MAX_TRIALS:,} trials of a sweep")
     tuning = seeds if isinstance(seeds, range) else set(seeds)  # `in`: O(1) either way
     shared = next((s for s in reeval_seeds if s in tuning), None)
@@ -318,7 +318,7 @@ def parse_tune_spec(raw: Any, where: str = "<tune spec>",
 def _dimension(name: str, value: Any, hint: Any, field: str, fail) -> Dimension:
     if not isinstance(value, Mapping):
         raise fail(field, f"expected a distribution such as {{low: 0.0, high: 1.0}} or "
-                          f"{{choices: [...]}}, got {_kind(value)}")
+                          f"{{choices: [...]}}, got {kind_of(value)}")
     keys = set(map(str, value))
     unknown = sorted(keys - {"low", "high", "log", "step", "choices"})
     if unknown:
@@ -328,41 +328,41 @@ def _dimension(name: str, value: Any, hint: Any, field: str, fail) -> Dimension:
             raise fail(field, "expected either choices or low/high, not both")
         choices = value["choices"]
         if not isinstance(choices, list) or not choices:
-            raise fail(f"{field}.choices", f"expected a non-empty list, got {_kind(choices)}")
-        typed = [_coerce(v, hint, f"{field}.choices[{i}]", fail) for i, v in enumerate(choices)]
+            raise fail(f"{field}.choices", f"expected a non-empty list, got {kind_of(choices)}")
+        typed = [coerce(v, hint, f"{field}.choices[{i}]", fail) for i, v in enumerate(choices)]
         for i, v in enumerate(typed):
             if isinstance(v, tuple):
                 raise fail(f"{field}.choices[{i}]", "expected a single value (Optuna "
                                                     "choices are numbers, text or booleans)")
-        if (i := _first_duplicate(typed)) is not None:
-            raise fail(f"{field}.choices[{i}]", f"duplicate value {_show(choices[i])}")
+        if (i := first_duplicate(typed)) is not None:
+            raise fail(f"{field}.choices[{i}]", f"duplicate value {show(choices[i])}")
         return Dimension(name, "categorical", choices=tuple(typed))
     for needed in ("low", "high"):
         if needed not in keys:
             raise fail(field, f"expected low and high (or choices), missing {needed}")
     number = _number_type(hint)
     if number is None:
-        raise fail(field, f"parameter is {_type_name(hint)}; search it with choices: [...]")
-    low = _coerce(value["low"], number, f"{field}.low", fail)
-    high = _coerce(value["high"], number, f"{field}.high", fail)
+        raise fail(field, f"parameter is {type_name(hint)}; search it with choices: [...]")
+    low = coerce(value["low"], number, f"{field}.low", fail)
+    high = coerce(value["high"], number, f"{field}.high", fail)
     if not low < high:
-        raise fail(field, f"expected low < high, got low={_show(low)}, high={_show(high)}")
+        raise fail(field, f"expected low < high, got low={show(low)}, high={show(high)}")
     if not math.isfinite(high - low):
-        raise fail(field, f"expected a range of finite width, got low={_show(low)}, "
-                          f"high={_show(high)}")
+        raise fail(field, f"expected a range of finite width, got low={show(low)}, "
+                          f"high={show(high)}")
     log = value.get("log", False)
     if not isinstance(log, bool):
-        raise fail(f"{field}.log", f"expected true or false, got {_show(log)}")
+        raise fail(f"{field}.log", f"expected true or false, got {show(log)}")
     step = value.get("step")
     if step is not None:
-        step = _coerce(step, number, f"{field}.step", fail)
+        step = coerce(step, number, f"{field}.step", fail)
         if not step > 0 or not math.isfinite((high - low) / step):
             raise fail(f"{field}.step", f"expected a step > 0 that divides the range into "
-                                        f"finitely many values, got {_show(step)}")
+                                        f"finitely many values, got {show(step)}")
         if log and (number is float or step != 1):
             raise fail(f"{field}.step", "expected no step with log: true")
     if log and low <= 0:
-        raise fail(f"{field}.low", f"expected low > 0 with log: true, got {_show(low)}")
+        raise fail(f"{field}.low", f"expected low > 0 with log: true, got {show(low)}")
     return Dimension(name, "int" if number is int else "float", low=low, high=high, log=log,
                      step=step)
 
@@ -411,14 +411,14 @@ def _check_corners(base: dict[str, Any], search: list[Dimension], where: str) ->
 def _at_corner(message: str, names: list[str], corner: dict[str, Any]) -> SpecError:
     for name in names:
         message = message.replace(f": params.{name}:", f": search.{name}:")
-    at = ", ".join(f"{k}={_show(v)}" for k, v in corner.items())
-    return SpecError(f"{message} (at search corner {_clip(at, 200)})")
+    at = ", ".join(f"{k}={show(v)}" for k, v in corner.items())
+    return SpecError(f"{message} (at search corner {clip(at, 200)})")
 
 
 def _objective(value: Any, fail) -> Objective:
     if not isinstance(value, Mapping):
         raise fail("objective", "expected a mapping such as {metric: eval_reward, "
-                                f"direction: maximize}}, got {_kind(value)}")
+                                f"direction: maximize}}, got {kind_of(value)}")
     unknown = sorted(set(map(str, value)) - {"metric", "direction", "aggregate", "value"})
     if unknown:
         raise fail(f"objective.{unknown[0]}", "unknown; expected metric, direction, "
@@ -427,21 +427,21 @@ def _objective(value: Any, fail) -> Objective:
     if (not isinstance(metric, str) or not metric or len(metric) > MAX_METRIC
             or not metric.isprintable()):
         raise fail("objective.metric", f"expected a recorded metric's name (at most "
-                                       f"{MAX_METRIC} printable characters), got {_show(metric)}")
+                                       f"{MAX_METRIC} printable characters), got {show(metric)}")
     out = {"metric": metric}
     for key, choices in (("direction", DIRECTIONS), ("aggregate", AGGREGATES),
                          ("value", VALUES)):
         if key in value:
             if value[key] not in choices:
                 raise fail(f"objective.{key}", f"expected one of {list(choices)}, "
-                                               f"got {_show(value[key])}")
+                                               f"got {show(value[key])}")
             out[key] = value[key]
     return Objective(**out)
 
 
 def _positive_int(value: Any, field: str, fail) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < INT_LIMIT:
-        raise fail(field, f"expected a positive integer, got {_show(value)}")
+        raise fail(field, f"expected a positive integer, got {show(value)}")
     return value
 
 
@@ -455,17 +455,17 @@ def _choice_with_options(value: Any, field: str, choices: tuple[str, ...],
                        f"unknown; expected type or one of {sorted(option_types)}")
         for key, kind in option_types.items():
             if key in value:
-                options[key] = _coerce(value[key], kind, f"{field}.{key}", fail)
+                options[key] = coerce(value[key], kind, f"{field}.{key}", fail)
         value = value.get("type", choices[0])
     if value not in choices:
-        raise fail(field, f"expected one of {list(choices)}, got {_show(value)}")
+        raise fail(field, f"expected one of {list(choices)}, got {show(value)}")
     allowed = {"wilcoxon": {"p_threshold", "n_startup_steps"},
                "median": {"n_startup_trials", "n_startup_steps"}}.get(value, set())
     if field == "sampler":
         allowed = {"seed"}
     extra = sorted(set(options) - allowed)
     if extra:
-        raise fail(f"{field}.{extra[0]}", f"not an option of {field} {_show(value)}")
+        raise fail(f"{field}.{extra[0]}", f"not an option of {field} {show(value)}")
     return value, options
 
 
