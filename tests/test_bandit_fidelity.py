@@ -62,10 +62,17 @@ def test_mlp_weights_are_xavier_normal_and_biases_zero():
     assert torch.count_nonzero(torch_default.bias0) > 0
 
 
+@pytest.mark.pinned
 def test_step_one_sg_to_bp_norm_profile_of_a_fixed_seed_run():
     """‖ĝ_l‖/‖g_l‖ after one step, seed 0: the reference's profile (docs/e2.md), where a
     normal-initialised predictor in mean-loss units dwarfs the top layer's true feedback.
-    Per-sample units (÷B) or a zero init give a top-layer ratio over ten times smaller."""
+    Per-sample units (÷B) or a zero init give a top-layer ratio over ten times smaller.
+
+    A float32 run from torch's float32 normal draws, whose kernels round differently per
+    CPU (a few ulps). rel=1e-4 is derived from that: every initial weight of the model and
+    SG scaled by (1 + δ), |δ| ≤ 2⁻²³ (one float32 ulp), moves these ratios by ≤ 2.1e-7
+    (20 draws), and the pins are printed to 7 digits (≤ 8.6e-8); a 500× margin, while the
+    deviations below move the top ratio by over 10×."""
     block = BanditBlock(BanditConfig(**MATCHED, steps=1, eval_points=1), [0])
     block.train_step()
     norms = block.learner.norms

@@ -143,6 +143,7 @@ def test_mixture_metric_matches_direct_mixture_and_edges() -> None:
     assert final["sqerr_lam_0.3"] == pytest.approx(float(err.pow(2).sum()), rel=1e-12)
 
 
+@pytest.mark.pinned
 @pytest.mark.parametrize("case", ["noisy", "activation", "partial"])
 def test_torch_trial_agrees_with_plain_numpy_reference(case: str) -> None:
     cfg = ExpertConfig(d=5, k=3, case=case, leak=0.2, lams=(0.5,))
