@@ -56,162 +56,194 @@ def optimise(spec: TuneSpec, study, store: ResultStore, recorded: StudyRecords,
              tracker: Study | None, options: EngineOptions, remaining: int) -> int:
     """Keep up to `parallelism` trials in flight until `remaining` trials have finished, or
     a stop is requested (the caller raises it). Returns the trials finished."""
-    from optuna.trial import TrialState
+    loop = StudyLoop(spec, study, store, recorded, tracker, options, remaining)
+    try:
+        loop.top_up()
+        for done in loop.pool.rounds(poll_s=1.0):
+            for run, records in done:
+                loop.arrive(run, records)
+            loop.top_up()
+    except RunError as exc:  # the study cannot go on: no trial is left RUNNING behind it
+        loop.fail_unfinished(f"stopped: {exc}")
+        raise
+    return loop.finished
 
-    task = get_task(spec.task)
-    # More trials in flight than the cluster runs at once only queue in Ray, while Optuna
-    # samples each of them without the results of the others: never more than it fits.
-    capacity = schedule.parallelism(spec.sweep.resources)
-    width = min(spec.parallelism or capacity, capacity, max(remaining, 1))
-    if spec.parallelism and spec.parallelism > width:
-        log.info("parallelism %d: %d Optuna trials in flight (what the cluster runs at once)",
-                 spec.parallelism, width)
-    pool: schedule.ChunkPool[_Running] = schedule.ChunkPool(
-        spec.task, spec.sweep.resources, options.max_retries, spec.sweep.timeout_s,
-        options.progress)
-    invocation = uuid.uuid4().hex[:12]
-    distributions = spec.distributions()
-    grid = GridQueue(study, spec) if spec.sampler == "grid" else None
-    rungs = spec.rungs
-    running: dict[int, _Running] = {}  # Optuna trial number -> a trial in flight
-    held: dict[str, int] = {}  # trial id -> the number of the trial in flight that runs it
-    waiting: list[_Running] = []  # trials whose parameters one in flight has
-    asked = finished = 0
-    best_seen = best_trial(study)
 
-    def finish(run: _Running, state, value: float | None = None, error: str | None = None):
-        nonlocal finished, best_seen
-        trial = run.trial
-        if error:
-            trial.set_user_attr("error", error[:2000])
-        if run.reused:
-            trial.set_user_attr("reused", {str(s): n for s, n in run.reused.items()})
-        if run.records:  # Parquet first: a stop before the tell is settled on resume
-            store.write(run.records, sweep=spec.name, task=task,
-                        configs={run.block.config_id: run.block.config},
-                        invocation=invocation,
-                        tags={"study": spec.name, "optuna_trial": trial.number,
-                              "optuna_state": state.name.lower()})
-            recorded.add(run.records, trial.number, state.name.lower())
-        frozen = study.tell(trial, value if state == TrialState.COMPLETE else None,
-                            state=state)
-        if running.pop(trial.number, None) is not None:
-            for t in run.block.trials:
-                held.pop(t.trial_id, None)
-        finished += 1
-        name = state.name
-        if tracker is not None:
-            tracker.trial(trial.number, name, dict(frozen.params), frozen.value
-                          if state == TrialState.COMPLETE else None, run.values,
-                          run.seeds, run.started, error, frozen.user_attrs.get("retry_of"))
-        shown = (f"{value:.6g}" if value is not None
-                 else f"after {len(run.values)} seeds" if state == TrialState.PRUNED
-                 else (error or "")[:120])
-        options.progress(f"  trial {trial.number}: {name.lower()} {shown} "
-                         f"{_fmt(frozen.params)} ({finished}/{remaining})")
-        best = best_trial(study)
-        if best is not None and (best_seen is None or best.number != best_seen.number):
-            best_seen = best
-            write_best(spec, options.out_dir, best)
+class StudyLoop:
+    """The state of one `optimise` call in named fields, and its steps: Optuna asks
+    (`top_up`), a trial runs rung by rung (`start` → `advance` → `arrive` → `conclude`),
+    Parquet and then Optuna are told (`finish`)."""
 
-    def advance(run: _Running) -> None:
+    def __init__(self, spec: TuneSpec, study, store: ResultStore, recorded: StudyRecords,
+                 tracker: Study | None, options: EngineOptions, remaining: int) -> None:
+        self.spec, self.study, self.store, self.recorded = spec, study, store, recorded
+        self.tracker, self.options, self.remaining = tracker, options, remaining
+        self.task = get_task(spec.task)
+        # More trials in flight than the cluster runs at once only queue in Ray, while
+        # Optuna samples each of them without the results of the others: never more.
+        capacity = schedule.parallelism(spec.sweep.resources)
+        self.width = min(spec.parallelism or capacity, capacity, max(remaining, 1))
+        if spec.parallelism and spec.parallelism > self.width:
+            log.info("parallelism %d: %d Optuna trials in flight (what the cluster runs at "
+                     "once)", spec.parallelism, self.width)
+        self.pool: schedule.ChunkPool[_Running] = schedule.ChunkPool(
+            spec.task, spec.sweep.resources, options.max_retries, spec.sweep.timeout_s,
+            options.progress)
+        self.invocation = uuid.uuid4().hex[:12]
+        self.distributions = spec.distributions()
+        self.grid = GridQueue(study, spec) if spec.sampler == "grid" else None
+        self.rungs = spec.rungs
+        self.running: dict[int, _Running] = {}  # Optuna trial number -> a trial in flight
+        self.held: dict[str, int] = {}  # trial id -> the number of the trial that runs it
+        self.waiting: list[_Running] = []  # trials whose parameters one in flight has
+        self.asked = 0
+        self.finished = 0
+        self.best_seen = best_trial(study)
+
+    def top_up(self) -> None:
+        """Start the waiting trials that can start, then ask for new ones up to `width`."""
+        from optuna.trial import TrialState  # Optuna loads only when a study runs
+
+        for run in list(self.waiting):
+            if not self.blocked(run):
+                self.waiting.remove(run)
+                self.start(run)
+        while (len(self.running) + len(self.waiting) < self.width
+               and self.asked < self.remaining and not signals.requested()):
+            if self.grid is not None:
+                self.grid.feed()
+            trial = self.study.ask(self.distributions)
+            self.asked += 1
+            try:
+                block = block_for(self.spec, trial.params)
+            except SpecError as exc:
+                self.finish(_Running(trial, plan.Block("", {}, ())), TrialState.FAIL,
+                            error=f"invalid parameters: {exc}")
+                continue
+            self.start(_Running(trial, block))
+
+    def blocked(self, run: _Running) -> bool:
+        return any(t.trial_id in self.held for t in run.block.trials)
+
+    def start(self, run: _Running) -> None:
+        if self.blocked(run):
+            self.waiting.append(run)  # the same parameters are in flight: reuse them after
+            return
+        self.running[run.trial.number] = run
+        self.held.update((t.trial_id, run.trial.number) for t in run.block.trials)
+        self.advance(run)
+
+    def advance(self, run: _Running) -> None:
         """Run the trial's next rung: its seeds recorded ok are reused, the rest sent to
         Ray; a rung with nothing to run is concluded at once (and the next one started)."""
         while True:
-            trials = [t for t in run.block.trials if t.seed in rungs[run.rung]]
-            found = recorded.values([t.trial_id for t in trials if recorded.ok(t.trial_id)])
+            trials = [t for t in run.block.trials if t.seed in self.rungs[run.rung]]
+            ok = [t.trial_id for t in trials if self.recorded.ok(t.trial_id)]
+            found = self.recorded.values(ok)
             run.rung_reused = {t.seed: found[t.trial_id] for t in trials if t.trial_id in found}
-            run.reused.update((t.seed, recorded.rows[t.trial_id].optuna_trial)
+            run.reused.update((t.seed, self.recorded.rows[t.trial_id].optuna_trial)
                               for t in trials if t.trial_id in found)
             fresh = tuple(t for t in trials if t.seed not in run.rung_reused)
             if fresh:
                 run.expecting = len(fresh)
-                pool.submit([plan.Block(run.block.config_id, run.block.config, fresh)], run)
+                self.pool.submit([plan.Block(run.block.config_id, run.block.config, fresh)],
+                                 run)
                 return
-            if not conclude(run, []):
+            if not self.conclude(run, []):
                 return
 
-    def conclude(run: _Running, ran: list[TrialRecord]) -> bool:
+    def arrive(self, run: _Running, records: list[TrialRecord]) -> None:
+        """Records of a rung in flight came back (one seed at a time after a worker died):
+        once all have, conclude the rung and run the next one."""
+        run.arrived.extend(records)
+        if len(run.arrived) < run.expecting:
+            return
+        ran, run.arrived = run.arrived, []
+        order = self.rungs[run.rung]
+        if self.conclude(run, sorted(ran, key=lambda r: order.index(r.seed))):
+            self.advance(run)
+
+    def conclude(self, run: _Running, ran: list[TrialRecord]) -> bool:
         """A rung's seeds all have a result: report them, then finish, prune, or go on
         (True: the next rung is to run)."""
+        from optuna.trial import TrialState  # Optuna loads only when a study runs
+
+        spec = self.spec
         run.records.extend(ran)
         bad = [r for r in ran if r.status != "ok"]
         if bad:
-            finish(run, TrialState.FAIL, error=f"seed {bad[0].seed} failed: {bad[0].error}")
+            self.finish(run, TrialState.FAIL, error=f"seed {bad[0].seed} failed: {bad[0].error}")
             return False
         values = dict(run.rung_reused)
         for r in ran:
             values[r.seed] = v = seed_value(r.metrics, spec.objective)
             if v is None:
-                finish(run, TrialState.FAIL, error="no metric "
-                       f"{spec.objective.metric!r} recorded")
+                self.finish(run, TrialState.FAIL,
+                            error=f"no metric {spec.objective.metric!r} recorded")
                 raise RunError(
                     f"objective.metric: task {spec.task!r} recorded no metric "
-                    f"{spec.objective.metric!r}; it recorded "
-                    f"{sorted(set(r.metrics.names))}")
-        for seed in rungs[run.rung]:
+                    f"{spec.objective.metric!r}; it recorded {sorted(set(r.metrics.names))}")
+        for seed in self.rungs[run.rung]:
             run.seeds.append(seed)
             run.values.append(values[seed])
-        for step, v in reports(spec, run.seeds, run.values, len(rungs[run.rung])):
+        for step, v in reports(spec, run.seeds, run.values, len(self.rungs[run.rung])):
             run.trial.report(v, step=step)
         run.rung += 1
-        if run.rung == len(rungs):
-            finish(run, TrialState.COMPLETE, aggregate(run.values, spec.objective.aggregate))
+        if run.rung == len(self.rungs):
+            self.finish(run, TrialState.COMPLETE,
+                        aggregate(run.values, spec.objective.aggregate))
         elif run.trial.should_prune():
-            finish(run, TrialState.PRUNED)
+            self.finish(run, TrialState.PRUNED)
         else:
             return True
         return False
 
-    def blocked(run: _Running) -> bool:
-        return any(t.trial_id in held for t in run.block.trials)
+    def finish(self, run: _Running, state, value: float | None = None,
+               error: str | None = None) -> None:
+        """Parquet first (a stop before Optuna is told is settled on resume), then Optuna,
+        the tracker, the progress line and best.yaml."""
+        from optuna.trial import TrialState  # Optuna loads only when a study runs
 
-    def start(run: _Running) -> None:
-        if blocked(run):
-            waiting.append(run)  # the same parameters are in flight: reuse them after
-            return
-        running[run.trial.number] = run
-        held.update((t.trial_id, run.trial.number) for t in run.block.trials)
-        advance(run)
+        spec, trial = self.spec, run.trial
+        if error:
+            trial.set_user_attr("error", error[:2000])
+        if run.reused:
+            trial.set_user_attr("reused", {str(s): n for s, n in run.reused.items()})
+        if run.records:
+            self.store.write(run.records, sweep=spec.name, task=self.task,
+                             configs={run.block.config_id: run.block.config},
+                             invocation=self.invocation,
+                             tags={"study": spec.name, "optuna_trial": trial.number,
+                                   "optuna_state": state.name.lower()})
+            self.recorded.add(run.records, trial.number, state.name.lower())
+        complete = state == TrialState.COMPLETE
+        frozen = self.study.tell(trial, value if complete else None, state=state)
+        if self.running.pop(trial.number, None) is not None:
+            for t in run.block.trials:
+                self.held.pop(t.trial_id, None)
+        self.finished += 1
+        if self.tracker is not None:
+            self.tracker.trial(trial.number, state.name, dict(frozen.params),
+                               frozen.value if complete else None, run.values, run.seeds,
+                               run.started, error, frozen.user_attrs.get("retry_of"))
+        shown = (f"{value:.6g}" if value is not None
+                 else f"after {len(run.values)} seeds" if state == TrialState.PRUNED
+                 else (error or "")[:120])
+        self.options.progress(f"  trial {trial.number}: {state.name.lower()} {shown} "
+                              f"{_fmt(frozen.params)} ({self.finished}/{self.remaining})")
+        best = best_trial(self.study)
+        if best is not None and (self.best_seen is None
+                                 or best.number != self.best_seen.number):
+            self.best_seen = best
+            write_best(spec, self.options.out_dir, best)
 
-    def top_up() -> None:
-        """Start the waiting trials that can start, then ask for new ones up to `width`."""
-        nonlocal asked
-        for run in list(waiting):
-            if not blocked(run):
-                waiting.remove(run)
-                start(run)
-        while (len(running) + len(waiting) < width and asked < remaining
-               and not signals.requested()):
-            if grid is not None:
-                grid.feed()
-            trial = study.ask(distributions)
-            asked += 1
-            try:
-                block = block_for(spec, trial.params)
-            except SpecError as exc:
-                finish(_Running(trial, plan.Block("", {}, ())), TrialState.FAIL,
-                       error=f"invalid parameters: {exc}")
-                continue
-            start(_Running(trial, block))
+    def fail_unfinished(self, reason: str) -> None:
+        """Tell Optuna FAIL for every trial in flight or waiting (the study stops)."""
+        from optuna.trial import TrialState  # Optuna loads only when a study runs
 
-    try:
-        top_up()
-        for done in pool.rounds(poll_s=1.0):
-            for run, records in done:
-                # A rung whose worker died comes back one seed at a time: wait for all of it.
-                run.arrived.extend(records)
-                if len(run.arrived) == run.expecting:
-                    ran, run.arrived = run.arrived, []
-                    if conclude(run, sorted(ran, key=lambda r: rungs[run.rung].index(r.seed))):
-                        advance(run)
-            top_up()
-    except RunError as exc:  # the study cannot go on: no trial is left RUNNING behind it
-        for run in [*running.values(), *waiting]:
-            run.trial.set_user_attr("error", f"stopped: {exc}"[:2000])
-            study.tell(run.trial, state=TrialState.FAIL)
-        raise
-    return finished
+        for run in [*self.running.values(), *self.waiting]:
+            run.trial.set_user_attr("error", reason[:2000])
+            self.study.tell(run.trial, state=TrialState.FAIL)
 
 
 def _fmt(params: dict[str, Any]) -> str:
