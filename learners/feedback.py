@@ -15,6 +15,7 @@ the E2 and E3 learners ask it and implement no rule themselves. `optimal_lambda`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import ClassVar
 
 import torch
@@ -99,6 +100,24 @@ class AdaptiveLambda(FeedbackRule):
 # `fixed` and `adaptive` are chosen by a task's `adaptive` field instead (one spelling each).
 RULES: dict[str, type[FeedbackRule]] = {"fixed": FeedbackRule, "adaptive": AdaptiveLambda}
 CHOSEN_BY_ADAPTIVE = ("fixed", "adaptive")
+ENTRY_POINTS = "sgsweep.rules"  # a rule of another installed package: NAME = "pkg.mod:Class"
+
+
+def _register_installed_rules() -> None:
+    """Add the rules other installed packages declare in the entry-point group
+    `sgsweep.rules`. Read at import, so every process that imports the learners (the
+    driver that validates a sweep file, and each Ray worker that runs a trial) knows them."""
+    for point in entry_points(group=ENTRY_POINTS):
+        rule = point.load()
+        if not (isinstance(rule, type) and issubclass(rule, FeedbackRule)) \
+                or point.name in RULES:
+            raise ImportError(f"entry point {ENTRY_POINTS}:{point.name} = {point.value}: "
+                              f"expected a FeedbackRule subclass under a name no other rule "
+                              f"uses (taken: {sorted(RULES)})")
+        RULES[point.name] = rule
+
+
+_register_installed_rules()
 
 
 def backprop() -> FeedbackRule:

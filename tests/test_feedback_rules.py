@@ -4,6 +4,7 @@ whose example class these tests run as the page writes it)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -167,3 +168,40 @@ def test_reports_read_the_compared_settings_without_importing_torch() -> None:
     code = ("import sys, analysis.bandit, analysis.popgym, learners.compared; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_a_rule_from_another_installed_package_runs_on_ray_workers(tmp_path: Path) -> None:
+    """An installed package declares the page's rule in the entry-point group
+    `sgsweep.rules`; `sgsweep run` validates a sweep naming it and the Ray workers, which
+    import the learners themselves, drive λ with it (0.5 → 0.75 → 0.875 → 0.9375)."""
+    import pyarrow.dataset as ds
+
+    from tests.helpers import SGSWEEP
+
+    site = tmp_path / "site"
+    (site / "towardbp_rule-1.0.dist-info").mkdir(parents=True)
+    (site / "towardbp_rule.py").write_text(
+        "from dataclasses import dataclass\nfrom torch import Tensor\n"
+        "from learners.feedback import FeedbackRule\n\n" + docs_example("python"))
+    (site / "towardbp_rule-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: towardbp-rule\nVersion: 1.0\n")
+    (site / "towardbp_rule-1.0.dist-info" / "entry_points.txt").write_text(
+        "[sgsweep.rules]\ntoward_bp_pkg = towardbp_rule:TowardBackprop\n")
+    spec = tmp_path / "rule.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "rule-pkg", "task": "popgym", "seeds": 1,
+        "params": {**E3_TINY, "learner": "sgprop", "lam_rule": "toward_bp_pkg", "lam": 0.5,
+                   "lam_momentum": 0.5}}))
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = tmp_path / "out"
+    done = subprocess.run([SGSWEEP, "run", str(spec), "--out", str(out), "--num-cpus", "1",
+                           "--tracking-uri", "none", "--no-report"], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0 and "1 ok, 0 failed" in done.stdout, done.stderr[-3000:]
+    metrics = ds.dataset(out / "metrics").to_table().to_pandas()
+    lam = metrics[metrics.metric == "lambda_mean"].sort_values("step").value.tolist()
+    assert lam == [0.75, 0.875, 0.9375]
+    without = subprocess.run([SGSWEEP, "validate", str(spec)], capture_output=True, text=True,
+                             timeout=120)  # the package not installed: one line, exit 2
+    assert without.returncode == 2 and "lam_rule" in without.stderr, without.stderr
