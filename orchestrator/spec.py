@@ -74,7 +74,11 @@ MIN_RESOURCE = 1e-4  # Ray's resource granularity
 class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    memory_gb: float = 0.0
+    memory_gb: float = 0.0  # what a block asks Ray for (the spec's `resources`)
+    # What the task estimates its largest block needs (`Task.memory_bytes`), and for which
+    # parameters: checked against the nodes like memory_gb, never asked of Ray.
+    estimated_memory_gb: float = 0.0
+    estimated_for: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,8 @@ def parse_spec(raw: Any, where: str = "<spec>", max_trials: float | None = None)
                                          v if len(typed_variants) > 1 else None, fail))
 
     block_size = _block_size(raw.get("block_size", "auto"), fail)
-    resources = _resources(raw.get("resources", {}), fail)
+    resources = _with_estimate(_resources(raw.get("resources", {}), fail), task, configs,
+                               len(seeds))
     written = timeout_s = raw.get("timeout_s")
     if timeout_s is not None:
         timeout_s = coerce(timeout_s, float, "timeout_s", fail, expected="a number of seconds")
@@ -234,20 +239,38 @@ def config_dict(config: Any) -> dict[str, Any]:
     return out
 
 
+def _with_estimate(resources: Resources, task: Task, configs: list[Any],
+                   seeds: int) -> Resources:
+    """`resources` with the task's estimate of its largest block's memory, if it has one."""
+    if task.memory_bytes is None or not configs:
+        return resources
+    needed, config = max(((task.memory_bytes(c, seeds), c) for c in configs),
+                         key=lambda pair: pair[0])
+    shown = ", ".join(f"{k}={v}" for k, v in config_dict(config).items())
+    return dataclasses.replace(resources, estimated_memory_gb=needed / 2**30,
+                               estimated_for=clip(shown, 120))
+
+
 def unsatisfiable(resources: Resources, nodes: Iterable[Mapping[str, float]],
                   where: str = "any node") -> str | None:
     """Why no node can ever run one block needing `resources`, in one line naming the
     field; None if some node can. `nodes`: each node's total resources as Ray names them
-    (`CPU`, `GPU`, `memory` in bytes); `where` names them in the message."""
+    (`CPU`, `GPU`, `memory` in bytes); `where` names them in the message. The memory a
+    block needs is the larger of `memory_gb` and the task's estimate."""
+    memory_gb = max(resources.memory_gb, resources.estimated_memory_gb)
     need = {key: amount for key, amount in (
         ("CPU", resources.num_cpus), ("GPU", resources.num_gpus),
-        ("memory", resources.memory_gb * 2**30)) if amount > 0}
+        ("memory", memory_gb * 2**30)) if amount > 0}
     nodes = list(nodes)
     if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
         return None
     for field, key in (("num_gpus", "GPU"), ("num_cpus", "CPU"), ("memory_gb", "memory")):
         if key in need and not any(node.get(key, 0.0) >= need[key] for node in nodes):
             most = max((node.get(key, 0.0) for node in nodes), default=0.0)
+            if key == "memory" and resources.estimated_memory_gb > resources.memory_gb:
+                return (f"params: a block needs about {resources.estimated_memory_gb:,.1f} GB "
+                        f"of memory (the task's estimate at {resources.estimated_for}), but "
+                        f"{where} has at most {most / 2**30:.1f} GB")
             if key == "memory":
                 asked = f"{_amount(resources.memory_gb)} GB of memory"
                 have = f"{most / 2**30:.1f} GB"

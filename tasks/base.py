@@ -109,7 +109,9 @@ class Task:
     optimum a tuning report compares a study against; they are imported only when a report
     is written, so a task stays free of plotting and pandas. `uses_gpu` False: the task
     computes on the CPU whatever GPU Ray assigns, so its blocks are run, and their trials
-    recorded, with device "cpu".
+    recorded, with device "cpu". `memory_bytes(config, seeds)`, where a task's memory grows
+    with its parameters: an upper estimate of the peak memory of a block of `seeds` seeds, so
+    that a block no node can hold is refused before it runs (not retried out of memory).
     """
 
     name: str
@@ -118,6 +120,7 @@ class Task:
     report: str = ""
     tune_reference: str = ""
     uses_gpu: bool = True
+    memory_bytes: Callable[[Any, int], int] | None = None
 
     def config_fields(self) -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(self.config_type)}

@@ -234,10 +234,23 @@ def _run_batch(cfg: ExpertConfig, seeds: Sequence[int], device: str) -> list[Met
     return logs
 
 
+def block_memory_bytes(cfg: ExpertConfig, seeds: int) -> int:
+    """Upper estimate of a block's peak memory (bytes): the seeds computed together, each
+    with its (R, m) tables per estimator (float64: local coordinates, realised and mixed
+    feedback, errors) and the batched Jacobian product, plus the m experts' permutations.
+    Measured peaks are 0.63-0.94x of it (d 10-14; docs/running.md, "Bounds")."""
+    cells, estimators = 2**cfg.d * cfg.m, len(rules(cfg))
+    together = min(seeds, max(1, MAX_BLOCK_ELEMENTS // (2**cfg.d * cfg.d * cfg.d)))
+    per_seed = 8 * cells * (2 * cfg.k + 3 * (estimators + 1) + 4 * cfg.n + 8) \
+        + 8 * (estimators + 3) * 2**cfg.d * cfg.d * cfg.d
+    return together * per_seed + 300 * cfg.m
+
+
 TASK = Task(
     name="expert",
     config_type=ExpertConfig,
     run_block=run_block,
+    memory_bytes=block_memory_bytes,
     report="analysis.expert:report",
     tune_reference="analysis.expert:tune_reference",
 )

@@ -386,3 +386,17 @@ def test_max_trials_help_states_the_default_the_parser_uses(command, capsys) -> 
     with pytest.raises(SystemExit):
         main([command, "-h"])
     assert f"default {DEFAULT_MAX_TRIALS:,}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_block_the_task_estimates_too_big_for_any_node_is_refused_in_one_line() -> None:
+    from orchestrator.spec import unsatisfiable
+
+    spec = parse_spec({"name": "big", "task": "expert", "seeds": 2,
+                       "params": {"d": 8, "k": 2, "m": 10**9}})
+    assert spec.resources.memory_gb == 0 and spec.resources.estimated_memory_gb > 10_000
+    problem = unsatisfiable(spec.resources, [{"CPU": 64, "memory": 2**40}], "any node")
+    assert problem.startswith("params: a block needs about ") and "m=1000000000" in problem
+    small = parse_spec({"name": "small", "task": "expert", "seeds": 20,
+                        "params": {"d": 12, "k": 4}})
+    assert small.resources.estimated_memory_gb < 0.1  # the paper's E1 sizes fit anywhere
+    assert unsatisfiable(small.resources, [{"CPU": 2, "memory": 2**30}]) is None
