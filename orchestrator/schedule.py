@@ -402,7 +402,7 @@ class ChunkPool(Generic[P]):
 
         newly_gone = self.nodes.refresh()
         own = ray.get_runtime_context().get_node_id()
-        if isinstance(exc, ray.exceptions.LocalRayletDiedError) or own in self.nodes.gone:
+        if isinstance(exc, ray.exceptions.LocalRayletDiedError) or own in self.nodes.dead:
             _lose_local_node()
             raise RayLost(f"the Ray node this driver runs on is gone ({self.nodes.describe(own)}"
                           f": {type(exc).__name__})")
@@ -438,7 +438,12 @@ class NodeWatch:
     PROBE_S = 2.0  # a raylet that does not accept a connection within this is gone
 
     def __init__(self) -> None:
-        self.gone: dict[str, str] = {}  # node id -> its address, as the cluster knew it
+        import ray
+
+        # node id -> its raylet's address; nodes dead before the run are not news
+        self.gone: dict[str, str] = {n["NodeID"]: _raylet(n) for n in ray.nodes()
+                                     if not n["Alive"]}
+        self.dead: set[str] = set(self.gone)  # ... those the cluster itself marked dead
 
     def refresh(self) -> list[str]:
         """Look again; returns the nodes newly found gone."""
@@ -447,18 +452,23 @@ class NodeWatch:
         newly = []
         for node in ray.nodes():
             node_id = node["NodeID"]
+            if not node["Alive"]:
+                self.dead.add(node_id)
             if node_id in self.gone:
                 continue
             if not node["Alive"] or not _accepts(node["NodeManagerAddress"],
                                                  node["NodeManagerPort"], self.PROBE_S):
-                self.gone[node_id] = (f"{node['NodeManagerAddress']}:"
-                                      f"{node['NodeManagerPort']}")
+                self.gone[node_id] = _raylet(node)
                 newly.append(node_id)
         return newly
 
     def describe(self, node_id: str) -> str:
         where = self.gone.get(node_id)
         return f"node {node_id[:8]}" + (f", raylet at {where}" if where else "")
+
+
+def _raylet(node: dict[str, Any]) -> str:
+    return f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
 
 
 def _accepts(host: str, port: int, timeout_s: float) -> bool:
