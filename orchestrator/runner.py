@@ -69,11 +69,14 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
         blocks = plan.expand(spec)
         configs = {b.config_id: b.config for b in blocks}
         recorded = store.latest(["trial_id", "status", "error"])
-        lost = recorded.status.eq("failed") & recorded.error.map(schedule.lost_with_its_node)
+        failed = recorded.status.eq("failed")
+        lost = failed & recorded.error.map(schedule.lost_with_its_node)
         done = set(recorded.trial_id[recorded.status.eq("ok") | (
-            recorded.status.eq("failed") & ~lost & (not options.retry_failed))])
-        if lost.any() and not options.retry_failed:
-            options.progress(f"{spec.name}: {int(lost.sum())} trials recorded failed when "
+            failed & ~lost & (not options.retry_failed))])
+        lost_here = set(recorded.trial_id[lost]) & {t.trial_id for b in blocks
+                                                     for t in b.trials}
+        if lost_here and not options.retry_failed:
+            options.progress(f"{spec.name}: {len(lost_here)} trials recorded failed when "
                              "their Ray node was lost (by an older sgsweep) run again")
         pending = [plan.Block(b.config_id, b.config,
                               tuple(t for t in b.trials if t.trial_id not in done))
@@ -133,10 +136,10 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                 with contextlib.suppress(Exception):
                     live.finish("FAILED", counts())
                 ran = progress.ok + progress.failed
-                raise schedule.RayLost(
-                    f"{exc}; {ran} of {num_pending} trials ran and are saved in {out_dir}, "
-                    f"the other {num_pending - ran} were not run: run the same command again "
-                    "to run them") from None
+                raise schedule.RayLost(exc.cause, (
+                    f"{ran} of {num_pending} trials ran and are saved in {out_dir}, the other "
+                    f"{num_pending - ran} were not run: run the same command again to run "
+                    "them")) from None
             if signals.requested():
                 raise stop("KILLED")
         else:

@@ -57,7 +57,12 @@ class StartError(RuntimeError):
 class RayLost(StartError):
     """The run cannot go on: the Ray node this driver runs on is gone (its raylet died),
     or no node left in the cluster can run a chunk. What finished is recorded; the rest
-    stays pending for a re-run."""
+    stays pending for a re-run. `cause`: what happened; `advice`: what now."""
+
+    def __init__(self, cause: str, advice: str = "what finished is saved: run the same "
+                 "command again to run the rest") -> None:
+        self.cause = cause
+        super().__init__(f"{cause}; {advice}")
 
 
 def preflight(source: str, resources: Resources, address: str | None, num_cpus: int | None,
