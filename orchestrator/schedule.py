@@ -570,18 +570,22 @@ def shutdown() -> None:
     own exit hook ends the process (exit code 1) after the error line is printed."""
     import ray
 
+    global _embedded_before
     if not ray.is_initialized():
         return
-    if _local_node is not None:
+    if _local_node_lost:
         if _embedded_before is not None:
             stop_started_since(_embedded_before)  # its GCS and agents: our children
-            stop_workers_of(_local_node)  # orphaned by the raylet, they would idle on
+            if _lost_session_dir is not None:  # orphaned by the raylet, they would idle on
+                stop_workers_of(_lost_session_dir)
         return
     ray.shutdown()
+    _embedded_before = None
 
 
 _embedded_before: dict[int, tuple[int, int, str]] | None = None  # processes before its start
-_local_node: Path | None = None  # the session folder of this driver's node, once it is gone
+_local_node_lost = False  # this driver's raylet is gone
+_lost_session_dir: Path | None = None  # ... and the session folder of its node
 
 
 def _lose_local_node() -> None:
@@ -589,10 +593,11 @@ def _lose_local_node() -> None:
     (Ray names it in the node's socket paths), where its workers' logs name their pids."""
     import ray
 
-    global _local_node
+    global _local_node_lost, _lost_session_dir
+    _local_node_lost = True
     own = ray.get_runtime_context().get_node_id()
     sockets = [n["RayletSocketName"] for n in ray.nodes() if n["NodeID"] == own]
-    _local_node = Path(sockets[0]).parent.parent if sockets else Path()
+    _lost_session_dir = Path(sockets[0]).parent.parent if sockets else None
 
 
 def stop_workers_of(session_dir: Path, grace_s: float = 5.0) -> None:
