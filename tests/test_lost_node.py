@@ -23,6 +23,7 @@ from orchestrator.spec import parse_spec
 from orchestrator.tracking import default_tracking_uri
 from tests.mirror import assert_exact_mirror
 from tests.test_reliability import (
+    ISOLATED,
     SGSWEEP,
     Driver,
     isolated,
@@ -49,6 +50,14 @@ def raylets_under(pid: int) -> list[int]:
     return found
 
 
+def left_running(line: str) -> bool:
+    """A "left: COMM STAT..." line of a process still running (not a zombie, not gone)."""
+    if not line.startswith("left:") or len(line.split()) < 2:
+        return False
+    state = line.rsplit(")", 1)[1].split()[0] if ")" in line else "?"
+    return state != "Z"
+
+
 def end_namespace(driver: Driver) -> None:
     """Kill the isolated driver (PID 1 of its namespace, so every Ray process it started
     ends with it), if it still runs."""
@@ -70,16 +79,22 @@ def test_a_killed_raylet_stops_the_run_in_one_line_and_a_plain_rerun_finishes_it
     out = tmp_path / "out"
     command = [SGSWEEP, "run", str(spec), "--out", str(out), "--no-report", "--num-cpus", "2",
                "--block-size", "1"]
-    driver = Driver(isolated(command))
+    # The run's namespace keeps a shell as its PID 1, which lists what outlived the driver.
+    script = ("ip link set lo up && " + " ".join(f"'{c}'" for c in command)
+              + "; code=$?; for p in /proc/[0-9]*; do [ $p = /proc/$$ ] || echo left: "
+              "$(cat $p/comm $p/stat 2>/dev/null); done; exit $code")
+    driver = Driver([*ISOLATED, "sh", "-c", script])
     try:
         driver.wait_until(lambda: parts(out) >= 2, "two chunks recorded")
         raylet = raylets_under(driver.process.pid)
         assert len(raylet) == 1, raylet
         os.kill(raylet[0], signal.SIGKILL)
-        code, _, err = driver.finish()
+        code, listed, err = driver.finish()
     finally:
         end_namespace(driver)
     assert code == 1, err[-3000:]
+    # The embedded Ray's GCS and agents, and the workers its raylet orphaned, are stopped.
+    assert not [line for line in listed.splitlines() if left_running(line)], listed
     assert "Traceback" not in err, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err[-3000:]
