@@ -186,8 +186,9 @@ class ResultStore:
     def compact(self) -> int:
         """Drop superseded attempts (e.g. a failed trial later re-run) from older parts.
 
-        Each part is rewritten atomically; returns the number of rows dropped. Readers
-        that take the latest attempt per trial are right before and after.
+        Each part is rewritten atomically, or removed when nothing in it is current (and
+        so is a part with no rows, as older versions left); returns the number of rows
+        dropped. Readers that take the latest attempt per trial are right before and after.
         """
         parts = sorted(self.trials_dir.glob("part-*.parquet"))
         latest: dict[str, tuple[int, str]] = {}
@@ -203,6 +204,12 @@ class ResultStore:
         dropped = 0
         for name, rows in per_part.items():
             stale = {tid for tid, _ in rows if latest[tid][1] != name}
+            if all(latest[tid][1] != name for tid, _ in rows):
+                # The trials part first: a metrics part left alone is an interrupted write.
+                (self.trials_dir / name).unlink()
+                (self.metrics_dir / name).unlink(missing_ok=True)
+                dropped += len(rows)
+                continue
             if not stale:
                 continue
             tables = []

@@ -68,9 +68,16 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     with results_folder(out_dir, spec.name, options.spec_path, options.progress) as store:
         blocks = plan.expand(spec)
         configs = {b.config_id: b.config for b in blocks}
-        recorded = store.recorded()
-        done = {tid for tid, status in recorded.items()
-                if status == "ok" or (status == "failed" and not options.retry_failed)}
+        recorded = store.latest(["trial_id", "status", "error"])
+        failed = recorded.status.eq("failed")
+        lost = failed & recorded.error.map(schedule.lost_with_its_node)
+        done = set(recorded.trial_id[recorded.status.eq("ok") | (
+            failed & ~lost & (not options.retry_failed))])
+        lost_here = set(recorded.trial_id[lost]) & {t.trial_id for b in blocks
+                                                     for t in b.trials}
+        if lost_here and not options.retry_failed:
+            options.progress(f"{spec.name}: {len(lost_here)} trials recorded failed when "
+                             "their Ray node was lost (by an older sgsweep) run again")
         pending = [plan.Block(b.config_id, b.config,
                               tuple(t for t in b.trials if t.trial_id not in done))
                    for b in blocks]
@@ -127,6 +134,14 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                     live.finish("FAILED", counts())
                 raise RunError(f"{os_error_line(exc)}; completed trials are saved in "
                                f"{out_dir}") from None
+            except schedule.RayLost as exc:  # nothing recorded for what did not finish
+                with contextlib.suppress(Exception):
+                    live.finish("FAILED", counts())
+                ran = progress.ok + progress.failed
+                raise schedule.RayLost(exc.cause, (
+                    f"{ran} of {num_pending} trials ran and are saved in {out_dir}, the other "
+                    f"{num_pending - ran} were not run: run the same command again to run "
+                    "them")) from None
             if signals.requested():
                 raise stop("KILLED")
         else:

@@ -50,7 +50,19 @@ def unreachable(address: str | None, timeout_s: float = 10.0) -> str | None:
 
 
 class StartError(RuntimeError):
-    """Ray did not start or could not be joined (one line, not the user's mistake)."""
+    """Ray did not start, could not be joined, or was lost (one line, not the user's
+    mistake; the command line prints it and exits 1)."""
+
+
+class RayLost(StartError):
+    """The run cannot go on: the Ray node this driver runs on is gone (its raylet died),
+    or no node left in the cluster can run a chunk. What finished is recorded; the rest
+    stays pending for a re-run. `cause`: what happened; `advice`: what now."""
+
+    def __init__(self, cause: str, advice: str = "what finished is saved: run the same "
+                 "command again to run the rest") -> None:
+        self.cause = cause
+        super().__init__(f"{cause}; {advice}")
 
 
 def preflight(source: str, resources: Resources, address: str | None, num_cpus: int | None,
@@ -157,11 +169,13 @@ def _start_embedded(num_cpus: int, kwargs: dict[str, Any], attempts: int = 2) ->
     the driver stops them itself (`shutdown`) once it has stopped."""
     import ray
 
+    global _embedded_before
     for attempt in range(1, attempts + 1):
         before = _processes()
         try:
             with signals.shielded_children():
                 ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            _embedded_before = before
             return
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -207,14 +221,18 @@ def stop_started_since(before: dict[int, tuple[int, int, str]], grace_s: float =
                 started.add(child)
                 todo.append(child)
     started |= {pid for pid, (_, sid, argv) in now.items() if sid == session and own.search(argv)}
-    started = {pid for pid in started - {me} if pid not in before}
+    _stop({pid for pid in started - {me} if pid not in before}, grace_s)
+
+
+def _stop(pids: set[int], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL to what still runs after `grace_s`."""
     for signum in (signal.SIGTERM, signal.SIGKILL):
-        for pid in started:
+        for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signum)
         deadline = time.monotonic() + grace_s
-        while started and time.monotonic() < deadline:
-            started = {pid for pid in started if _running(pid)}
+        while pids and time.monotonic() < deadline:
+            pids = {pid for pid in pids if _running(pid)}
             time.sleep(0.1)
 
 
@@ -251,17 +269,28 @@ def unfit(resources: Resources, address: str | None, num_cpus: int | None,
                                 "the embedded Ray")
         return problem and (f"{problem} (this machine's, or what --num-cpus / --num-gpus "
                             "give it); lower it, or run on a cluster with --address")
-    import ray
-    from ray.autoscaler.sdk import request_resources
-
     connect(address, num_cpus, num_gpus)
     if stop():  # a SIGTERM during ray.init (see `connect`)
         return None
+    return wait_for_fit(resources, f"any node of the cluster at {address}", wait_s, progress,
+                        stop)
+
+
+def wait_for_fit(resources: Resources, where: str, wait_s: float = CLUSTER_FIT_WAIT_S,
+                 progress: Callable[[str], None] = print,
+                 stop: Callable[[], bool] = lambda: False) -> str | None:
+    """Why no live node of the connected cluster will run one block of `resources`, after
+    waiting up to `wait_s` for one to join (asking the autoscaler for one meanwhile, since
+    Ray itself would leave such a block pending forever); None as soon as one can, or when
+    `stop()` says so."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
     deadline, asked = time.monotonic() + wait_s, False
     try:
         while True:
             problem = unsatisfiable(resources, [n["Resources"] for n in ray.nodes() if n["Alive"]],
-                                    f"any node of the cluster at {address}")
+                                    where)
             if problem is None or stop():
                 return None
             if time.monotonic() >= deadline:
@@ -307,14 +336,24 @@ class ChunkPool(Generic[P]):
 
     `rounds()` waits for chunks to finish and yields, after each wait, the (payload,
     records) of the chunks that finished in it (often none: the caller's chance to show
-    progress; it may `submit` more at any time). A chunk Ray gives up on is turned into
-    records by the worker-death policy: Ray retries it `max_retries` times (`submit`); if
-    its worker died every time, its seeds are submitted again one at a time under the same
-    payload (their records then come back one piece at a time), so only a seed that kills
-    its worker when run alone is recorded failed (`lost_chunk`). The rounds end when
-    nothing is in flight or a stop is requested (`signals.requested()`, polled between
-    waits); chunks still running are then left to the session's shutdown (no `ray.cancel`,
-    whose races with finishing tasks can abort the driver), and run again on resume."""
+    progress; it may `submit` more at any time). A chunk Ray gives up on is first checked
+    against its nodes (`NodeWatch`): a lost node is not the seeds' fault.
+
+    - The node this driver runs on is gone (its raylet died: `LocalRayletDiedError`, or
+      the cluster says so): nothing more can run; `RayLost` is raised and the chunks not
+      yet back stay unrecorded, pending for a re-run.
+    - Another node left the cluster while the chunk was out: the chunk is submitted again
+      as it was (with Ray's retries afresh) to the nodes that remain, once a node that
+      fits it is alive (`wait_for_fit`; `RayLost` if none joins).
+    - Otherwise the worker-death policy: Ray retried it `max_retries` times (`submit`); if
+      its worker died every time, its seeds are submitted again one at a time under the
+      same payload (their records then come back one piece at a time), so only a seed
+      that kills its worker when run alone is recorded failed (`lost_chunk`).
+
+    The rounds end when nothing is in flight or a stop is requested (`signals.requested()`,
+    polled between waits); chunks still running are then left to the session's shutdown
+    (no `ray.cancel`, whose races with finishing tasks can abort the driver), and run again
+    on resume."""
 
     def __init__(self, task_name: str, resources: Resources, max_retries: int,
                  timeout_s: float | None = None,
@@ -324,7 +363,9 @@ class ChunkPool(Generic[P]):
         self.max_retries = max_retries
         self.timeout_s = timeout_s
         self.progress = progress
-        self._in_flight: dict[Any, tuple[list[Block], P]] = {}
+        self.nodes = NodeWatch()
+        # ref -> (blocks, payload, nodes known gone when it was submitted)
+        self._in_flight: dict[Any, tuple[list[Block], P, int]] = {}
 
     def __len__(self) -> int:
         """Chunks in flight."""
@@ -332,7 +373,7 @@ class ChunkPool(Generic[P]):
 
     def submit(self, blocks: list[Block], payload: P) -> None:
         ref = submit(self.task_name, blocks, self.resources, self.max_retries, self.timeout_s)
-        self._in_flight[ref] = (blocks, payload)
+        self._in_flight[ref] = (blocks, payload, len(self.nodes.gone))
 
     def rounds(self, poll_s: float = 0.5) -> Iterator[list[tuple[P, list[TrialRecord]]]]:
         import ray
@@ -341,18 +382,46 @@ class ChunkPool(Generic[P]):
             ready, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=poll_s)
             finished = []
             for ref in ready:
-                blocks, payload = self._in_flight.pop(ref)
+                blocks, payload, gone_before = self._in_flight.pop(ref)
                 try:
                     records: list[TrialRecord] = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     if signals.requested():
                         return  # lost to the stop, not to the trial: it runs again on resume
-                    if killed_its_worker(exc) and num_trials(blocks) > 1:
-                        self._one_seed_each(blocks, payload, exc)
-                        continue
+                    if killed_its_worker(exc):
+                        if self._lost_with_a_node(exc, gone_before):
+                            self.submit(blocks, payload)
+                            continue
+                        if num_trials(blocks) > 1:
+                            self._one_seed_each(blocks, payload, exc)
+                            continue
                     records = lost_chunk(blocks, exc, self.max_retries)
                 finished.append((payload, records))
             yield finished
+
+    def _lost_with_a_node(self, exc: BaseException, gone_before: int) -> bool:
+        """Whether the chunk was lost with a node that left the cluster while it was out
+        (True: run it again on the nodes that remain). `RayLost` if this driver's own node
+        is gone, or no remaining node can run a chunk."""
+        import ray
+
+        newly_gone = self.nodes.refresh()
+        own = ray.get_runtime_context().get_node_id()
+        if isinstance(exc, ray.exceptions.LocalRayletDiedError) or own in self.nodes.dead:
+            _lose_local_node()
+            raise RayLost(f"the Ray node this driver runs on is gone ({self.nodes.describe(own)}"
+                          f": {type(exc).__name__})")
+        for node in newly_gone:
+            self.progress(f"  a Ray node left the cluster ({self.nodes.describe(node)}); "
+                          "its chunks run again on the nodes that remain")
+        if len(self.nodes.gone) <= gone_before:
+            return False
+        problem = wait_for_fit(self.resources, "any node left in the cluster",
+                               progress=self.progress,
+                               stop=lambda: signals.requested() is not None)
+        if problem:
+            raise RayLost(f"a Ray node left the cluster and {problem}")
+        return True
 
     def _one_seed_each(self, blocks: list[Block], payload: P, exc: BaseException) -> None:
         """Ray retried the chunk `max_retries` times and its worker died each time: run its
@@ -363,6 +432,56 @@ class ChunkPool(Generic[P]):
                       f"trials ({_first_line(exc)}); running them one seed at a time")
         for single in singles:
             self.submit(single, payload)
+
+
+class NodeWatch:
+    """Which nodes of the connected Ray session are gone: marked dead by the cluster, or
+    alive in its view but with a raylet that no longer accepts connections (the cluster
+    marks a killed raylet dead only after missing its heartbeats for several seconds, while
+    its tasks' failures reach the driver at once)."""
+
+    PROBE_S = 2.0  # a raylet that does not accept a connection within this is gone
+
+    def __init__(self) -> None:
+        import ray
+
+        # node id -> its raylet's address; nodes dead before the run are not news
+        self.gone: dict[str, str] = {n["NodeID"]: _raylet(n) for n in ray.nodes()
+                                     if not n["Alive"]}
+        self.dead: set[str] = set(self.gone)  # ... those the cluster itself marked dead
+
+    def refresh(self) -> list[str]:
+        """Look again; returns the nodes newly found gone."""
+        import ray
+
+        newly = []
+        for node in ray.nodes():
+            node_id = node["NodeID"]
+            if not node["Alive"]:
+                self.dead.add(node_id)
+            if node_id in self.gone:
+                continue
+            if not node["Alive"] or not _accepts(node["NodeManagerAddress"],
+                                                 node["NodeManagerPort"], self.PROBE_S):
+                self.gone[node_id] = _raylet(node)
+                newly.append(node_id)
+        return newly
+
+    def describe(self, node_id: str) -> str:
+        where = self.gone.get(node_id)
+        return f"node {node_id[:8]}" + (f", raylet at {where}" if where else "")
+
+
+def _raylet(node: dict[str, Any]) -> str:
+    return f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+
+
+def _accepts(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def num_trials(blocks: list[Block]) -> int:
@@ -376,6 +495,16 @@ def killed_its_worker(exc: BaseException) -> bool:
 
     return isinstance(exc, ray.exceptions.RayError) and not isinstance(
         exc, ray.exceptions.RayTaskError)
+
+
+LOST_NODE_ERRORS = ("LocalRayletDiedError", "NodeDiedError")
+
+
+def lost_with_its_node(error: str | None) -> bool:
+    """Whether a failed record's error says its trial was lost with its Ray node. Older
+    sgsweep recorded such trials failed ("killed its worker N times ...:
+    LocalRayletDiedError"); they never ran to an end of their own, so they run again."""
+    return isinstance(error, str) and any(name in error for name in LOST_NODE_ERRORS)
 
 
 def one_seed_each(chunk: list[Block]) -> list[list[Block]]:
@@ -433,7 +562,66 @@ def _remote_run_chunk():
 
 
 def shutdown() -> None:
+    """Leave Ray, stopping the embedded one.
+
+    Once the raylet of this driver's node is gone, `ray.shutdown` would end the process on
+    the spot (Ray exits when it cannot say goodbye to its raylet), before the run has said
+    what happened. The embedded Ray's other processes are stopped here instead, and Ray's
+    own exit hook ends the process (exit code 1) after the error line is printed."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    global _embedded_before
+    if not ray.is_initialized():
+        return
+    if _local_node_lost:
+        if _embedded_before is not None:
+            stop_started_since(_embedded_before)  # its GCS and agents: our children
+            if _lost_session_dir is not None:  # orphaned by the raylet, they would idle on
+                stop_workers_of(_lost_session_dir)
+        return
+    ray.shutdown()
+    _embedded_before = None
+
+
+_embedded_before: dict[int, tuple[int, int, str]] | None = None  # processes before its start
+_local_node_lost = False  # this driver's raylet is gone
+_lost_session_dir: Path | None = None  # ... and the session folder of its node
+
+
+def _lose_local_node() -> None:
+    """Remember that this driver's node is gone (see `shutdown`), with its session folder
+    (Ray names it in the node's socket paths), where its workers' logs name their pids."""
+    import ray
+
+    global _local_node_lost, _lost_session_dir
+    _local_node_lost = True
+    own = ray.get_runtime_context().get_node_id()
+    sockets = [n["RayletSocketName"] for n in ray.nodes() if n["NodeID"] == own]
+    _lost_session_dir = Path(sockets[0]).parent.parent if sockets else None
+
+
+def stop_workers_of(session_dir: Path, grace_s: float = 5.0) -> None:
+    """Stop the Ray workers a dead raylet leaves behind: the processes its session's logs
+    name (`python-core-worker-ID_PID.log`) that still run as `ray::…` and started after
+    this driver did (a pid reused by an older process is left alone)."""
+    born = _started_at(os.getpid())
+    workers = set()
+    for log in (session_dir / "logs").glob("python-core-worker-*_*.log"):
+        pid = log.stem.rpartition("_")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone already
+        if argv.startswith(b"ray::") and _started_at(int(pid)) >= born:
+            workers.add(int(pid))
+    _stop(workers, grace_s)
+
+
+def _started_at(pid: int) -> int:
+    """When `pid` started, in clock ticks since boot (-1 if it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1

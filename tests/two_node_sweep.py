@@ -4,11 +4,13 @@ Run by tests/test_reliability.py inside `unshare --net --pid --fork --mount-proc
 network namespace has only loopback, so Ray binds 127.0.0.1 and nothing leaves the
 machine; the PID namespace ends every Ray process when this script exits.
 
-    python tests/two_node_sweep.py OUT_DIR   -> prints a JSON summary on its last line
+    python tests/two_node_sweep.py OUT_DIR [MAX_RETRIES]
+        -> prints a JSON summary on its last line (Ray's retries of a chunk: 5 unless given)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -70,6 +72,23 @@ def ray_start(args: list[str], env: dict[str, str]) -> None:
                  f"{(result.stdout + result.stderr)[-4000:]}")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (Linux's /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def nodes_seen(out: Path) -> set[str]:
     try:
         return set(ds.dataset(out / "trials").to_table(columns=["node"]).column("node")
@@ -80,6 +99,7 @@ def nodes_seen(out: Path) -> set[str]:
 
 def main() -> None:
     out = Path(sys.argv[1])
+    max_retries = sys.argv[2] if len(sys.argv) > 2 else "5"
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tempfile.mkdtemp(prefix="sgs", dir="/tmp")
@@ -94,7 +114,7 @@ def main() -> None:
     driver = subprocess.Popen(
         [str(BIN / "sgsweep"), "run", str(spec), "--out", str(out), "--address",
          f"127.0.0.1:{head_port}", "--tracking-uri", "none", "--no-report",
-         "--max-retries", "5"],
+         "--max-retries", max_retries],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 180
@@ -104,11 +124,15 @@ def main() -> None:
         if len(before_kill) >= 2:
             break
         time.sleep(0.3)
-    # Kill the second node: its raylet, and with it the workers running its trials.
+    # Kill the second node as a lost machine dies: its raylet and every process under it
+    # (workers outlive a raylet killed alone and finish the tasks they hold).
     raylet = subprocess.run(["pgrep", "-f", f"node_manager_port={second_nm}"],
                             capture_output=True, text=True).stdout.split()
-    for pid in raylet:
-        os.kill(int(pid), 9)
+    node = [int(pid) for pid in raylet]
+    node += [child for pid in node for child in descendants(pid)]
+    for pid in node:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
     killed_while_running = driver.poll() is None and bool(raylet)
     output, _ = driver.communicate(timeout=400)
     table = ds.dataset(out / "trials").to_table().to_pandas()
@@ -117,6 +141,8 @@ def main() -> None:
         "nodes_before_kill": sorted(before_kill), "rows": len(table),
         "unique": int(table.trial_id.nunique()), "ok": int((table.status == "ok").sum()),
         "nodes": sorted(set(table.node)), "output_tail": output[-1500:],
+        # What the run said about lost chunks ("  a Ray node left ...", "  a worker died ...").
+        "events": [line.strip() for line in output.splitlines() if line.startswith("  a ")],
     }))
 
 
