@@ -109,12 +109,18 @@ class LayerState:
     maps: Tensor  # (S, N, M + M·K, D): routing keys, then slot maps, as the bmm reads them
     scores: Tensor  # (S, N, M, B)
     routing: Tensor  # (S, N, M, B)
-    pre: Tensor  # (S, N, M, K, B)
-    act: Tensor  # (S, N, M, K, B)
+    slots: Tensor  # (S, N, M, K, B) A_m x, before the biases
+    biases: Tensor  # (S, N, M, K, 1)
+    act: Tensor  # (S, N, M, K, B) tanh(A_m x + b_m)
     mixed: Tensor  # (S, N, K, B)
     squashed: Tensor | None  # tanh(mixed) for l ≥ 1 (the residual branch)
     out: Tensor | None  # (S, N, K, B) h_l (None in the copy autograd keeps)
     _slope: Tensor | None = None
+
+    @property
+    def pre(self) -> Tensor:
+        """A_m x + b_m, (S, N, M, K, B) (formed on demand: the learners need only `act`)."""
+        return self.slots + self.biases
 
     @property
     def slope(self) -> Tensor:
@@ -122,7 +128,8 @@ class LayerState:
         every backward pass of the step (SG targets, policy, λ moments)."""
         if self._slope is None:
             r = self.routing.unsqueeze(3)
-            self._slope = torch.addcmul(r, r, self.act * self.act, value=-1.0)
+            slope = self.act * self.act
+            self._slope = torch.addcmul(r, r, slope, value=-1.0, out=slope)
         return self._slope
 
     def residual_slope(self) -> Tensor | None:
@@ -185,8 +192,23 @@ def scatter_rows(grad: Tensor, index: Tensor, into: Tensor) -> Tensor:
 
 
 def mix_slots(routing: Tensor, per_slot: Tensor) -> Tensor:
-    """Σ_m w_m v_m: routing (S, N, M, B), per_slot (S, N, M, K, B) → (S, N, K, B)."""
-    return (routing.unsqueeze(3) * per_slot).sum(2)
+    """Σ_m w_m v_m: routing (S, N, M, B), per_slot (S, N, M, K, B) → (S, N, K, B).
+
+    Slot by slot into one small accumulator: no (S, N, M, K, B) temporary."""
+    weights = routing.unsqueeze(3)
+    total = weights[:, :, 0] * per_slot[:, :, 0]
+    for m in range(1, routing.shape[2]):
+        total.addcmul_(weights[:, :, m], per_slot[:, :, m])
+    return total
+
+
+def slot_products(feedback: Tensor, act: Tensor) -> Tensor:
+    """Σ_k d_k act_mk: feedback (S, N, K, B), act (S, N, M, K, B) → (S, N, M, B), one
+    feature at a time (no (S, N, M, K, B) temporary)."""
+    total = act[:, :, :, 0] * feedback[:, :, None, 0]
+    for k in range(1, act.shape[3]):
+        total.addcmul_(act[:, :, :, k], feedback[:, :, None, k])
+    return total
 
 
 def slot_feedback(state: LayerState, d_mixed: Tensor, out: Tensor) -> Tensor:
@@ -195,7 +217,7 @@ def slot_feedback(state: LayerState, d_mixed: Tensor, out: Tensor) -> Tensor:
     m = state.routing.shape[2]
     d_pre = out[:, :, m:].unflatten(2, state.act.shape[2:4])
     torch.mul(d_mixed.unsqueeze(2), state.slope, out=d_pre)
-    d_routing = (d_mixed.unsqueeze(2) * state.act).sum(3)  # (S, N, M, B)
+    d_routing = slot_products(d_mixed, state.act)  # (S, N, M, B)
     r = state.routing
     d_scores = r * (d_routing - (r * d_routing).sum(2, keepdim=True))  # softmax's backward
     torch.div(d_scores, math.sqrt(state.x.shape[2]), out=out[:, :, :m])
@@ -290,18 +312,17 @@ class SparseNet(nn.Module):
                 x = gather_rows(inputs.detach(), wiring)
             m = keys.shape[2]
             maps = torch.cat([keys, weights.flatten(2, 3)], 2)
-            # The biases ride in the bmm (beta = 1), the keys' rows get none.
-            offsets = torch.cat([keys.new_zeros(keys.shape[:3]), biases.flatten(2)], 2)
-            z = per_seed(torch.baddbmm, offsets.unsqueeze(-1), maps, x)  # (S, N, M+MK, B)
+            z = per_seed(torch.bmm, maps, x)  # (S, N, M + M·K, B)
             scores = z[:, :, :m] / math.sqrt(x.shape[2])
             routing = torch.softmax(scores, dim=2)
-            pre = z[:, :, m:].unflatten(2, weights.shape[2:4])
-            act = torch.tanh(pre)
+            slots = z[:, :, m:].unflatten(2, weights.shape[2:4])
+            biases = biases.unsqueeze(-1)
+            act = torch.add(slots, biases).tanh_()
             mixed = mix_slots(routing, act)
             squashed = torch.tanh(mixed) if layer > 0 else None
             out = squashed + inputs if squashed is not None else mixed
-        return LayerState(layer, inputs, x, maps, scores, routing, pre, act, mixed, squashed,
-                          out)
+        return LayerState(layer, inputs, x, maps, scores, routing, slots, biases, act, mixed,
+                          squashed, out)
 
     def layer_backward(self, state: LayerState, d_out: Tensor, params: bool, inputs: bool,
                        ) -> tuple[list[Tensor], Tensor | None]:
