@@ -268,10 +268,10 @@ def layer_lambda(state: LayerState, realised: Tensor, predicted: Tensor, previou
     # Batch sums per block: keys and slot weights Σ_b e_b x_bᵀ (one bmm), slot biases Σ_b e_b.
     products = per_seed(torch.bmm, errors.view(seeds, neurons, 2 * rows, batch),
                         state.x.transpose(2, 3)).view(seeds, neurons, 2, -1)
-    sums = torch.cat([products, errors[:, :, :, m:].sum(-1)], -1)  # (S, N, 2, ·)
-    sum_w, sum_u = sums.unbind(2)
-    u_mean_sq = (sum_u * sum_u).sum(-1) / batch**2
-    w_mean_u_mean = (sum_w * sum_u).sum(-1) / batch**2
+    biases = errors[:, :, :, m:].sum(-1)  # (S, N, 2, M·K)
+    u_mean_sq = ((products[:, :, 1] ** 2).sum(-1) + (biases[:, :, 1] ** 2).sum(-1)) / batch**2
+    w_mean_u_mean = ((products[:, :, 0] * products[:, :, 1]).sum(-1)
+                     + (biases[:, :, 0] * biases[:, :, 1]).sum(-1)) / batch**2
     return lambda_from_moments(u_sq.mean(-1), u_mean_sq, wu.mean(-1), w_mean_u_mean,
                                batch=batch, previous=previous)
 
