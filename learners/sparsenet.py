@@ -202,22 +202,13 @@ def mix_slots(routing: Tensor, per_slot: Tensor) -> Tensor:
     return total
 
 
-def slot_products(feedback: Tensor, act: Tensor) -> Tensor:
-    """Σ_k d_k act_mk: feedback (S, N, K, B), act (S, N, M, K, B) → (S, N, M, B), one
-    feature at a time (no (S, N, M, K, B) temporary)."""
-    total = act[:, :, :, 0] * feedback[:, :, None, 0]
-    for k in range(1, act.shape[3]):
-        total.addcmul_(act[:, :, :, k], feedback[:, :, None, k])
-    return total
-
-
 def slot_feedback(state: LayerState, d_mixed: Tensor, out: Tensor) -> Tensor:
     """Feedback on the slot mixture (S, N, K, B) → what the neuron's bmm rows receive:
     `out` (S, N, M + M·K, B) gets d scores / √D (keys' rows), then d pre (maps' rows)."""
     m = state.routing.shape[2]
     d_pre = out[:, :, m:].unflatten(2, state.act.shape[2:4])
     torch.mul(d_mixed.unsqueeze(2), state.slope, out=d_pre)
-    d_routing = slot_products(d_mixed, state.act)  # (S, N, M, B)
+    d_routing = (d_mixed.unsqueeze(2) * state.act).sum(3)  # Σ_k d_k act_mk: (S, N, M, B)
     r = state.routing
     d_scores = r * (d_routing - (r * d_routing).sum(2, keepdim=True))  # softmax's backward
     torch.div(d_scores, math.sqrt(state.x.shape[2]), out=out[:, :, :m])
