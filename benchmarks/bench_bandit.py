@@ -9,12 +9,17 @@ batch, forward, sample actions and noisy rewards, learner backward, Adam step).
 
 Beside the times it prints each step's matrix-product FLOPs (torch's FlopCounterMode):
 exact and load-independent, they bound what any implementation's time ratio can reach.
+Each learner's rate (GFLOP/s) is also put against a dense single-thread GEMM (`torch.mm`
+of 512-1024 square matrices, the best of those sizes) timed in the same rounds, and each
+step against the MLP's (the same parameter count and about the same FLOPs).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,27 +43,40 @@ def synthetic(pixels: int, n: int = 2048) -> Dataset:
     return Dataset(x, y, x[:256], y[:256])
 
 
-def step_times(blocks: dict[str, BanditBlock], warmup: int, rounds: int,
-               device: str, clock=time.perf_counter) -> dict[str, float]:
-    """Fastest seconds per training step of each block, steps interleaved across blocks.
+GEMM_SIZES = (512, 768, 1024)
 
-    One step of every block per round, so load from other processes hits all cases alike,
+
+def dense_gemms(device: str) -> dict[str, Callable[[], object]]:
+    """One square `torch.mm` per size, as timed cases."""
+    g = torch.Generator().manual_seed(0)
+    cases: dict[str, Callable[[], object]] = {}
+    for n in GEMM_SIZES:
+        a, b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
+        cases[f"mm {n}"] = functools.partial(torch.mm, a, b)
+    return cases
+
+
+def step_times(cases: dict[str, Callable[[], object]], warmup: int, rounds: int,
+               device: str, clock=time.perf_counter) -> dict[str, float]:
+    """Fastest seconds per call of each case (a block's `train_step`, a GEMM), interleaved.
+
+    One call of every case per round, so load from other processes hits all cases alike,
     and the minimum over rounds is each case's undisturbed cost.
     """
-    def one_step(block: BanditBlock) -> float:
+    def one_call(case: Callable[[], object]) -> float:
         start = clock()
-        block.train_step()
+        case()
         if device != "cpu":
             torch.cuda.synchronize()
         return clock() - start
 
-    for block in blocks.values():
+    for case in cases.values():
         for _ in range(warmup):
-            one_step(block)
-    best = {name: float("inf") for name in blocks}
+            one_call(case)
+    best = {name: float("inf") for name in cases}
     for _ in range(rounds):
-        for name, block in blocks.items():
-            best[name] = min(best[name], one_step(block))
+        for name, case in cases.items():
+            best[name] = min(best[name], one_call(case))
     return best
 
 
@@ -94,18 +112,28 @@ def main() -> None:
 
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     solo = blocks([0])
-    single = step_times(solo, args.warmup, args.steps, args.device, clock)
+    gemms = dense_gemms(args.device)
+    timed = step_times({**{name: block.train_step for name, block in solo.items()}, **gemms},
+                       args.warmup, args.steps, args.device, clock)
+    dense = max(2 * n**3 / timed[f"mm {n}"] for n in GEMM_SIZES)
+    print("dense GEMM " + ", ".join(f"{n}: {2 * n**3 / timed[f'mm {n}'] / 1e9:.1f}"
+                                    for n in GEMM_SIZES) + f" GFLOP/s (best {dense / 1e9:.1f})")
+    single = {name: timed[name] for name in solo}
     flops = {name: step_flops(block) for name, block in solo.items()}
     base, base_flops = single["SparseNet backprop"], flops["SparseNet backprop"]
-    print(f"\n{'one seed':34s} {'ms/step':>9s} {'x SparseNet BP':>15s} {'GFLOP':>7s} "
-          f"{'x BP FLOPs':>11s}")
+    mlp = single["MLP backprop"]
+    print(f"\n{'one seed':34s} {'ms/step':>9s} {'x SparseNet BP':>15s} {'x MLP':>6s} "
+          f"{'GFLOP':>7s} {'x BP FLOPs':>11s} {'GFLOP/s':>8s} {'of GEMM':>8s}")
     for name, seconds in single.items():
-        print(f"{name:34s} {1000 * seconds:9.1f} {seconds / base:15.2f} "
-              f"{flops[name] / 1e9:7.2f} {flops[name] / base_flops:11.2f}")
+        rate = flops[name] / seconds
+        print(f"{name:34s} {1000 * seconds:9.1f} {seconds / base:15.2f} {seconds / mlp:6.2f} "
+              f"{flops[name] / 1e9:7.2f} {flops[name] / base_flops:11.2f} {rate / 1e9:8.1f} "
+              f"{rate / dense:8.0%}")
     if args.no_batching:
         return
-    batched = step_times(blocks(list(range(args.seeds))), args.warmup, args.steps, args.device,
-                         clock)
+    batched = step_times({name: block.train_step
+                          for name, block in blocks(list(range(args.seeds))).items()},
+                         args.warmup, args.steps, args.device, clock)
     print(f"\n{f'{args.seeds} seeds':34s} {'block ms':>9s} {'sequential ms':>14s} {'speedup':>8s}")
     for name, block in batched.items():
         sequential = args.seeds * single[name]

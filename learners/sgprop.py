@@ -44,7 +44,18 @@ from torch import Tensor, nn
 
 from learners.compared import BACKPROP, COMPARED
 from learners.feedback import FeedbackRule, lambda_from_moments, mix
-from learners.sparsenet import MLP, LayerTrace, SparseNet, SparseNetShape, Trace, seed_einsum
+from learners.sparsenet import (
+    MLP,
+    LayerState,
+    LayerTrace,
+    SparseNet,
+    SparseNetShape,
+    Trace,
+    mix_slots,
+    per_seed,
+    seed_einsum,
+    slot_feedback,
+)
 
 Model = SparseNet | MLP
 Lam = float | Tensor  # a fixed λ, or per neuron (S, N)
@@ -104,16 +115,22 @@ class SyntheticGradients(nn.Module):
             setattr(self, f"G{layer}", nn.Parameter(torch.stack([s[layer][0] for s in draws])))
             setattr(self, f"c{layer}", nn.Parameter(torch.stack([s[layer][1] for s in draws])))
 
-    def predict(self, layer: int, trace: LayerTrace) -> Tensor:
-        """Predicted feedback for h_l (in the predictor's units): (S, B, N, K)."""
-        x = trace.x.detach()
-        # Σ_m w_m (G_m x + c_m): every slot's affine map first (one bmm over neurons), then
-        # the routing-weighted sum; cheaper than forming w_m·x, which is M times larger.
-        # The bmm leaves its output neuron-major, so the routing is laid out alike.
-        per_slot = seed_einsum("sbnd,snmkd->snbmk", x, getattr(self, f"G{layer}"))
-        per_slot = per_slot + getattr(self, f"c{layer}").unsqueeze(2)
-        routing = trace.routing.detach().transpose(1, 2).contiguous()  # (S, N, B, M)
-        return (routing.unsqueeze(-1) * per_slot).sum(-2).transpose(1, 2)
+    def predict(self, layer: int, state: LayerState) -> Tensor:
+        """Predicted feedback for h_l (in the predictor's units): (S, N, K, B)."""
+        maps, offsets = (getattr(self, f"{p}{layer}").detach() for p in ("G", "c"))
+        # Every slot's linear map at once (one bmm over neurons, like the layer's own),
+        # the routing-weighted sum, then Σ_m w_m c_m as a small bmm over the M slots.
+        per_slot = per_seed(torch.bmm, maps.flatten(2, 3), state.x)
+        mixed = mix_slots(state.routing, per_slot.unflatten(2, maps.shape[2:4]))
+        return mixed + per_seed(torch.bmm, offsets.transpose(2, 3), state.routing)
+
+    def predict_backward(self, layer: int, state: LayerState, d_pred: Tensor) -> list[Tensor]:
+        """Gradients [∂G_l, ∂c_l] of ⟨d_pred, predict(layer, state)⟩ (the routing is fixed:
+        the SG optimiser does not train it)."""
+        d_slots = state.routing.unsqueeze(3) * d_pred.unsqueeze(2)  # (S, N, M, K, B)
+        d_maps = per_seed(torch.bmm, d_slots.flatten(2, 3), state.x.transpose(2, 3))
+        d_offsets = per_seed(torch.bmm, state.routing, d_pred.transpose(2, 3))  # (S, N, M, K)
+        return [d_maps.unflatten(2, d_slots.shape[2:4]), d_offsets]
 
 
 @dataclass
@@ -132,33 +149,42 @@ def propagate(
 ) -> Propagation:
     """Top-down λ-mixed propagation; `predicted[l]` in mean-loss units (None: pure BP).
 
-    With `params`, also the hidden layers' parameter gradients (the head's comes from the
-    loss directly and is not included).
+    Feedback tensors are (S, N, K, B), the layout `SparseNet.layer_backward` works in. With
+    `params`, also the hidden layers' parameter gradients (the head's comes from the loss
+    directly and is not included).
     """
-    layers = model.layer_parameters()
-    realised: list[Tensor] = [top_grad] * len(trace.layers)
-    grads: list[list[Tensor]] = [[] for _ in trace.layers]
+    states = trace.states
+    realised: list[Tensor] = [top_grad] * len(states)
+    grads: list[list[Tensor]] = [[] for _ in states]
     g = top_grad
-    for layer in reversed(range(len(trace.layers))):
-        lt = trace.layers[layer]
+    for layer in reversed(range(len(states))):
         realised[layer] = g
+        if not params and layer == 0:
+            break
         mixed = g if predicted[layer] is None else mix(lams[layer], g, predicted[layer])
-        wrt = list(layers[layer][1]) if params else []
-        if layer > 0:
-            wrt.append(lt.inputs)
-        if not wrt:
-            continue
-        out = torch.autograd.grad(lt.out, wrt, grad_outputs=mixed, retain_graph=True)
-        if layer > 0:
-            g = out[-1]
-            out = out[:-1]
-        grads[layer] = list(out)
+        grads[layer], d_inputs = model.layer_backward(states[layer], mixed, params=params,
+                                                      inputs=layer > 0)
+        if d_inputs is not None:
+            g = d_inputs
     return Propagation(realised, [t for group in grads for t in group])
+
+
+def logit_feedback(logits: Tensor, actions: Tensor, rewards: Tensor) -> Tensor:
+    """∂ REINFORCE loss / ∂ logits, (S, B, A) (autograd on the logits alone: tiny)."""
+    leaf = logits.detach().requires_grad_(True)
+    (d_logits,) = torch.autograd.grad(reinforce_loss(leaf, actions, rewards), leaf)
+    return d_logits
 
 
 def unit(v: Tensor) -> Tensor:
     """v / ‖v‖ over the last dim; zero vectors stay zero."""
     return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def unit_features(v: Tensor) -> Tensor:
+    """`unit` over the features of a (S, N, K, B) tensor: √Σ_k v_k², summed one feature at
+    a time along B (torch's vector_norm over an inner dim of 10 is several times slower)."""
+    return v / (v * v).sum(2, keepdim=True).sqrt_().clamp_(min=1e-12)
 
 
 def outer_moments(ew: Tensor, eu: Tensor, x: Tensor | None) -> tuple[Tensor, ...]:
@@ -180,13 +206,6 @@ def outer_moments(ew: Tensor, eu: Tensor, x: Tensor | None) -> tuple[Tensor, ...
         u_bar = seed_einsum("sbnq,sbnd->snqd", eu, x).flatten(-2) / batch
         w_bar = seed_einsum("sbnq,sbnd->snqd", ew, x).flatten(-2) / batch
     return u_sq, (u_bar * u_bar).sum(-1), wu, (w_bar * u_bar).sum(-1)
-
-
-def seed_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """`torch.matmul` one seed (leading dim) at a time, for the reason of `seed_einsum`."""
-    if a.shape[0] == 1:
-        return torch.matmul(a, b)
-    return torch.stack([torch.matmul(x, y) for x, y in zip(a, b, strict=True)])
 
 
 def through_residual(lt: LayerTrace, layer: int, feedback: Tensor) -> Tensor:
@@ -214,8 +233,8 @@ def slot_errors(lt: LayerTrace, d_mixed: Tensor) -> tuple[Tensor, Tensor]:
     return d_scores, d_pre
 
 
-def layer_lambda(lt: LayerTrace, layer: int, realised: Tensor, predicted: Tensor,
-                 previous: Tensor, normalise: bool = True) -> Tensor:
+def layer_lambda(state: LayerState, realised: Tensor, predicted: Tensor, previous: Tensor,
+                 normalise: bool = True) -> Tensor:
     """The batch's MSE-optimal λ per neuron (S, N) for one SparseNet layer.
 
     Each sample's parameter-gradient contribution to neuron n has three blocks: routing
@@ -223,50 +242,37 @@ def layer_lambda(lt: LayerTrace, layer: int, realised: Tensor, predicted: Tensor
     (d the feedback on the slot mixture, s_mk = w_m (1 − tanh²) the slot slopes) and e^K
     the feedback pulled back to the routing scores. The four moments of
     `lambda_from_moments` are summed over the blocks without forming any contribution:
-    ‖e^A_b ⊗ x_b‖² + ‖e^A_b‖² = (Σ_k d_k² Σ_m s_mk²)(‖x_b‖² + 1), and the batch means come
-    from one contraction over the batch. With `normalise`, both feedbacks are taken through
-    the residual's tanh first and then made unit vectors per sample and neuron (the
-    reference code's order). Tests check it against materialised per-sample gradients.
+    ‖e^A_b ⊗ x_b‖² + ‖e^A_b‖² = (Σ_k d_k² Σ_m s_mk²)(‖x_b‖² + 1), and the batch sums
+    Σ_b e_b ⊗ x_b of both feedbacks come from one bmm over neurons (the layer's own
+    backward rows, `slot_feedback`, against x). With `normalise`, both feedbacks are taken
+    through the residual's tanh first and then made unit vectors per sample and neuron
+    (the reference code's order). Feedback tensors (S, N, K, B). Tests check it against
+    materialised per-sample gradients.
     """
-    w = through_residual(lt, layer, realised)
-    p = through_residual(lt, layer, predicted)
+    shrink = state.residual_slope()
+    w = realised if shrink is None else realised * shrink
+    p = predicted if shrink is None else predicted * shrink
     if normalise:
-        w, p = unit(w), unit(p)
-
-    # Everything below runs neuron-major, (S, N, B, ...): the layout the forward's slot
-    # einsum leaves `act` in, so no large tensor is copied or read with a stride.
-    def neuron_major(t: Tensor) -> Tensor:
-        return t.detach().transpose(1, 2).contiguous()
-
-    act = neuron_major(lt.act)  # (S, N, B, M, K)
-    routing, x = neuron_major(lt.routing), neuron_major(lt.x)  # (S, N, B, M), (S, N, B, D)
-    wu_pair = torch.stack([neuron_major(w), neuron_major(p - w)], -1)  # (S, N, B, K, 2)
-    w, u = wu_pair.unbind(-1)
-    batch = w.shape[2]
-    r = routing.unsqueeze(-1)
-    slope = torch.addcmul(r, r, act * act, value=-1.0)  # w_m (1 − tanh²): (S, N, B, M, K)
-    slope_sq = (slope * slope).sum(-2)  # (S, N, B, K)
-    x_sq = (x * x).sum(-1)  # (S, N, B)
-    # Feedback on the mixture → routing scores, for w and u at once: (S, N, B, M, 2).
-    d_routing = seed_matmul(act, wu_pair)
-    r2 = routing.unsqueeze(-1)
-    keys = r2 * (d_routing - (r2 * d_routing).sum(-2, keepdim=True)) / math.sqrt(x.shape[-1])
-    key_w, key_u = keys.unbind(-1)
-    u_sq = ((u * u * slope_sq).sum(-1) * (x_sq + 1.0) + (key_u * key_u).sum(-1) * x_sq)
-    wu = ((w * u * slope_sq).sum(-1) * (x_sq + 1.0) + (key_w * key_u).sum(-1) * x_sq)
-    # Batch sums of each block's contributions for w and u (divided by B at the end):
-    # slot weights Σ_b e_b x_bᵀ and routing keys as matrix products over the batch.
-    slot_w = (w.unsqueeze(-2) * slope).flatten(-2)  # (S, N, B, M·K)
-    slot_u = (u.unsqueeze(-2) * slope).flatten(-2)
-    x_t = x.transpose(-1, -2)  # (S, N, D, B)
-    key_sums = seed_matmul(x_t, keys.flatten(-2)).unflatten(-1, (-1, 2))  # (S, N, D, M, 2)
-    sums = [(seed_matmul(x_t, slot_w), seed_matmul(x_t, slot_u)),  # slot weights
-            key_sums.unbind(-1),  # routing keys
-            (slot_w.sum(2), slot_u.sum(2))]  # slot biases
-    dims = lambda t: tuple(range(2, t.dim()))  # noqa: E731 - everything but (S, N)
-    u_mean_sq = sum((bu * bu).sum(dims(bu)) for _, bu in sums) / batch**2
-    w_mean_u_mean = sum((bw * bu).sum(dims(bu)) for bw, bu in sums) / batch**2
-    return lambda_from_moments(u_sq.mean(2), u_mean_sq, wu.mean(2), w_mean_u_mean,
+        w, p = unit_features(w), unit_features(p)
+    u = p - w
+    seeds, neurons, rows, batch = *state.maps.shape[:3], w.shape[3]
+    m = state.routing.shape[2]
+    errors = w.new_empty(seeds, neurons, 2, rows, batch)  # w's rows, then u's
+    slot_feedback(state, w, errors[:, :, 0])
+    slot_feedback(state, u, errors[:, :, 1])
+    x_sq = (state.x * state.x).sum(2)  # (S, N, B)
+    slope_sq = (state.slope * state.slope).sum(2)  # (S, N, K, B)
+    keys_w, keys_u = errors[:, :, 0, :m], errors[:, :, 1, :m]
+    u_sq = (u * u * slope_sq).sum(2) * (x_sq + 1.0) + (keys_u * keys_u).sum(2) * x_sq
+    wu = (w * u * slope_sq).sum(2) * (x_sq + 1.0) + (keys_w * keys_u).sum(2) * x_sq
+    # Batch sums per block: keys and slot weights Σ_b e_b x_bᵀ (one bmm), slot biases Σ_b e_b.
+    products = per_seed(torch.bmm, errors.view(seeds, neurons, 2 * rows, batch),
+                        state.x.transpose(2, 3)).view(seeds, neurons, 2, -1)
+    biases = errors[:, :, :, m:].sum(-1)  # (S, N, 2, M·K)
+    u_mean_sq = ((products[:, :, 1] ** 2).sum(-1) + (biases[:, :, 1] ** 2).sum(-1)) / batch**2
+    w_mean_u_mean = ((products[:, :, 0] * products[:, :, 1]).sum(-1)
+                     + (biases[:, :, 0] * biases[:, :, 1]).sum(-1)) / batch**2
+    return lambda_from_moments(u_sq.mean(-1), u_mean_sq, wu.mean(-1), w_mean_u_mean,
                                batch=batch, previous=previous)
 
 
@@ -284,22 +290,41 @@ def feedback_norms(realised: Sequence[Tensor], predicted: Sequence[Tensor | None
     return norms
 
 
+def policy_top(model: SparseNet, trace: Trace, actions: Tensor, rewards: Tensor,
+               ) -> tuple[Tensor, Tensor]:
+    """(head gradient, g_L (S, N, K, B)) of the REINFORCE loss."""
+    return model.readout_backward(trace.top, logit_feedback(trace.logits, actions, rewards))
+
+
 class Backprop:
-    """Plain autograd through the whole network (SparseNet or MLP)."""
+    """Backprop through the whole network: the SparseNet's written-out backward pass
+    (`propagate` with no prediction), autograd for the MLP."""
 
     def __init__(self, model: Model) -> None:
         self.model = model
 
     def forward(self, images: Tensor) -> Trace | Logits:
         if isinstance(self.model, SparseNet):
-            return self.model(images)
+            return self.model(images, by_hand=True)
         return Logits(self.model.logits(images))
+
+    def gradients(self, trace: Trace | Logits, actions: Tensor, rewards: Tensor,
+                  ) -> list[Tensor]:
+        """The loss gradient of every parameter, `parameters_of` order."""
+        if isinstance(trace, Trace):
+            assert isinstance(self.model, SparseNet)
+            head, top = policy_top(self.model, trace, actions, rewards)
+            layers = len(trace.states)
+            hidden = propagate(self.model, trace, top, [1.0] * layers, [None] * layers,
+                               params=True).grads
+            return [*hidden, head]
+        loss = reinforce_loss(trace.logits, actions, rewards)
+        return list(torch.autograd.grad(loss, parameters_of(self.model)))
 
     def backward(self, trace: Trace | Logits, actions: Tensor, rewards: Tensor,
                  ) -> dict[str, Tensor]:
         """Set .grad of every model parameter; returns per-seed statistics."""
-        loss = reinforce_loss(trace.logits, actions, rewards)
-        grads = torch.autograd.grad(loss, parameters_of(self.model))
+        grads = self.gradients(trace, actions, rewards)
         for p, g in zip(parameters_of(self.model), grads, strict=True):
             p.grad = g
         return {}
@@ -307,8 +332,7 @@ class Backprop:
     def rule_gradients(self, images: Tensor, actions: Tensor, rewards: Tensor,
                        ) -> dict[str, list[Tensor]]:
         """Per-parameter gradient estimates of each rule this learner can form."""
-        loss = reinforce_loss(self.forward(images).logits, actions, rewards)
-        return {BACKPROP.key: list(torch.autograd.grad(loss, parameters_of(self.model)))}
+        return {BACKPROP.key: self.gradients(self.forward(images), actions, rewards)}
 
 
 class SGProp:
@@ -333,14 +357,14 @@ class SGProp:
                      for _ in range(shape.layers)]
 
     def mixing(self, layer: int) -> Lam:
-        """λ of a layer as `mix` wants it: the rule's float if constant, else (S, 1, N, 1)."""
+        """λ of a layer as `mix` wants it: the rule's float if constant, else (S, N, 1, 1)."""
         if self.rule.constant_lambda is not None:
             return self.rule.constant_lambda
         lam = self.lams[layer]
-        return lam.view(lam.shape[0], 1, lam.shape[1], 1)
+        return lam.view(*lam.shape, 1, 1)
 
     def forward(self, images: Tensor) -> Trace:
-        return self.model(images, cut=True)
+        return self.model(images, by_hand=True)
 
     def unit_scale(self, batch: int) -> float:
         """SG units per mean-loss unit: 1 (`mean`, the reference) or B (`sample`)."""
@@ -350,31 +374,33 @@ class SGProp:
         """Current SG predictions in mean-loss units (None where no predictor is needed)."""
         if not self.rule.uses_predictor:
             return [None] * len(trace.layers)
+        return self.scaled_predictions(trace, batch)
+
+    def scaled_predictions(self, trace: Trace, batch: int) -> list[Tensor]:
         scale = self.unit_scale(batch)
-        with torch.no_grad():
-            return [self.sg.predict(layer, lt) / scale for layer, lt in enumerate(trace.layers)]
+        return [self.sg.predict(layer, st) / scale for layer, st in enumerate(trace.states)]
 
     def top(self, trace: Trace, actions: Tensor, rewards: Tensor) -> tuple[Tensor, Tensor]:
-        """(head gradient, g_L) of the REINFORCE loss; touches only the head's graph."""
-        loss = reinforce_loss(trace.logits, actions, rewards)
-        head, top = torch.autograd.grad(loss, [self.model.head, trace.top])
-        return head, top
+        """(head gradient, g_L) of the REINFORCE loss."""
+        return policy_top(self.model, trace, actions, rewards)
 
     def update_synthetic(self, trace: Trace, top_grad: Tensor) -> Tensor:
         """One SG step on bootstrapped targets; returns the per-seed SG loss (S,)."""
-        scale = self.unit_scale(top_grad.shape[1])
-        lams = [self.mixing(layer) for layer in range(len(trace.layers))]
-        preds = [self.sg.predict(layer, lt) for layer, lt in enumerate(trace.layers)]
+        scale = self.unit_scale(top_grad.shape[3])
+        lams = [self.mixing(layer) for layer in range(len(trace.states))]
+        preds = [self.sg.predict(layer, st) for layer, st in enumerate(trace.states)]
         targets = propagate(self.model, trace, top_grad, lams,
-                            [p.detach() / scale for p in preds], params=False).realised
-        per_seed = sum(
-            ((p - scale * t.detach()) ** 2).mean((1, 2, 3))
-            for p, t in zip(preds, targets, strict=True)
-        )
-        self.sg_optimizer.zero_grad(set_to_none=True)
-        per_seed.sum().backward()
+                            [p / scale for p in preds], params=False).realised
+        errors = [p - scale * t for p, t in zip(preds, targets, strict=True)]
+        per_seed = sum((e * e).mean((1, 2, 3)) for e in errors)
+        # ∂/∂p of mean((p − scale·t)²) over a seed's (N, K, B), the targets held fixed.
+        grads = [g for layer, e in enumerate(errors)
+                 for g in self.sg.predict_backward(layer, trace.states[layer],
+                                                   e * (2.0 / e[0].numel()))]
+        for param, grad in zip(self.sg.parameters(), grads, strict=True):
+            param.grad = grad
         self.sg_optimizer.step()
-        return per_seed.detach()
+        return per_seed
 
     def backward(self, trace: Trace, actions: Tensor, rewards: Tensor) -> dict[str, Tensor]:
         """SG update, then set .grad of the policy with the updated SG; adapt λ."""
@@ -382,16 +408,16 @@ class SGProp:
         stats: dict[str, Tensor] = {}
         if self.rule.uses_predictor:
             stats["sg_loss"] = self.update_synthetic(trace, top_grad)
-        batch = top_grad.shape[1]
-        lams = [self.mixing(layer) for layer in range(len(trace.layers))]
+        batch = top_grad.shape[3]
+        lams = [self.mixing(layer) for layer in range(len(trace.states))]
         predicted = self.predictions(trace, batch)
         prop = propagate(self.model, trace, top_grad, lams, predicted, params=True)
         params = parameters_of(self.model)
         for p, g in zip(params, [*prop.grads, head], strict=True):
             p.grad = g
         self.norms = feedback_norms(prop.realised, predicted)
-        for layer, lt in enumerate(trace.layers):
-            estimate = (layer_lambda(lt, layer, prop.realised[layer], predicted[layer],
+        for layer, state in enumerate(trace.states):
+            estimate = (layer_lambda(state, prop.realised[layer], predicted[layer],
                                      self.lams[layer], self.normalise)
                         if self.rule.needs_estimate else None)
             self.lams[layer] = self.rule.next_lambda(self.lams[layer], estimate)
@@ -403,11 +429,8 @@ class SGProp:
         current mixture and pure SG (λ=0)."""
         trace = self.forward(images)
         head, top_grad = self.top(trace, actions, rewards)
-        scale = self.unit_scale(top_grad.shape[1])
-        with torch.no_grad():
-            predicted = [self.sg.predict(layer, lt) / scale
-                         for layer, lt in enumerate(trace.layers)]
-        current = [self.mixing(layer) for layer in range(len(trace.layers))]
+        predicted = self.scaled_predictions(trace, top_grad.shape[3])
+        current = [self.mixing(layer) for layer in range(len(trace.states))]
         return {
             setting.key: [*propagate(self.model, trace, top_grad,
                                      [setting.lambda_given(lam) for lam in current], predicted,

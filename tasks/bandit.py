@@ -408,10 +408,10 @@ def build_model(cfg: BanditConfig, pixels: int, actions: int,
 
 
 # On CPU a seed-batched step pays off only for small models. benchmarks/bench_bandit.py
-# --threads 1 (a 6-seed block vs 6 sequential seeds, fastest of 5-10 rounds, on the shared
-# 2-core machine; docs/performance.md) measured 1.2-2.1x at the digits sweeps' sizes by wall
-# and CPU clock alike, but at the paper's (width 200, dim 10) 0.55-1.29x by wall clock and
-# 0.94-1.40x by CPU clock, by load and case: no reliable gain, so those run seed by seed.
+# --threads 1 --clock cpu (a 6-seed block vs 6 sequential seeds, fastest of 5-10 rounds, on
+# the shared 2-core machine; docs/performance.md) measured 1.82-2.00x at the digits sweeps'
+# sizes but 0.94-1.00x at the paper's (width 200, dim 10): no gain there, so those run
+# seed by seed.
 CPU_BATCH_LIMIT = 512  # SparseNet width·dim (or MLP width) up to which CPU blocks are batched
 
 

@@ -95,7 +95,7 @@ def test_sg_targets_are_mean_loss_gradients_and_mixed_as_predicted():
     g = torch.Generator().manual_seed(0)
     images = torch.randn(1, 16, 64, generator=g)
     trace = learner.forward(images)
-    raw = [learner.sg.predict(layer, lt).detach() for layer, lt in enumerate(trace.layers)]
+    raw = [learner.sg.predict(layer, st) for layer, st in enumerate(trace.states)]
     assert all(torch.equal(a, b) for a, b in zip(learner.predictions(trace, 16), raw,
                                                  strict=True))
     per_sample = SGProp(model, adaptive_lambda(0.9), 5e-3, gens(2), sg_units="sample")

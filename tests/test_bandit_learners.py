@@ -37,6 +37,34 @@ def batch(model: SparseNet | MLP, b: int = 8, seed: int = 0):
     return images, actions, rewards
 
 
+def reference_layer(model: SparseNet, layer: int, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A SparseNet layer in plain autograd ops, batch first (the module docstring's
+    formulas, as the code computed them before the written-out backward pass):
+    inputs (S, B, I) images or (S, B, N, K) h_{l−1}.
+
+    Its sums run in another order than the layer's (two einsums and autograd's backward
+    against one bmm over [keys; maps] and the closed form), so comparisons with it are
+    float32 round-off apart and use `assert_close`'s float32 tolerance (rtol 1.3e-6,
+    atol 1e-5: a few ulp of the O(1) values here), not bit equality."""
+    keys, weights, biases = model.layer_parameters()[layer][1]
+    wiring = getattr(model, f"wiring{layer}")
+    x = torch.stack([seed_inputs[:, index].flatten(2) if layer else seed_inputs[:, index]
+                     for seed_inputs, index in zip(inputs, wiring, strict=True)])
+    scores = torch.einsum("sbnd,snmd->sbnm", x, keys) / math.sqrt(x.shape[-1])
+    routing = torch.softmax(scores, -1)
+    pre = torch.einsum("sbnd,snmkd->sbnmk", x, weights) + biases.unsqueeze(1)
+    act = torch.tanh(pre)
+    mixed = (routing.unsqueeze(-1) * act).sum(-2)
+    out = torch.tanh(mixed) + inputs if layer > 0 else mixed
+    return {"x": x, "scores": scores, "routing": routing, "pre": pre, "act": act,
+            "mixed": mixed, "out": out}
+
+
+def neuron_major(t: torch.Tensor) -> torch.Tensor:
+    """(S, B, N, ...) → (S, N, ..., B), the layout the learners' feedback tensors use."""
+    return t.movedim(1, -1).contiguous()
+
+
 def randomise_sg(learner: SGProp, seed: int = 7) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -82,14 +110,18 @@ def test_sparsenet_layer_matches_a_per_neuron_reference():
 def test_sparsenet_neuron_reads_only_its_parents_and_itself():
     model = SparseNet(TINY, gens(1))
     images, _, _ = batch(model, b=1)
-    trace = model(images, cut=True)
-    lt = trace.layers[1]
+    state = model(images, by_hand=True).states[1]
     wiring = model.wiring1[0]
+    touched: list[set[int]] = [set() for _ in range(TINY.width)]
+    for unit in range(TINY.width):  # perturb one unit of h_0, see which neurons move
+        inputs = state.inputs.clone()
+        inputs[0, unit] += 0.5
+        moved = (model.layer_state(1, inputs).out - state.out)[0].abs().sum((1, 2))
+        for n in torch.nonzero(moved).flatten().tolist():
+            touched[n].add(unit)
     for n in range(TINY.width):
-        (grad,) = torch.autograd.grad(lt.out[0, 0, n].sum(), lt.inputs, retain_graph=True)
-        touched = set(torch.nonzero(grad[0, 0].abs().sum(-1)).flatten().tolist())
-        assert touched <= set(wiring[n].tolist()) | {n}
-        assert n in touched
+        assert touched[n] <= set(wiring[n].tolist()) | {n}
+        assert n in touched[n]
     assert all(len(set(row.tolist())) == TINY.fan_in for row in model.wiring0[0])
     assert all(len(set(row.tolist())) == TINY.parents for row in model.wiring1[0])
 
@@ -125,8 +157,8 @@ def test_lambda_one_gives_exactly_backprops_parameter_gradients():
     randomise_sg(learner)
     trace = learner.forward(images)
     head, top = learner.top(trace, actions, rewards)
-    predicted = [learner.sg.predict(i, lt).detach() for i, lt in enumerate(trace.layers)]
-    ones = [torch.ones(2, 1, TINY.width, 1) for _ in trace.layers]  # adaptive-style tensor λ
+    predicted = [learner.sg.predict(i, st) for i, st in enumerate(trace.states)]
+    ones = [torch.ones(2, TINY.width, 1, 1) for _ in trace.states]  # adaptive-style tensor λ
     for lams in ([1.0] * TINY.layers, ones):
         got = [*propagate(model, trace, top, lams, predicted, params=True).grads, head]
         for a, b in zip(got, expected, strict=True):
@@ -148,11 +180,13 @@ def test_lambda_zero_hidden_gradients_are_purely_local_sg_gradients():
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.sg.parameters(),
                                                       strict=True))
     for layer, (_, params) in enumerate(model.layer_parameters()[:-1]):
-        lt = trace.layers[layer]
-        local = learner.sg.predict(layer, lt).detach()  # mean-loss units, mixed as predicted
-        expected = torch.autograd.grad(lt.out, params, grad_outputs=local, retain_graph=True)
+        state = trace.states[layer]
+        local = learner.sg.predict(layer, state)  # mean-loss units, mixed as predicted
+        inputs = state.inputs if layer == 0 else state.public().inputs
+        out = reference_layer(model, layer, inputs)["out"]
+        expected = torch.autograd.grad(out, params, grad_outputs=local.movedim(-1, 1))
         for p, e in zip(params, expected, strict=True):
-            torch.testing.assert_close(p.grad, e, rtol=0, atol=0)
+            torch.testing.assert_close(p.grad, e)
     # ... and so they do not depend on the rewards at all; the head's does.
     flipped = learner.rule_gradients(images, actions, 1.0 - rewards)["sg"]
     same = learner.rule_gradients(images, actions, rewards)["sg"]
@@ -168,38 +202,54 @@ def test_sg_targets_bootstrap_from_the_layer_above_prediction():
     randomise_sg(learner)
     trace = learner.forward(images)
     _, top = learner.top(trace, actions, rewards)
-    predicted = [learner.sg.predict(i, lt).detach() for i, lt in enumerate(trace.layers)]
+    predicted = [learner.sg.predict(i, st) for i, st in enumerate(trace.states)]
     realised = propagate(model, trace, top, [0.0] * TINY.layers, predicted, False).realised
     assert torch.equal(realised[-1], top)  # the top layer's target is the exact g_L
     for layer in range(1, TINY.layers):
-        lt = trace.layers[layer]
-        (pulled,) = torch.autograd.grad(lt.out, lt.inputs, grad_outputs=predicted[layer],
-                                        retain_graph=True)
-        assert torch.equal(realised[layer - 1], pulled)
+        inputs = trace.layers[layer].inputs.detach().requires_grad_(True)
+        out = reference_layer(model, layer, inputs)["out"]
+        (pulled,) = torch.autograd.grad(out, inputs,
+                                        grad_outputs=predicted[layer].movedim(-1, 1))
+        torch.testing.assert_close(realised[layer - 1], neuron_major(pulled))
 
 
-def test_local_errors_match_autograd():
+def test_written_out_backward_and_local_errors_equal_autograd_of_the_plain_layer():
     model = SparseNet(TINY, gens(6))
     images, _, _ = batch(model)
-    trace = model(images, cut=True)
-    g = torch.Generator().manual_seed(1)
-    for layer, lt in enumerate(trace.layers):
-        feedback = torch.randn(lt.out.shape, generator=g)
-        d_scores, d_pre = local_errors(lt, layer, feedback)
-        e_scores, e_pre = torch.autograd.grad(lt.out, [lt.scores, lt.pre], feedback,
-                                              retain_graph=True)
-        torch.testing.assert_close(d_scores, e_scores)
-        torch.testing.assert_close(d_pre, e_pre)
+    trace = model(images, by_hand=True)
+    g = torch.Generator().manual_seed(4)
+    for layer, state in enumerate(trace.states):
+        lt = state.public()
+        inputs = lt.inputs.detach().requires_grad_(layer > 0)
+        reference = reference_layer(model, layer, inputs)
+        for name in ("x", "scores", "routing", "pre", "act", "mixed", "out"):
+            torch.testing.assert_close(getattr(lt, name), reference[name])
+        feedback = torch.randn(state.out.shape, generator=g)
+        grads, d_inputs = model.layer_backward(state, feedback, params=True, inputs=True)
+        wrt = [*model.layer_parameters()[layer][1], *([inputs] if layer > 0 else []),
+               reference["scores"], reference["pre"]]
+        expected = torch.autograd.grad(reference["out"], wrt, feedback.movedim(-1, 1))
+        for got, want in zip(grads, expected[:3], strict=True):
+            torch.testing.assert_close(got, want)
+        if layer > 0:
+            torch.testing.assert_close(d_inputs, neuron_major(expected[3]))
+        else:
+            assert d_inputs is None
+        # The batch-first closed form E3 uses (`local_errors`), on the same layer.
+        d_scores, d_pre = local_errors(lt, layer, feedback.movedim(-1, 1))
+        torch.testing.assert_close(d_scores, expected[-2])
+        torch.testing.assert_close(d_pre, expected[-1])
 
 
 def per_sample_contributions(model: SparseNet, lt, layer: int, feedback: torch.Tensor):
     """(B, N, P) per-sample parameter-gradient contributions of seed 0, materialised."""
     params = model.layer_parameters()[layer][1]
+    out = reference_layer(model, layer, lt.inputs)["out"]
     rows = []
     for b in range(feedback.shape[1]):
         mask = torch.zeros_like(feedback)
         mask[:, b] = feedback[:, b]
-        grads = torch.autograd.grad(lt.out, params, grad_outputs=mask, retain_graph=True)
+        grads = torch.autograd.grad(out, params, grad_outputs=mask, retain_graph=True)
         rows.append(torch.cat([g[0].reshape(TINY.width, -1) for g in grads], 1))
     return torch.stack(rows)
 
@@ -207,10 +257,10 @@ def per_sample_contributions(model: SparseNet, lt, layer: int, feedback: torch.T
 def test_adaptive_lambda_moments_equal_optimal_lambda_on_materialised_gradients():
     model = SparseNet(TINY, gens(8)).double()
     images, _, _ = batch(model, b=6)
-    trace = model(images.double(), cut=True)
+    trace = model(images.double(), by_hand=True)
     g = torch.Generator().manual_seed(2)
     previous = torch.full((1, TINY.width), 0.5, dtype=torch.float64)
-    for layer, lt in enumerate(trace.layers):
+    for layer, (state, lt) in enumerate(zip(trace.states, trace.layers, strict=True)):
         realised = torch.randn(lt.out.shape, generator=g, dtype=torch.float64)
         predicted = realised.mean(1, keepdim=True) + 0.3 * torch.randn(
             lt.out.shape, generator=g, dtype=torch.float64)
@@ -223,7 +273,8 @@ def test_adaptive_lambda_moments_equal_optimal_lambda_on_materialised_gradients(
             return f / f.norm(dim=-1, keepdim=True) / factor
 
         for normalise in (False, True):
-            got = layer_lambda(lt, layer, realised, predicted, previous, normalise)
+            got = layer_lambda(state, neuron_major(realised), neuron_major(predicted),
+                               previous, normalise)
             w = unit_after_tanh(realised) if normalise else realised
             wh = unit_after_tanh(predicted) if normalise else predicted
             expected = optimal_lambda(per_sample_contributions(model, lt, layer, w),
@@ -266,16 +317,15 @@ def test_adaptive_estimator_keeps_lambda_when_the_batch_is_uninformative():
 def test_adaptive_lambda_moves_towards_sg_when_feedback_is_noisy_and_sg_is_accurate():
     model = SparseNet(TINY, gens(9))
     images, _, _ = batch(model, b=64)
-    trace = model(images, cut=True)
+    state = model(images, by_hand=True).states[1]
     g = torch.Generator().manual_seed(3)
-    lt = trace.layers[1]
-    mean = torch.randn(1, 1, TINY.width, TINY.dim, generator=g)
-    noisy = mean + 3.0 * torch.randn(lt.out.shape, generator=g)
+    mean = torch.randn(1, TINY.width, TINY.dim, 1, generator=g)
+    noisy = mean + 3.0 * torch.randn(state.out.shape, generator=g)
     previous = torch.full((1, TINY.width), 0.9)
-    lam_noisy = layer_lambda(lt, 1, noisy, mean.expand_as(noisy), previous, normalise=False)
-    clean = mean + 0.01 * torch.randn(lt.out.shape, generator=g)
+    lam_noisy = layer_lambda(state, noisy, mean.expand_as(noisy), previous, normalise=False)
+    clean = mean + 0.01 * torch.randn(state.out.shape, generator=g)
     biased = mean.expand_as(clean) + 1.0
-    lam_clean = layer_lambda(lt, 1, clean, biased, previous, normalise=False)
+    lam_clean = layer_lambda(state, clean, biased, previous, normalise=False)
     assert lam_noisy.mean() < 0.3
     assert lam_clean.mean() > 0.9
 

@@ -85,7 +85,7 @@ def test_a_registered_rule_drives_lambda_in_the_e2_learner(registered, monkeypat
     block = BanditBlock(cfg, [0, 1])
     assert isinstance(block.learner.rule, TowardBackprop)
     block.train_step()
-    assert torch.equal(block.learner.mixing(0), torch.full((2, 1, 8, 1), 0.75))
+    assert torch.equal(block.learner.mixing(0), torch.full((2, 8, 1, 1), 0.75))
     block.train_step()
     for lam in block.learner.lams:  # 0.5 → 0.75 → 0.875, exactly
         assert torch.equal(lam, torch.full((2, 8), 0.875))
