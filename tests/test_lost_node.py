@@ -21,8 +21,7 @@ import pytest
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import parse_spec
 from orchestrator.tracking import default_tracking_uri
-from tests.mirror import assert_exact_mirror
-from tests.test_reliability import (
+from tests.helpers import (
     ISOLATED,
     SGSWEEP,
     Driver,
@@ -33,6 +32,7 @@ from tests.test_reliability import (
     runs_by_role,
     trials_of,
 )
+from tests.mirror import assert_exact_mirror
 from tests.two_node_sweep import descendants
 
 
