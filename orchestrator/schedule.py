@@ -257,15 +257,14 @@ def unfit(resources: Resources, address: str | None, num_cpus: int | None,
     """Why no node will ever run one block of `resources`, in one line; None if one can.
 
     Embedded Ray: compared, before it starts, with what it will have: `num_cpus`/`num_gpus`
-    (else this machine's CPUs, and the GPUs torch sees) and the physical memory. A cluster:
+    (else this machine's CPUs, and the GPUs torch sees) and `embedded_memory()`. A cluster:
     connects and waits up to `wait_s` for a node that fits, asking the autoscaler for one
     meanwhile, since Ray itself would leave such a block pending forever. The wait ends
     early (None) when `stop()` says so (a signal: the caller stops)."""
     if not address:
         gpus = num_gpus if num_gpus is not None else _visible_gpus() if resources.num_gpus else 0
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         problem = unsatisfiable(resources, [{"CPU": num_cpus or os.cpu_count() or 1,
-                                             "GPU": gpus, "memory": memory}],
+                                             "GPU": gpus, "memory": embedded_memory()}],
                                 "the embedded Ray")
         return problem and (f"{problem} (this machine's, or what --num-cpus / --num-gpus "
                             "give it); lower it, or run on a cluster with --address")
@@ -274,6 +273,28 @@ def unfit(resources: Resources, address: str | None, num_cpus: int | None,
         return None
     return wait_for_fit(resources, f"any node of the cluster at {address}", wait_s, progress,
                         stop)
+
+
+# Ray's default object store: this share of the memory available when it starts, which its
+# "memory" resource (what blocks may ask for) does not include.
+OBJECT_STORE_SHARE = 0.3
+
+
+def embedded_memory() -> float:
+    """What the embedded Ray's "memory" resource will be (bytes): the memory available now
+    less its object store's default share. Physical memory would admit a block that Ray
+    then leaves pending forever (`memory_gb: 22` on a 24 GB machine)."""
+    return available_memory() * (1.0 - OBJECT_STORE_SHARE)
+
+
+def available_memory() -> float:
+    """Bytes of memory available to new processes: Linux's MemAvailable (free memory plus
+    what the kernel can reclaim), elsewhere the free pages."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
 def wait_for_fit(resources: Resources, where: str, wait_s: float = CLUSTER_FIT_WAIT_S,

@@ -400,3 +400,21 @@ def test_a_block_the_task_estimates_too_big_for_any_node_is_refused_in_one_line(
                         "params": {"d": 12, "k": 4}})
     assert small.resources.estimated_memory_gb < 0.1  # the paper's E1 sizes fit anywhere
     assert unsatisfiable(small.resources, [{"CPU": 2, "memory": 2**30}]) is None
+
+
+def test_memory_a_machine_has_but_its_embedded_ray_cannot_give_is_refused(tmp_path, capsys):
+    # 95% of the physical memory: below it, so a check against physical memory passes,
+    # but above what the embedded Ray's "memory" resource will be (about 70% of what is
+    # available), where Ray would leave the block pending forever.
+    import os
+
+    from orchestrator.cli import main
+
+    physical_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    spec = tmp_path / "m.yaml"
+    spec.write_text(f"name: m\ntask: probe\nseeds: 1\n"
+                    f"resources: {{memory_gb: {int(physical_gb * 0.95)}}}\n")
+    assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "resources.memory_gb: a block needs" in err and "the embedded Ray has at most" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
