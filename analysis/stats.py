@@ -48,12 +48,34 @@ def paired_bootstrap_diff(
     y = np.asarray(b, dtype=float)
     if x.shape != y.shape or x.ndim != 1 or x.size == 0:
         raise ValueError("expected two 1-d arrays of equal, non-zero length")
+    diff, low, high = paired_bootstrap_diff_band(x[:, None], y[:, None], resamples, seed,
+                                                 level)
+    return float(diff[0]), float(low[0]), float(high[0])
+
+
+def paired_bootstrap_diff_band(
+    a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`paired_bootstrap_diff` at every column at once: a and b are (pairs, points), e.g.
+    two methods' curves per seed on a common x grid; the same resampled pairs serve every
+    point, so the band is pointwise. Returns (difference, low, high), each (points,)."""
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 2 or x.size == 0:
+        raise ValueError("expected two 2-d arrays (pairs, points) of equal, non-zero size")
     diff = x - y
     rng = np.random.default_rng(seed)
-    boot = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(1)
+    boot = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(1)
     alpha = (1.0 - level) / 2
-    low, high = np.quantile(boot, [alpha, 1 - alpha])
-    return float(diff.mean()), float(low), float(high)
+    low, high = np.quantile(boot, [alpha, 1 - alpha], axis=0)
+    return diff.mean(0), low, high
+
+
+def bootstrap_mean(values: np.ndarray, resamples: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+    """Mean with a percentile-bootstrap CI over the values (e.g. one per seed)."""
+    values = np.asarray(values, dtype=float)
+    return paired_bootstrap_diff(values, np.zeros_like(values), resamples, seed, level)
 
 
 def _safe_ratio(a, b):
