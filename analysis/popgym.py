@@ -3,11 +3,13 @@
 Each method is drawn at its chosen LR: the one with the best mean success AUC for that
 method and num_envs (the sweep's only LR when it has one, as in the dynamics sweeps).
 - `success_vs_env_steps.png`, `return_mean_vs_env_steps.png`: success rate (mean episode
-  return: informative where success is rare) per batch against cumulative env steps, a line
-  per method, a panel per num_envs;
+  return: informative where success is rare) per batch against environment steps counted
+  as the reference counts them (batch × num_envs × episode length, padding included), a
+  line per method, a panel per num_envs;
 - `success_diff_vs_env_steps.png`, `return_mean_diff_vs_env_steps.png`: each method minus
-  SparseNet BPTT on the same seed (same mazes), a 10-batch moving average interpolated onto
-  a common env-step grid, with a pointwise paired-bootstrap 95% band;
+  SparseNet BPTT on the same seed (same mazes) and batch, a 10-batch moving average, with a
+  pointwise paired-bootstrap 95% band over seeds (tables `e3_success_diff`,
+  `e3_return_mean_diff`);
 - `success_last5_vs_lr.png`, `success_auc_vs_lr.png` (sweeps with several LRs): last-5-batch
   success and normalised success AUC (trapezoid area under success vs batch over the span,
   as the reference) against the LR, a line per method;
@@ -49,6 +51,8 @@ LABELS = {**COMPARED_LABELS, "bp": "BPTT"}  # backprop through time is E3's name
 LAMBDA = ("lambda_mean", "lambda_p25", "lambda_p75", "lambda_min", "lambda_max")
 BASELINE = "SparseNet BPTT"  # the method every other one is compared with, seed by seed
 SUMMARIES = ("success_last5", "success_auc")
+STEPS_LABEL = "environment steps (batch × num_envs × episode length)"
+LENGTH = {"escape": 80, "explore": 40}  # tasks.popgym_task.LENGTH (tested equal; no torch here)
 
 
 def method_label(row: pd.Series) -> str:
@@ -80,6 +84,10 @@ def _frame(final: pd.DataFrame) -> pd.DataFrame:
     for column, default in (("num_envs", 20), ("lr", 1e-3), ("env", "escape")):
         if column not in final:
             final[column] = default
+    # the reference's x axis ("timesteps"): batches x num_envs x rollout length, padding
+    # included, the same for every method at one num_envs (cumulative valid steps differ)
+    length = final["length"] if "length" in final else pd.Series(np.nan, index=final.index)
+    final["steps_per_batch"] = final.num_envs * length.fillna(final.env.map(LENGTH))
     return final
 
 
@@ -112,17 +120,21 @@ def _chosen_trials(final: pd.DataFrame, chosen: dict) -> pd.DataFrame:
 
 def _seed_curves(metrics: pd.DataFrame, trials: pd.DataFrame, names: list[str],
                  ) -> pd.DataFrame:
-    columns = ["trial_id", "method", "num_envs", "lr", "seed"]
+    columns = ["trial_id", "method", "num_envs", "lr", "seed", "steps_per_batch"]
     rows = metrics[metrics.metric.isin(names)].merge(
         trials[[c for c in columns if c in trials]], on="trial_id")
-    index = [c for c in ("trial_id", "method", "num_envs", "seed", "step") if c in rows]
-    return rows.pivot_table(index=index, columns="metric", values="value").reset_index()
+    index = [c for c in ("trial_id", "method", "num_envs", "seed", "steps_per_batch", "step")
+             if c in rows]
+    wide = rows.pivot_table(index=index, columns="metric", values="value").reset_index()
+    if "steps_per_batch" in wide:
+        wide["x"] = wide.step * wide.steps_per_batch
+    return wide
 
 
 def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, folder: Path,
                     metric: str = "success_rate", label: str = "success rate per batch",
                     ) -> Path | None:
-    wide = _seed_curves(metrics, _chosen_trials(final, chosen), [metric, "env_steps"])
+    wide = _seed_curves(metrics, _chosen_trials(final, chosen), [metric])
     if wide.empty:
         return None
     envs = sorted(wide.num_envs.unique())
@@ -130,13 +142,13 @@ def curves_vs_steps(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, fo
     for ax, n in zip(axes[0], envs, strict=True):
         for method, sub in wide[wide.num_envs == n].groupby("method", sort=True):
             by_step = sub.groupby("step")
-            x = by_step.env_steps.mean()
+            x = by_step.x.mean()
             mean = by_step[metric].mean()
             se = (by_step[metric].std() / np.sqrt(by_step[metric].count())).fillna(0)
             lr = chosen[(method, int(n))]
             ax.plot(x, mean, label=f"{method} (lr {lr:g})")
             ax.fill_between(x, mean - se, mean + se, alpha=0.2)
-        style_panel(ax, "environment steps", label,
+        style_panel(ax, STEPS_LABEL, label,
                     f"{final.env.iloc[0]}: {n} envs per batch (mean ± SEM)")
     stem = "success" if metric == "success_rate" else metric
     return save_figure(fig, folder / f"{stem}_vs_env_steps.png")
@@ -174,48 +186,52 @@ def _smoothed(values: np.ndarray, window: int) -> np.ndarray:
     return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
 
 
-def _on_grid(curves: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray) -> np.ndarray:
-    return np.stack([np.interp(grid, x, y) for x, y in curves])
-
-
-def difference_curves(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict,
-                      folder: Path, metric: str, label: str, window: int = 10,
-                      ) -> Path | None:
-    """Each method's curve minus SparseNet BPTT's against environment steps: per seed, both
-    curves (a `window`-batch moving average) interpolated onto a common env-step grid (the
-    span every run of the pair covers, as the reference's plot_sweeps.py interpolates), the
-    difference paired by seed, with a pointwise paired-bootstrap 95% band."""
-    wide = _seed_curves(metrics, _chosen_trials(final, chosen), [metric, "env_steps"])
+def difference_table(final: pd.DataFrame, metrics: pd.DataFrame, chosen: dict, metric: str,
+                     window: int = 10) -> pd.DataFrame:
+    """Each method's curve minus SparseNet BPTT's on the same seed, batch by batch (a
+    `window`-batch moving average of each), with a pointwise paired-bootstrap 95% CI over
+    seeds: columns method, num_envs, seeds, step, x (the reference's env steps), diff,
+    low, high."""
+    wide = _seed_curves(metrics, _chosen_trials(final, chosen), [metric])
     if wide.empty or "seed" not in wide or BASELINE not in set(wide.method):
-        return None
-    envs = sorted(wide.num_envs.unique())
-    fig, axes = subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
-    drawn = False
-    for ax, n in zip(axes[0], envs, strict=True):
-        curves = {key: (sub.env_steps.to_numpy(), _smoothed(sub[metric].to_numpy(), window))
-                  for key, sub in wide[wide.num_envs == n].sort_values("step")
-                  .groupby(["method", "seed"])}
-        base = {seed: c for (m, seed), c in curves.items() if m == BASELINE}
-        for method in sorted({m for m, _ in curves} - {BASELINE}):
-            seeds = sorted(s for (m, s) in curves if m == method and s in base)
-            pair = [curves[(method, s)] for s in seeds] + [base[s] for s in seeds]
-            if not seeds or min(len(x) for x, _ in pair) < 2:
+        return pd.DataFrame()
+    parts = []
+    for n, here in wide.groupby("num_envs", sort=True):
+        table = here.pivot_table(index=["method", "seed"], columns="step", values=metric)
+        table = table.apply(lambda row: _smoothed(row.to_numpy(), window), axis=1,
+                            result_type="broadcast")
+        if BASELINE not in table.index.get_level_values("method"):
+            continue
+        base = table.loc[BASELINE]
+        per_batch = here.steps_per_batch.iloc[0]
+        for method in sorted(set(table.index.get_level_values("method")) - {BASELINE}):
+            mine = table.loc[method]
+            seeds = mine.index.intersection(base.index)
+            steps = pd.concat([mine.loc[seeds], base.loc[seeds]]).dropna(axis=1).columns
+            if seeds.empty or steps.empty:
                 continue
-            start, end = max(x[0] for x, _ in pair), min(x[-1] for x, _ in pair)
-            grid = np.linspace(start, end, min(len(x) for x, _ in pair))
-            diff, low, high = paired_bootstrap_diff_band(
-                _on_grid([curves[(method, s)] for s in seeds], grid),
-                _on_grid([base[s] for s in seeds], grid))
-            line = ax.plot(grid, diff, label=f"{method} − {BASELINE} ({len(seeds)} seeds)")[0]
-            ax.fill_between(grid, low, high, alpha=0.2, color=line.get_color())
-            drawn = True
+            diff, low, high = paired_bootstrap_diff_band(mine.loc[seeds, steps],
+                                                         base.loc[seeds, steps])
+            parts.append(pd.DataFrame({"method": method, "num_envs": n, "seeds": len(seeds),
+                                       "step": steps, "x": steps * per_batch, "diff": diff,
+                                       "low": low, "high": high}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def difference_curves(table: pd.DataFrame, env: str, folder: Path, stem: str, label: str,
+                      window: int = 10) -> Path:
+    """`difference_table` drawn: a panel per num_envs, a line and band per method."""
+    envs = sorted(table.num_envs.unique())
+    fig, axes = subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
+    for ax, n in zip(axes[0], envs, strict=True):
+        for method, rows in table[table.num_envs == n].groupby("method", sort=True):
+            line = ax.plot(rows.x, rows["diff"],
+                           label=f"{method} − {BASELINE} ({rows.seeds.iloc[0]} seeds)")[0]
+            ax.fill_between(rows.x, rows.low, rows.high, alpha=0.2, color=line.get_color())
         ax.axhline(0.0, color="black", lw=0.8)
-        style_panel(ax, "environment steps", f"Δ {label} vs {BASELINE}",
-                    f"{final.env.iloc[0]}: {n} envs, method − {BASELINE}\n"
+        style_panel(ax, STEPS_LABEL, f"Δ {label} vs {BASELINE}",
+                    f"{env}: {n} envs, method − {BASELINE}, same seed\n"
                     f"({window}-batch moving mean, paired-bootstrap 95% band over seeds)")
-    if not drawn:
-        return None
-    stem = "success" if metric == "success_rate" else metric
     return save_figure(fig, folder / f"{stem}_diff_vs_env_steps.png")
 
 
@@ -334,9 +350,13 @@ def report(final: pd.DataFrame, metrics: pd.DataFrame, params: list[str],
     files += [f for f in (
         curves_vs_steps(final, metrics, chosen, folder),
         curves_vs_steps(final, metrics, chosen, folder, "return_mean", "mean episode return"),
-        difference_curves(final, metrics, chosen, folder, "success_rate", "success rate"),
-        difference_curves(final, metrics, chosen, folder, "return_mean", "mean return"),
         lambda_stats(final, metrics, chosen, folder)) if f is not None]
+    for metric, stem, label in (("success_rate", "success", "success rate"),
+                                ("return_mean", "return_mean", "mean return")):
+        diffs = difference_table(final, metrics, chosen, metric)
+        if not diffs.empty:
+            files += write_table(diffs, folder, f"e3_{stem}_diff")
+            files.append(difference_curves(diffs, final.env.iloc[0], folder, stem, label))
     if table.groupby(["method", "num_envs"]).lr.nunique().max() > 1:  # an LR sweep
         files.append(versus_lr(table, "success_last5", "success, last 5 batches", folder))
         files.append(versus_lr(table, "success_auc", "normalised success AUC", folder))

@@ -81,6 +81,14 @@ def test_dynamics_sweeps_are_the_papers_settings(path: Path) -> None:
     assert len(seen) == 8
 
 
+def test_report_knows_the_task_episode_lengths_without_importing_torch() -> None:
+    from analysis import popgym
+    from tasks import popgym_task
+    assert popgym.LENGTH == popgym_task.LENGTH
+    code = "import sys, analysis.popgym; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
 def test_band_is_the_one_point_bootstrap_at_every_point() -> None:
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
@@ -106,6 +114,7 @@ def test_report_compares_every_method_with_bptt_and_tracks_gradient_checkpoints(
                           tmp_path)
     names = {f.name for f in files}
     assert {"e3_vs_bptt.csv", "e3_vs_bptt.md", "success_diff_vs_env_steps.png",
+            "e3_success_diff.csv", "e3_return_mean_diff.md",
             "return_mean_diff_vs_env_steps.png", "lambda_stats.png",
             "e3_grad_quality.csv", "grad_quality.png"} <= names
     versus = pd.read_csv(tmp_path / "e3_vs_bptt.csv").set_index("method")
@@ -118,6 +127,19 @@ def test_report_compares_every_method_with_bptt_and_tracks_gradient_checkpoints(
                                      bp.set_index("seed").success_auc.sort_index().to_numpy())
     row = versus.loc["SparseNet sgprop"]
     assert (row.success_auc_diff, row.success_auc_diff_low, row.success_auc_diff_high) == \
+        pytest.approx(expected)
+    # the curves' difference is paired by seed and batch (10-batch moving means)
+    diffs = pd.read_csv(tmp_path / "e3_return_mean_diff.csv")
+    gru = diffs[diffs.method == "GRU"].set_index("step")
+    assert list(gru.index) == list(range(1, 7)) and (gru.x == gru.index * 4 * 10).all()
+    curve = metrics[metrics.metric == "return_mean"].merge(trials[["trial_id", "seed"]])
+    smoothed = {p: curve[curve.trial_id.str.startswith(p)].pivot(
+        index="seed", columns="step", values="value").T.rolling(10, center=True,
+                                                               min_periods=1).mean().T
+        for p in ("gru", "bptt")}
+    expected = paired_bootstrap_diff(smoothed["gru"][3].to_numpy(),
+                                     smoothed["bptt"][3].to_numpy())
+    assert (gru.loc[3, "diff"], gru.loc[3, "low"], gru.loc[3, "high"]) == \
         pytest.approx(expected)
     success = pd.read_csv(tmp_path / "e3_success.csv")
     assert (success.success_last5_low <= success.success_last5_mean).all()
