@@ -31,11 +31,11 @@ def paired_bootstrap_ratio(
         raise ValueError("expected two 1-d arrays of equal, non-zero length")
     ratio = float(_safe_ratio(num.mean(), den.mean()))
 
-    def ratio_of_means(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    def ratio_of_means(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
         return _safe_ratio(x.mean(axis), y.mean(axis))
 
     low, high = _paired_percentile(ratio_of_means, (num, den), ratio, resamples, seed, level)
-    return ratio, low, high
+    return ratio, float(low), float(high)
 
 
 def paired_bootstrap_diff(
@@ -49,26 +49,49 @@ def paired_bootstrap_diff(
     y = np.asarray(b, dtype=float)
     if x.shape != y.shape or x.ndim != 1 or x.size == 0:
         raise ValueError("expected two 1-d arrays of equal, non-zero length")
-    diff = float((x - y).mean())
+    diff, low, high = paired_bootstrap_diff_band(x[:, None], y[:, None], resamples, seed,
+                                                 level)
+    return float(diff[0]), float(low[0]), float(high[0])
 
-    def mean_difference(u: np.ndarray, v: np.ndarray, axis: int = -1) -> np.ndarray:
+
+def paired_bootstrap_diff_band(
+    a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`paired_bootstrap_diff` at every column at once: a and b are (pairs, points), e.g.
+    two methods' curves per seed on a common x grid; the same resampled pairs serve every
+    point, so the band is pointwise. Returns (difference, low, high), each (points,)."""
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 2 or x.size == 0:
+        raise ValueError("expected two 2-d arrays (pairs, points) of equal, non-zero size")
+    diff = (x - y).mean(0)
+
+    def mean_difference(u: np.ndarray, v: np.ndarray, axis: int = 0) -> np.ndarray:
         return (u - v).mean(axis)
 
     low, high = _paired_percentile(mean_difference, (x, y), diff, resamples, seed, level)
     return diff, low, high
 
 
-def _paired_percentile(statistic, samples: tuple[np.ndarray, ...], point: float,
-                       resamples: int, seed: int, level: float) -> tuple[float, float]:
-    """SciPy's paired percentile bootstrap (the pairs resampled together), seeded. One pair
-    has no spread to resample: its interval is the point itself."""
-    if samples[0].size == 1:
+def bootstrap_mean(values: np.ndarray, resamples: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+    """Mean with a percentile-bootstrap CI over the values (e.g. one per seed)."""
+    values = np.asarray(values, dtype=float)
+    return paired_bootstrap_diff(values, np.zeros_like(values), resamples, seed, level)
+
+
+def _paired_percentile(statistic, samples: tuple[np.ndarray, ...], point, resamples: int,
+                       seed: int, level: float):
+    """SciPy's paired percentile bootstrap over the first axis (the pairs, resampled
+    together; any further axes are points that share the resampled pairs), seeded. One
+    pair has no spread to resample: its interval is the point itself."""
+    if len(samples[0]) == 1:
         return point, point
     with np.errstate(invalid="ignore"):  # a ratio of infinite resamples (zero denominators)
-        result = bootstrap(samples, statistic, paired=True, vectorized=True,
+        result = bootstrap(samples, statistic, paired=True, vectorized=True, axis=0,
                            method="percentile", n_resamples=resamples, confidence_level=level,
                            random_state=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return result.confidence_interval.low, result.confidence_interval.high
 
 
 def _safe_ratio(a, b):

@@ -24,7 +24,8 @@ Metrics (step = batch index, 1..batches; batch-level metrics are averaged over t
   at the last step also success_last5 (mean success of the last 5 batches) and success_auc
   (trapezoid area under success-vs-batch over the batch span, in [0, 1], as the
   reference's `normalized_auc`).
-Gradient quality (beyond the paper), every `grad_every` batches (0: never), parameters,
+Gradient quality (beyond the paper), every `grad_every` batches (0: never) and after each
+batch listed in `grad_at`, parameters,
 SG and λ frozen, on batches from its own stream: a reference g_ref = mean of BPTT's
 one-batch gradients over `ref_batches` batches (squared standard error se² = sample
 variance / ref_batches), and each rule's one-batch estimates ĝ_i on `grad_batches` other
@@ -101,6 +102,8 @@ class PopgymConfig:
     hidden: int = 256  # GRU / LSTM
     log_every: int = 1
     grad_every: int = 0  # gradient-quality checkpoint period in batches; 0: none
+    # gradient-quality checkpoints at these batches (besides any grad_every gives)
+    grad_at: tuple[int, ...] = field(default=(), metadata={"added_later": True})
     grad_batches: int = 8  # one-batch estimates per rule and checkpoint
     ref_batches: int = 64  # batches averaged into the reference gradient
 
@@ -129,9 +132,17 @@ class PopgymConfig:
         if self.input_neurons > self.neurons:
             raise ConfigError("input_neurons", f"expected at most neurons = {self.neurons}")
         check_at_least(0, {"grad_every": self.grad_every})
+        if any(not 1 <= b <= self.batches for b in self.grad_at) or \
+                list(self.grad_at) != sorted(set(self.grad_at)):
+            raise ConfigError("grad_at", f"expected increasing batches in 1..{self.batches}, "
+                                         f"got {list(self.grad_at)}")
         check_at_least(2, {"grad_batches": self.grad_batches, "ref_batches": self.ref_batches})
         if self.learner == "sgprop" and self.model != "sparsenet":
             raise ConfigError("learner", "sgprop needs model sparsenet (GRU/LSTM are BPTT only)")
+
+    def grad_checkpoint(self, step: int) -> bool:
+        """Whether a gradient-quality checkpoint follows batch `step` (1-based)."""
+        return step in self.grad_at or bool(self.grad_every and step % self.grad_every == 0)
 
     @property
     def episode_length(self) -> int:
@@ -320,7 +331,7 @@ class PopgymRun:
                 log.log_dict({name: total / count for name, total in window.items()}, step)
                 log.log("env_steps", env_steps, step)
                 window, count = {}, 0
-            if cfg.grad_every and step % cfg.grad_every == 0:
+            if cfg.grad_checkpoint(step):
                 log.log_dict(self.gradient_quality(), step)
         log.log("success_last5", float(np.mean(success[-5:])), cfg.batches)
         auc = np.trapezoid(success) / (len(success) - 1) if len(success) > 1 else success[0]
