@@ -1,9 +1,13 @@
 """E3 throughput: environment steps per second per model and rule, and the batched maze env.
 
-1. Training: env-steps/s of the full training step (rollout of `num_envs` fresh mazes,
-   learner backward, clip, Adam) per model and rule, at the paper's sizes, and of the
-   rollout alone (no learning). Steps are the episodes' valid steps; an untrained policy
-   rarely solves a maze, so episodes run near full length.
+1. Training, per batch (`--envs escape,explore`): milliseconds per training batch of each
+   model and rule side by side: the rollout (`num_envs` fresh mazes, actions from the
+   policy) and the update (learner backward, clip, Adam), at the paper's sizes, and each
+   total as a multiple of GRU's. The cases are interleaved batch by batch (so load that
+   changes during the run hits all of them alike) and each column is the median over
+   `--batches` batches after one warm-up batch; `--clock cpu` times this process's CPU
+   (`time.process_time`), which other jobs on a shared machine do not inflate. Goals
+   (issue 20, one thread): SparseNet BPTT ≤ 1.5× GRU, SparseNet sgprop ≤ 2.5× GRU.
 2. Environment only: tasks.mazes.MazeBatch (all mazes stepped as arrays) against POPGym's
    own LabyrinthEscape/Explore with its previous-action → antialias → flatten wrappers,
    stepped one env after the other, on the same random actions; printed side by side with
@@ -21,7 +25,7 @@
    only a slow per-sample fallback for aten::gru_cell); SparseNet's cell vmaps as is.
    Timings interleaved (sequential then batched, `--reps` times), fastest of each.
 
-    python benchmarks/bench_popgym.py                    # escape, 20 envs
+    OMP_NUM_THREADS=1 python benchmarks/bench_popgym.py --clock cpu --seeds 0  # per batch
     python benchmarks/bench_popgym.py --env explore --num-envs 40
     python benchmarks/bench_popgym.py --only-seeds --seeds 6
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,7 +45,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from learners.recurrent import RecurrentBaseline
 from learners.reinforce import normalised_returns, policy_loss
 from tasks.mazes import MazeBatch, _GlobalRngGuard, wrapped_popgym_env
-from tasks.popgym_task import PopgymConfig, PopgymRun, random_seeds, rollout, seen_rewards
+from tasks.popgym_task import PopgymConfig, PopgymRun, random_seeds, seen_rewards
 from tasks.sampling import sample_actions
 
 CASES = {
@@ -51,19 +56,18 @@ CASES = {
 }
 
 
-def training_rate(cfg: PopgymConfig, batches: int) -> tuple[float, float]:
-    """(env-steps/s of training steps, env-steps/s of rollouts alone)."""
+def batch_times(cfg: PopgymConfig,
+                clock: Callable[[], float]) -> Iterator[tuple[float, float, float]]:
+    """(rollout s, update s, env-steps) of one training batch after another (after one
+    warm-up batch), the same work as `PopgymRun.train_step`."""
     run = PopgymRun(cfg, 0)
     run.train_step()  # warm-up
-    steps, start = 0.0, time.perf_counter()
-    for _ in range(batches):
-        steps += run.train_step()["steps"]
-    train = steps / (time.perf_counter() - start)
-    steps, start = 0.0, time.perf_counter()
-    for _ in range(batches):
-        batch = rollout(run.model, run.mazes, cfg, run.maze_seeds(), run.gens["train"])
-        steps += float(batch.valid.sum())
-    return train, steps / (time.perf_counter() - start)
+    while True:
+        start = clock()
+        batch, advantages = run.collect("train")
+        mid = clock()
+        run.update(batch, advantages)
+        yield mid - start, clock() - mid, float(batch.valid.sum())
 
 
 def env_rates(env: str, num_envs: int, length: int, episodes: int) -> tuple[float, float]:
@@ -219,10 +223,16 @@ def seed_rates(cfg: PopgymConfig, seeds: int, reps: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", choices=["escape", "explore"], default="escape")
+    parser.add_argument("--env", choices=["escape", "explore"], default="escape",
+                        help="environment of the env-only and seed benchmarks")
+    parser.add_argument("--envs", default="escape,explore",
+                        help="environments of the per-batch table (comma-separated)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="per-batch table: wall clock or this process's CPU time")
     parser.add_argument("--num-envs", type=int, default=20)
-    parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--episodes", type=int, default=10, help="env-only benchmark")
+    parser.add_argument("--batches", type=int, default=5,
+                        help="per-batch table: timed batches per case")
+    parser.add_argument("--episodes", type=int, default=10, help="env-only benchmark (0 skips)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seeds", type=int, default=6, help="seeds batched vs sequential")
     parser.add_argument("--reps", type=int, default=3, help="seed benchmark: fastest of")
@@ -231,10 +241,13 @@ def main() -> None:
     parser.add_argument("--only-seeds", action="store_true", help="seed benchmark only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"E3 {args.env}, {args.num_envs} envs per batch, paper sizes, CPU, "
+    print(f"E3, {args.num_envs} envs per batch, paper sizes, CPU, "
           f"{torch.get_num_threads()} thread(s)")
     if not args.only_seeds:
-        model_and_env_tables(args)
+        for env in args.envs.split(","):
+            per_batch_table(env, args)
+        if args.episodes > 0:
+            env_table(args)
     if args.seeds > 0:
         print(f"\n{args.seeds} seeds, training step (BPTT), env-steps/s, fastest of "
               f"{args.reps} interleaved")
@@ -245,16 +258,27 @@ def main() -> None:
             print(f"{model:20s} {seq:12.0f} {bat:12.0f} {bat / seq:8.2f}", flush=True)
 
 
-def model_and_env_tables(args: argparse.Namespace) -> None:
-    print(f"\n{'model / rule':20s} {'train steps/s':>14s} {'rollout steps/s':>16s} "
-          f"{'train x GRU':>12s}")
-    rates = {}
-    for name, case in CASES.items():
-        cfg = PopgymConfig(env=args.env, num_envs=args.num_envs, **case)
-        rates[name] = training_rate(cfg, args.batches)
-    base = rates["GRU BPTT"][0]
-    for name, (train, roll) in rates.items():
-        print(f"{name:20s} {train:14.0f} {roll:16.0f} {train / base:12.2f}")
+def per_batch_table(env: str, args: argparse.Namespace) -> None:
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    runs = {name: batch_times(PopgymConfig(env=env, num_envs=args.num_envs, **case), clock)
+            for name, case in CASES.items()}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in CASES}
+    for _ in range(args.batches):
+        for name, run in runs.items():  # interleaved: one batch of each case in turn
+            times[name].append(next(run))
+    print(f"\n{env}, {args.num_envs} envs, ms per batch (median of {args.batches}, "
+          f"{args.clock} clock)")
+    print(f"{'model / rule':20s} {'rollout':>9s} {'update':>9s} {'total':>9s} "
+          f"{'x GRU':>7s} {'env-steps':>10s}")
+    medians = {name: np.median(np.array(rows), axis=0) for name, rows in times.items()}
+    base = medians["GRU BPTT"][0] + medians["GRU BPTT"][1]
+    for name, (roll, update, steps) in medians.items():
+        total = roll + update
+        print(f"{name:20s} {1e3 * roll:9.1f} {1e3 * update:9.1f} {1e3 * total:9.1f} "
+              f"{total / base:7.2f} {steps:10.0f}", flush=True)
+
+
+def env_table(args: argparse.Namespace) -> None:
     length = PopgymConfig(env=args.env).episode_length
     fast, slow = env_rates(args.env, args.num_envs, length, args.episodes)
     print(f"\n{'environment only':20s} {'MazeBatch':>14s} {'POPGym sequential':>18s} "

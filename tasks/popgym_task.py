@@ -21,7 +21,8 @@ Metrics (step = batch index, 1..batches; batch-level metrics are averaged over t
   grad_norm (before clipping); sgprop: sg_loss, lambda_mean/min/max/p25/p75 (over neurons;
   λ after this batch's update), true_grad_norm / pred_norm / mixed_grad_norm (mean per-neuron
   ‖g_t‖, ‖ĝ_t‖, ‖g̃_t‖ over valid steps, mean-loss units, ĝ before this batch's SG step);
-  at the last step also success_last5 (mean success of the last 5 batches) and success_auc
+  at the last step also torch_threads (the intra-op threads the trial ran with),
+  success_last5 (mean success of the last 5 batches) and success_auc
   (trapezoid area under success-vs-batch over the batch span, in [0, 1], as the
   reference's `normalized_auc`).
 Gradient quality (beyond the paper), every `grad_every` batches (0: never), parameters,
@@ -325,6 +326,8 @@ class PopgymRun:
         log.log("success_last5", float(np.mean(success[-5:])), cfg.batches)
         auc = np.trapezoid(success) / (len(success) - 1) if len(success) > 1 else success[0]
         log.log("success_auc", float(auc), cfg.batches)
+        # Provenance: the intra-op threads this trial computed with (its CPU share in Ray).
+        log.log("torch_threads", float(torch.get_num_threads()), cfg.batches)
         return log
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import random
 
 import numpy as np
@@ -268,3 +270,30 @@ def test_e3_trials_given_a_gpu_compute_and_are_recorded_on_the_cpu() -> None:
     (record,) = run_blocks("probe", [probe], device="cuda")
     assert record.status == "ok" and record.device == "cuda"
     assert record.metrics.values[record.metrics.names.index("on_cuda")] == 1.0
+
+
+@pytest.mark.timeout(300)
+def test_each_e3_trial_in_a_ray_worker_uses_as_many_threads_as_its_cpu_share(
+        ray_cluster) -> None:
+    # Ray reuses a worker across tasks, and torch reads OMP_NUM_THREADS once, at import:
+    # a worker first used by a 2-CPU task ran later 1-CPU trials on 2 threads until
+    # orchestrator.execute set each trial's threads (docs/performance.md, E3). The 2-CPU
+    # block goes first so that its worker, reused, has to come down to 1 thread.
+    from orchestrator import schedule
+    from orchestrator.plan import Block, Trial
+    from orchestrator.spec import Resources
+
+    config = dataclasses.asdict(PopgymConfig(env="escape", length=4, **{**TINY,
+                                                                          "batches": 1}))
+    user = os.environ.get("OMP_NUM_THREADS")  # exported by the user: Ray leaves it, so do we
+    seen = []
+    for i, cpus in enumerate((2.0, 1.0, 0.5, 2.0, 1.0)):
+        block = Block(f"c{i}", config, (Trial(f"t{i}", f"c{i}", 0),))
+        (record,) = ray_cluster.get(schedule.submit("popgym", [block], Resources(num_cpus=cpus),
+                                                    max_retries=0))
+        assert record.status == "ok", record.error
+        threads = record.metrics.values[record.metrics.names.index("torch_threads")]
+        seen.append((cpus, threads))
+    expected = [(cpus, float(int(user) if user else max(1, math.floor(cpus))))
+                for cpus, _ in seen]
+    assert seen == expected
