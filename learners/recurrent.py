@@ -20,14 +20,24 @@ GRU / LSTM: the same preprocessor, a `hidden`-wide cell, and an actor of two Lea
 layers of 128 then the logits. Init as the reference: every Linear and the cell's weight
 matrices orthogonal (gain 1), biases 0, the logit layer's weights N(0, 0.01²).
 
-`forward(obs, cut=True)` on the SparseNet gives each step's h_{t−1} and e_t as fresh leaves, so the
-sgprop-through-time learner (learners/sgprop_time.py) can take one vector-Jacobian product
-per step and mix what flows backwards in time.
+Layout and speed (SparseNet). The cell runs neuron-major with the batch last: h_t is
+(N, K, B), a neuron's local input (N, P·K, B) is one `index_select` of whole rows, and each
+neuron's routing keys and slot weights are one fused matrix (N, Q, P·K), Q = M + M·K, so a
+step is one batched GEMM (`torch.baddbmm`) plus the slot nonlinearities. Everything that
+does not depend on the recurrence is computed for all steps at once before the loop: the
+preprocessor and the input neurons' e_t terms (one GEMM, `drive`), and after it the
+actor. The backward pass through time (`reverse`) is the cell's closed-form derivative,
+one GEMM and one `index_add_` per step; the parameter gradients are then one GEMM over all
+(t, b) (`cell_gradients`). BPTT reaches it through autograd (`Recurrence`), sgprop
+through time (learners/sgprop_time.py) calls it with its mixing. `cell` is the same step
+written plainly (batch first), kept as the readable definition the tests check the fast
+path against. Per-step tensors and the sequence tensors built from them: `Tape`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -75,10 +85,10 @@ class RecurrentShape:
 
 @dataclass
 class StepTrace:
-    """What the SparseNet cell computed at one step (B batch, N neurons)."""
+    """One step of the plain `RecurrentSparseNet.cell` (B batch, N neurons)."""
 
-    prev: Tensor  # (B, N, K) h_{t−1} as the cell read it (a leaf if cut)
-    embed: Tensor  # (B, E) e_t as the cell read it (a leaf if cut)
+    prev: Tensor  # (B, N, K) h_{t−1}
+    embed: Tensor  # (B, E) e_t
     x: Tensor  # (B, N, P·K) the parents' states
     scores: Tensor  # (B, N, M)
     routing: Tensor  # (B, N, M)
@@ -88,11 +98,49 @@ class StepTrace:
 
 
 @dataclass
-class SequenceTrace:
-    embed: Tensor  # (T, B, E) the preprocessor's output e_t (with its graph)
-    steps: list[StepTrace] = field(default_factory=list)
-    states: Tensor | None = None  # (T, B, N, K) h_t as the actor reads it (leaf if cut)
-    logits: Tensor | None = None  # (T, B, A)
+class Tape:
+    """A sequence through the fast SparseNet forward (T steps, B batch; Q = M + M·K).
+
+    `embed`, `weights`, `bias` and `drive` carry their graphs to the parameters (when built
+    with grad); the per-step lists and `states` are plain values (no graph).
+    """
+
+    embed: Tensor  # (T, B, E) e_t
+    weights: Tensor  # (N, Q, P·K) fused routing keys and slot weights on the parents' states
+    bias: Tensor  # (N, Q) 0 for the routing scores, the slot biases
+    drive: Tensor  # (I, Q, T·B) the input neurons' e_t terms, every step at once
+    x: list[Tensor] = field(default_factory=list)  # per step (N, P·K, B) parents' h_{t−1}
+    routing: list[Tensor] = field(default_factory=list)  # per step (N, M, B)
+    act: list[Tensor] = field(default_factory=list)  # per step (N, M, K, B) tanh(pre)
+    states: Tensor | None = None  # (T, N, K, B) h_t
+    stacked: dict[str, Tensor] = field(default_factory=dict)  # `sequence`'s, built once
+
+    @property
+    def steps(self) -> int:
+        return len(self.x)
+
+    def sequence(self, name: str) -> Tensor:
+        """A per-step list ('x', 'routing', 'act') stacked with time next to the batch,
+        (N, ..., T·B), every sample of a neuron contiguous (kept: several users)."""
+        if name not in self.stacked:
+            self.stacked[name] = torch.stack(getattr(self, name), -2).flatten(-2)
+        return self.stacked[name]
+
+
+def slot_backward(slopes: Tensor, routing: Tensor, act: Tensor, d_out: Tensor,
+                  scale: float) -> Tensor:
+    """The cell's derivative from h_t back to its fused pre-activations z = [scores·√D ;
+    pre]: slopes w_m (1 − tanh²) and act (..., N, M, K, S), routing (..., N, M, S), d_out
+    (..., N, K, S) → (..., N, Q, S) (S: any samples; leading dims broadcast)."""
+    d_mk = d_out.unsqueeze(-3)
+    shape = torch.broadcast_shapes(d_mk.shape, slopes.shape)
+    out = d_out.new_empty(*shape[:-3], shape[-3] * (1 + shape[-2]), shape[-1])
+    m = routing.shape[-2]
+    torch.mul(d_mk, slopes, out=out[..., m:, :].unflatten(-2, shape[-3:-1]))
+    d_routing = (act * d_mk).sum(-2)
+    d_scores = d_routing.sub_((routing * d_routing).sum(-2, keepdim=True)).mul_(routing)
+    torch.mul(d_scores, scale, out=out[..., :m, :])
+    return out
 
 
 class RecurrentSparseNet(nn.Module):
@@ -116,6 +164,7 @@ class RecurrentSparseNet(nn.Module):
         self.act_keys = nn.Parameter(torch.randn(a, m, z, generator=gen) * std)
         self.act_weights = nn.Parameter(torch.randn(a, m, z, generator=gen) * std)
         self.act_biases = nn.Parameter(torch.zeros(a, m))
+        self.scale = 1.0 / math.sqrt(shape.input_dim)  # the routing scores' 1/√D
 
     def cell_parameters(self) -> list[nn.Parameter]:
         return [self.keys_p, self.keys_e, self.weights_p, self.weights_e, self.biases]
@@ -123,6 +172,7 @@ class RecurrentSparseNet(nn.Module):
     def actor_parameters(self) -> list[nn.Parameter]:
         return [self.act_keys, self.act_weights, self.act_biases]
 
+    # -- the plain definition (batch first, one step) -------------------------------------
     def cell(self, prev: Tensor, embed: Tensor) -> StepTrace:
         """One step for all neurons: prev (B, N, K), embed (B, E)."""
         s = self.shape
@@ -142,46 +192,154 @@ class RecurrentSparseNet(nn.Module):
         out = (routing.unsqueeze(-1) * act).sum(-2)
         return StepTrace(prev, embed, x, scores, routing, pre, act, out)
 
+    # -- the fast path ----------------------------------------------------------------------
+    def fused(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(weights (N, Q, P·K), bias (N, Q), embed weights (I·Q, E)) of `Tape`."""
+        s = self.shape
+        n, ni, mk = s.neurons, s.input_neurons, s.slots * s.dim
+        weights = torch.cat([self.keys_p, self.weights_p.reshape(n, mk, s.parent_dim)], 1)
+        bias = torch.cat([self.biases.new_zeros(n, s.slots), self.biases.reshape(n, mk)], 1)
+        embed_w = torch.cat([self.keys_e, self.weights_e.reshape(ni, mk, s.embed)], 1)
+        return weights, bias, embed_w.reshape(-1, s.embed)
+
+    def drive(self, embed: Tensor, embed_w: Tensor) -> Tensor:
+        """The input neurons' e_t terms of every step at once: embed (..., E) → (I, Q, S)
+        with S the flattened leading dims of `embed`."""
+        flat = embed.reshape(-1, embed.shape[-1])
+        return torch.mm(embed_w, flat.t()).view(self.shape.input_neurons, -1, flat.shape[0])
+
+    def advance(self, h: Tensor, weights: Tensor, bias: Tensor, drive: Tensor,
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One step, no graph: h_{t−1} (N, K, B), drive (I, Q, B) → (x, routing, act, h_t)."""
+        s = self.shape
+        n, b = s.neurons, h.shape[-1]
+        x = h.index_select(0, self.wiring.reshape(-1)).view(n, s.parent_dim, b)
+        z = torch.baddbmm(bias.unsqueeze(-1), weights, x)
+        z[: s.input_neurons] += drive
+        routing = torch.softmax(z[:, : s.slots] * self.scale, 1)
+        act = torch.tanh(z[:, s.slots:]).view(n, s.slots, s.dim, b)
+        return x, routing, act, (routing.unsqueeze(2) * act).sum(1)
+
+    def tape(self, obs: Tensor) -> Tape:
+        """obs (T, B, O) → Tape: the unrolled cell (no graph), with the fused parameters and
+        e_t terms holding their graphs if grad is enabled."""
+        embed = self.pre(obs)
+        weights, bias, embed_w = self.fused()
+        steps, batch = obs.shape[0], obs.shape[1]
+        drive = self.drive(embed, embed_w)
+        tape = Tape(embed, weights, bias, drive)
+        with torch.no_grad():
+            w, bb = weights.detach(), bias.detach()
+            per_step = drive.detach().view(drive.shape[0], drive.shape[1], steps, batch)
+            h = self.initial_state(batch)
+            states = []
+            for t in range(steps):
+                x, routing, act, h = self.advance(h, w, bb, per_step[:, :, t])
+                tape.x.append(x)
+                tape.routing.append(routing)
+                tape.act.append(act)
+                states.append(h)
+            tape.states = torch.stack(states)
+        return tape
+
+    def reverse(self, tape: Tape, direct: Tensor,
+                mixer: Callable[[int, Tensor], Tensor] | None = None,
+                ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Backwards in time from d_t = ∂loss/∂h_t through the actor at t only (N, K, T, B):
+        g_t = d_t + (∂h_{t+1}/∂h_t)^T g̃_{t+1}, g̃_t = mixer(t, g_t) (None: g_t itself).
+        Returns (∂/∂z of every step (N, Q, T·B), [g_t], [g̃_t]), lists in time order."""
+        s = self.shape
+        n, b = s.neurons, direct.shape[-1]
+        steps = tape.steps
+        back = tape.weights.detach().transpose(1, 2)  # (N, P·K, Q)
+        index = self.wiring.reshape(-1)
+        d_z: list[Tensor] = [direct.new_empty(0)] * steps
+        realised: list[Tensor] = [direct.new_empty(0)] * steps
+        mixed: list[Tensor] = [direct.new_empty(0)] * steps
+        carry: Tensor | None = None
+        for t in reversed(range(steps)):
+            g = direct[:, :, t] if carry is None else direct[:, :, t] + carry
+            realised[t] = g
+            m = g if mixer is None else mixer(t, g)
+            mixed[t] = m
+            routing, act = tape.routing[t], tape.act[t]
+            slopes = routing.unsqueeze(2) * (1.0 - act * act)
+            d_z[t] = slot_backward(slopes, routing, act, m, self.scale)
+            if t > 0:
+                d_x = torch.bmm(back, d_z[t]).view(n * s.parents, s.dim, b)
+                carry = direct.new_zeros(n, s.dim, b).index_add_(0, index, d_x)
+        return torch.stack(d_z, -2).flatten(-2), realised, mixed
+
+    def tape_slopes(self, tape: Tape) -> Tensor:
+        """w_m (1 − tanh²(pre)) of every step, (N, M, K, T·B) (`slot_backward`)."""
+        act = tape.sequence("act")
+        return tape.sequence("routing").unsqueeze(2) * (1.0 - act * act)
+
+    def cell_gradients(self, tape: Tape, d_z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Σ over every (t, b) of the fused parameters' and e_t terms' gradients:
+        (weights (N, Q, P·K), bias (N, Q), drive (I, Q, T·B)), one GEMM each."""
+        d_weights = torch.bmm(d_z, tape.sequence("x").transpose(1, 2))
+        return d_weights, d_z.sum(-1), d_z[: self.shape.input_neurons]
+
     def actor(self, states: Tensor) -> Tensor:
-        """states (..., N, K) → logits (..., A)."""
-        z = states.flatten(-2)
-        scale = 1.0 / math.sqrt(z.shape[-1])
-        routing = torch.softmax(torch.einsum("...z,amz->...am", z, self.act_keys) * scale, -1)
-        per_slot = torch.einsum("...z,amz->...am", z, self.act_weights) + self.act_biases
-        return (routing * per_slot).sum(-1)
+        """states (..., N·K) flat → logits (..., A): one GEMM for every slot's key and
+        weight row."""
+        a, m = self.act_biases.shape
+        fused = torch.cat([self.act_keys, self.act_weights], 1).reshape(2 * a * m, -1)
+        both = torch.matmul(states, fused.t()).unflatten(-1, (a, 2 * m))
+        scale = 1.0 / math.sqrt(states.shape[-1])
+        routing = torch.softmax(both[..., :m] * scale, -1)
+        return (routing * (both[..., m:] + self.act_biases)).sum(-1)
+
+    @staticmethod
+    def flat_states(states: Tensor) -> Tensor:
+        """(T, N, K, B) → (T, B, N·K), what the actor reads."""
+        return states.permute(0, 3, 1, 2).flatten(-2)
 
     def initial_state(self, batch: int) -> Tensor:
-        return self.biases.new_zeros(batch, self.shape.neurons, self.shape.dim)
+        return self.biases.new_zeros(self.shape.neurons, self.shape.dim, batch)
 
     def step(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One environment step: obs (B, O) → (logits (B, A), new state)."""
-        h = self.cell(state, self.pre(obs)).out
-        return self.actor(h), h
-
-    def forward(self, obs: Tensor, cut: bool = False) -> SequenceTrace:
-        """obs (T, B, O) → SequenceTrace. `cut`: each step reads a detached leaf h_{t−1}."""
-        embed = self.pre(obs)
-        trace = SequenceTrace(embed=embed)
-        h = self.initial_state(obs.shape[1])
-        outs = []
-        for t in range(obs.shape[0]):
-            e_t = embed[t]
-            if cut:
-                h = h.detach().requires_grad_(t > 0)
-                e_t = e_t.detach().requires_grad_(True)
-            st = self.cell(h, e_t)
-            trace.steps.append(st)
-            h = st.out
-            outs.append(h)
-        states = torch.stack(outs)
-        if cut:
-            states = states.detach().requires_grad_(True)
-        trace.states = states
-        trace.logits = self.actor(states)
-        return trace
+        """One environment step: obs (B, O) → (logits (B, A), new state (N, K, B))."""
+        weights, bias, embed_w = self.fused()
+        h = self.advance(state, weights, bias, self.drive(self.pre(obs), embed_w))[-1]
+        return self.actor(h.permute(2, 0, 1).flatten(-2)), h
 
     def logits(self, obs: Tensor) -> Tensor:
-        return self.forward(obs).logits
+        """obs (T, B, O) → logits (T, B, A), differentiable (BPTT through `Recurrence`)."""
+        embed = self.pre(obs)
+        weights, bias, embed_w = self.fused()
+        states = Recurrence.apply(self, weights, bias, self.drive(embed, embed_w), obs)
+        return self.actor(self.flat_states(states))
+
+
+class Recurrence(torch.autograd.Function):
+    """The SparseNet's unrolled cell as one autograd node: forward `RecurrentSparseNet.tape`'s
+    loop, backward `reverse` + `cell_gradients` (BPTT)."""
+
+    @staticmethod
+    def forward(ctx, model: RecurrentSparseNet, weights: Tensor, bias: Tensor, drive: Tensor,
+                obs: Tensor) -> Tensor:
+        steps, batch = obs.shape[0], obs.shape[1]
+        tape = Tape(obs.new_empty(0), weights, bias, drive)
+        per_step = drive.view(drive.shape[0], drive.shape[1], steps, batch)
+        h = model.initial_state(batch)
+        states = []
+        for t in range(steps):
+            x, routing, act, h = model.advance(h, weights, bias, per_step[:, :, t])
+            tape.x.append(x)
+            tape.routing.append(routing)
+            tape.act.append(act)
+            states.append(h)
+        ctx.model, ctx.tape = model, tape
+        return torch.stack(states)
+
+    @staticmethod
+    def backward(ctx, d_states: Tensor):
+        model, tape = ctx.model, ctx.tape
+        d_z = model.reverse(tape, d_states.permute(1, 2, 0, 3))[0]
+        d_weights, d_bias, d_drive = model.cell_gradients(tape, d_z)
+        return None, d_weights, d_bias, d_drive, None
 
 
 class RecurrentBaseline(nn.Module):

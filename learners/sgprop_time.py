@@ -45,7 +45,6 @@ in which per-step contributions are summed (tests: equal to float64 round-off).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -53,10 +52,8 @@ from torch import Tensor, nn
 
 from learners.compared import BACKPROP, COMPARED
 from learners.feedback import FeedbackRule, lambda_from_moments, mix
-from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, SequenceTrace
+from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, Tape, slot_backward
 from learners.reinforce import Batch, pad_steps, policy_loss
-from learners.sgprop import local_errors, outer_moments, unit
-from learners.sparsenet import LayerTrace
 
 Lam = float | Tensor  # a fixed λ, or per (t, [b,] neuron): (T, B or 1, N, 1)
 
@@ -100,13 +97,16 @@ class SyntheticGradientsTime(nn.Module):
         self.c = nn.Parameter(torch.zeros(n, m, k))
 
     def predict(self, x: Tensor, embed: Tensor, routing: Tensor) -> Tensor:
-        """x (..., N, P·K), embed (..., E), routing (..., N, M) → (..., N, K)."""
-        per_slot = torch.einsum("...nd,nmkd->...nmk", x.detach(), self.g_p) + self.c
-        ni = self.input_neurons
-        per_slot_e = torch.einsum("...e,nmke->...nmk", embed.detach(), self.g_e)
-        per_slot = torch.cat([per_slot[..., :ni, :, :] + per_slot_e,
-                              per_slot[..., ni:, :, :]], -3)
-        return (routing.detach().unsqueeze(-1) * per_slot).sum(-2)
+        """Every sample at once, neuron-major (`learners.recurrent.Tape.sequence`):
+        x (N, P·K, S), embed (S, E), routing (N, M, S) → (N, K, S)."""
+        n, m, k, dp = self.g_p.shape
+        ni, samples = self.input_neurons, x.shape[-1]
+        per_slot = torch.baddbmm(self.c.reshape(n, m * k, 1), self.g_p.reshape(n, m * k, dp),
+                                 x.detach())
+        per_slot_e = torch.mm(self.g_e.reshape(ni * m * k, -1), embed.detach().t())
+        per_slot = torch.cat([per_slot[:ni] + per_slot_e.view(ni, m * k, samples),
+                              per_slot[ni:]], 0).view(n, m, k, samples)
+        return (routing.detach().unsqueeze(2) * per_slot).sum(1)
 
 
 SCHEDULE_RATE = 0.1  # the reference's step of the `children` schedule
@@ -157,58 +157,54 @@ def buffer_lambda(schedule: Tensor, steps: int) -> Tensor:
 
 @dataclass
 class TimePropagation:
-    realised: Tensor  # (T, B, N, K) g_t arriving at h_t
-    mixed: Tensor  # (T, B, N, K) g̃_t, what flows on into the cell at t
-    cell_grads: list[Tensor] | None  # `cell_parameters` order
-    embed_grad: Tensor | None  # (T, B, E)
+    realised: Tensor  # (N, K, T, B) g_t arriving at h_t
+    mixed: Tensor  # (N, K, T, B) g̃_t, what flows on into the cell at t
+    d_z: Tensor  # (N, Q, T·B) g̃_t pulled back to the cell's fused pre-activations
 
 
-def propagate_time(model: RecurrentSparseNet, trace: SequenceTrace, direct: Tensor,
-                   lam: Lam, predicted: Tensor | None, params: bool) -> TimePropagation:
-    """λ-mixed propagation backwards in time; `predicted` in mean-loss units (None: BP)."""
-    cell_params = model.cell_parameters()
-    grads: list[Tensor] | None = [torch.zeros_like(p) for p in cell_params] if params else None
-    embed_grads: list[Tensor] = []
-    realised: list[Tensor] = []
-    mixes: list[Tensor] = []
-    carry = torch.zeros_like(direct[0])
-    for t in reversed(range(len(trace.steps))):
-        st = trace.steps[t]
-        g = direct[t] + carry
-        realised.append(g)
-        if predicted is None:
-            mixed = g
+def neuron_major_lambda(lam: Tensor) -> Tensor:
+    """λ per (t, [b,] neuron) as the schedules give it, (T, B or 1, N, 1) → (N, 1, T, B or 1)."""
+    return lam.permute(2, 3, 0, 1)
+
+
+def propagate_time(model: RecurrentSparseNet, tape: Tape, direct: Tensor, lam: Lam,
+                   predicted: Tensor | None) -> TimePropagation:
+    """λ-mixed propagation backwards in time (`RecurrentSparseNet.reverse`); direct and
+    predicted (N, K, T, B), `predicted` in mean-loss units (None: BP)."""
+    mixer = None
+    if predicted is not None:
+        if isinstance(lam, float):
+            def mixer(t: int, g: Tensor) -> Tensor:
+                return mix(lam, g, predicted[:, :, t])
         else:
-            mixed = mix(lam if isinstance(lam, float) else lam[t], g, predicted[t])
-        mixes.append(mixed)
-        wrt: list[Tensor] = list(cell_params) if params else []
-        wrt.append(st.embed)
-        if t > 0:
-            wrt.append(st.prev)
-        out = torch.autograd.grad(st.out, wrt, grad_outputs=mixed, retain_graph=True)
-        if t > 0:
-            carry, out = out[-1], out[:-1]
-        embed_grads.append(out[-1])
-        if grads is not None:
-            for acc, gp in zip(grads, out[:-1], strict=True):
-                acc += gp
-    realised.reverse()
-    mixes.reverse()
-    embed_grads.reverse()
-    return TimePropagation(torch.stack(realised), torch.stack(mixes), grads,
-                           torch.stack(embed_grads) if params else None)
+            per_step = neuron_major_lambda(lam)
+
+            def mixer(t: int, g: Tensor) -> Tensor:
+                return mix(per_step[:, :, t], g, predicted[:, :, t])
+    d_z, realised, mixed = model.reverse(tape, direct, mixer)
+    return TimePropagation(torch.stack(realised, 2), torch.stack(mixed, 2), d_z)
 
 
 def feedback_norms(prop: TimePropagation, predicted: Tensor, valid: Tensor) -> dict[str, Tensor]:
     """Mean over valid (t, b) and neurons of ‖g_t‖, ‖ĝ_t‖ (mean-loss units), ‖g̃_t‖ per
     neuron, as the reference logs them (`true_grad_norm`, `pred_norm`, `mixed_grad_norm`)."""
-    count = valid.sum().clamp(min=1) * predicted.shape[-2]
+    count = valid.sum().clamp(min=1) * predicted.shape[0]
 
     def mean_norm(v: Tensor) -> Tensor:
-        return (v.detach().norm(dim=-1) * valid[..., None]).sum() / count
+        return (norm_over(v.detach(), 1) * valid).sum() / count
 
     return {"true_grad_norm": mean_norm(prop.realised), "pred_norm": mean_norm(predicted),
             "mixed_grad_norm": mean_norm(prop.mixed)}
+
+
+def norm_over(v: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+    """‖v‖ along a dim that is not the last (`Tensor.norm` reads such a dim slowly)."""
+    return (v * v).sum(dim, keepdim=keepdim).sqrt()
+
+
+def unit_over(v: Tensor, dim: int) -> Tensor:
+    """v / ‖v‖ along `dim`; zero vectors stay zero (`learners.sgprop.unit` along any dim)."""
+    return v / norm_over(v, dim, keepdim=True).clamp(min=1e-12)
 
 
 class SGPropTime:
@@ -248,19 +244,22 @@ class SGPropTime:
             return batch, advantages
         return batch.padded(self.horizon), pad_steps(advantages, self.horizon)
 
-    def top(self, trace: SequenceTrace, batch: Batch, advantages: Tensor,
+    def top(self, tape: Tape, batch: Batch, advantages: Tensor,
             ) -> tuple[list[Tensor], Tensor, dict]:
-        """(actor gradients, d_t for every step (T, B, N, K), loss stats)."""
-        loss, stats = policy_loss(trace.logits, batch.actions, advantages, batch.valid,
+        """(actor gradients, d_t for every step (N, K, T, B), loss stats)."""
+        states = tape.states.detach().requires_grad_(True)
+        logits = self.model.actor(self.model.flat_states(states))
+        loss, stats = policy_loss(logits, batch.actions, advantages, batch.valid,
                                   self.entropy_coef)
-        out = torch.autograd.grad(loss, [*self.model.actor_parameters(), trace.states])
-        return list(out[:-1]), out[-1], stats
+        out = torch.autograd.grad(loss, [*self.model.actor_parameters(), states])
+        return list(out[:-1]), out[-1].permute(1, 2, 0, 3), stats
 
-    def predictions(self, trace: SequenceTrace, grad: bool = False) -> Tensor:
-        """The SG's outputs ĝ_t for every step, in its own units (T, B, N, K)."""
+    def predictions(self, tape: Tape, grad: bool = False) -> Tensor:
+        """The SG's outputs ĝ_t for every step, in its own units (N, K, T, B)."""
         with torch.set_grad_enabled(grad):
-            return torch.stack([self.sg.predict(st.x, st.embed, st.routing)
-                                for st in trace.steps])
+            out = self.sg.predict(tape.sequence("x"), tape.embed.reshape(-1, tape.embed.shape[-1]),
+                                  tape.sequence("routing"))
+        return out.unflatten(-1, tape.states.shape[::3])
 
     def scale(self, valid: Tensor) -> Tensor | float:
         """SG units per mean-loss unit: 1, or n (valid steps) for `units="per_sample"`."""
@@ -273,7 +272,7 @@ class SGPropTime:
         zero after an episode's end."""
         out = predictions.detach() / self.scale(valid)
         if self.padding == "mask":
-            out = out * valid[..., None, None]
+            out = out * valid
         return out
 
     def step_lambda(self, valid: Tensor) -> Lam:
@@ -288,14 +287,15 @@ class SGPropTime:
             return per_step_lambda(sched[:steps], valid)
         return buffer_lambda(sched, steps)
 
-    def full_gradients(self, trace: SequenceTrace, prop: TimePropagation,
+    def full_gradients(self, tape: Tape, prop: TimePropagation,
                        actor: list[Tensor]) -> list[Tensor]:
-        """Every parameter's gradient in `model.parameters()` order."""
-        pre_params = list(self.model.pre.parameters())
-        pre = torch.autograd.grad(trace.embed, pre_params, grad_outputs=prop.embed_grad,
-                                  retain_graph=True)
-        by_param = dict(zip(pre_params, pre, strict=True))
-        by_param.update(zip(self.model.cell_parameters(), prop.cell_grads, strict=True))
+        """Every parameter's gradient in `model.parameters()` order: the cell's and the
+        preprocessor's through the fused parameters and e_t terms of `tape`."""
+        inner = [*self.model.pre.parameters(), *self.model.cell_parameters()]
+        grads = torch.autograd.grad([tape.weights, tape.bias, tape.drive], inner,
+                                    grad_outputs=self.model.cell_gradients(tape, prop.d_z),
+                                    retain_graph=True)
+        by_param = dict(zip(inner, grads, strict=True))
         by_param.update(zip(self.model.actor_parameters(), actor, strict=True))
         return [by_param[p] for p in self.model.parameters()]
 
@@ -303,20 +303,20 @@ class SGPropTime:
     def backward(self, batch: Batch, advantages: Tensor) -> dict[str, Tensor]:
         """Policy gradients into `.grad`, λ's EMA, then the SG step (module doc)."""
         batch, advantages = self.prepare(batch, advantages)
-        trace = self.model(batch.obs, cut=True)
-        actor, direct, stats = self.top(trace, batch, advantages)
+        tape = self.model.tape(batch.obs)
+        actor, direct, stats = self.top(tape, batch, advantages)
         lam = self.step_lambda(batch.valid)
         preds = mixable = None
         if self.rule.uses_predictor:
-            preds = self.predictions(trace, grad=True)  # the SG before this batch's step
+            preds = self.predictions(tape, grad=True)  # the SG before this batch's step
             mixable = self.mixable(preds, batch.valid)
-        prop = propagate_time(self.model, trace, direct, lam, mixable, params=True)
-        for p, g in zip(self.model.parameters(), self.full_gradients(trace, prop, actor),
+        prop = propagate_time(self.model, tape, direct, lam, mixable)
+        for p, g in zip(self.model.parameters(), self.full_gradients(tape, prop, actor),
                         strict=True):
             p.grad = g
         if preds is None or mixable is None:
             return stats
-        estimate = (self.batch_lambda(trace, prop.realised, mixable, batch.valid)
+        estimate = (self.batch_lambda(tape, prop.realised, mixable, batch.valid)
                     if self.rule.needs_estimate else None)
         self.lam = self.rule.next_lambda(self.lam, estimate)
         stats.update(feedback_norms(prop, mixable, batch.valid))
@@ -325,9 +325,9 @@ class SGPropTime:
 
     def update_synthetic(self, preds: Tensor, mixed: Tensor, valid: Tensor) -> Tensor:
         """One SG Adam step on mean (ĝ_t − g̃_t)² over valid (t, b), neurons and dims, in
-        the SG's units; `preds` carries a graph to the SG's parameters only."""
-        mask = valid.to(preds.dtype)[..., None, None]
-        count = mask.sum().clamp(min=1) * preds.shape[-1] * preds.shape[-2]
+        the SG's units; `preds` (N, K, T, B) carries a graph to the SG's parameters only."""
+        mask = valid.to(preds.dtype)
+        count = mask.sum().clamp(min=1) * preds.shape[0] * preds.shape[1]
         target = mixed.detach() * self.scale(valid)
         loss = ((preds - target) ** 2 * mask).sum() / count
         self.sg_optimizer.zero_grad(set_to_none=True)
@@ -337,58 +337,66 @@ class SGPropTime:
         self.sg_optimizer.step()
         return loss.detach()
 
-    def batch_lambda(self, trace: SequenceTrace, realised: Tensor, predicted: Tensor,
+    def batch_lambda(self, tape: Tape, realised: Tensor, predicted: Tensor,
                      valid: Tensor) -> Tensor:
         """This batch's MSE-optimal λ per neuron (N,), every valid (t, b) one sample.
 
         Each sample's contribution to neuron i's parameter gradient is e ⊗ x per block
-        (routing keys, slot weights, slot biases; parent and e_t parts), with e the feedback
-        pulled back through the cell (`learners.sgprop.local_errors`); moments summed.
+        (routing keys and slot weights on the parents' states, slot biases, and for input
+        neurons keys and weights on e_t), with e the feedback (unit vector per neuron)
+        pulled back through the cell (`slot_backward`, which folds the keys' 1/√D in).
+        The four moments of `lambda_from_moments` are sums over blocks, formed without any
+        contribution: ‖e ⊗ x‖² = ‖e‖²‖x‖², Σ_b e_b ⊗ x_b one GEMM over all samples.
+        Samples outside `valid` are zeroed, so sums run over the valid ones.
         """
         s = self.model.shape
-        sel = valid.reshape(-1)
+        mask = valid.reshape(-1).to(realised.dtype)
+        count = int(valid.sum())
+        # Masking the feedback masks the local errors (they are linear in it).
+        w = unit_over(realised.flatten(-2), 1) * mask
+        u = unit_over(predicted.flatten(-2), 1) * mask - w
+        ew, eu = slot_backward(self.model.tape_slopes(tape), tape.sequence("routing"),
+                               tape.sequence("act"), torch.stack([w, u]), self.model.scale)
+        x = tape.sequence("x")  # (N, P·K, S)
+        embed = tape.embed.detach().reshape(-1, s.embed)  # (S, E)
+        ni, m = s.input_neurons, s.slots
+        pad = (0, s.neurons - ni)
+        x_sq, e_sq = (x * x).sum(1), (embed * embed).sum(-1)  # (N, S), (S,)
 
-        def pick(name: str) -> Tensor:
-            v = torch.stack([getattr(st, name) for st in trace.steps]).detach()
-            return v.flatten(0, 1)[sel].unsqueeze(0)  # (1, n, ...)
+        def per_sample(a: Tensor) -> Tensor:
+            """Σ_b ⟨eu_b, a_b⟩ ‖input_b‖² summed over the blocks (N,)."""
+            both = (eu * a).sum(1)  # (N, S): over Q
+            return ((both * x_sq).sum(-1) + (eu[:, m:] * a[:, m:]).sum((1, 2))
+                    + nn.functional.pad((both[:ni] * e_sq).sum(-1), pad))
 
-        x, embed, out = pick("x"), pick("embed"), pick("out")
-        lt = LayerTrace(inputs=x, x=x, scores=pick("scores"), routing=pick("routing"),
-                        pre=pick("pre"), act=pick("act"), mixed=out, out=out)
-        w = unit(realised.flatten(0, 1)[sel].unsqueeze(0))
-        u = unit(predicted.flatten(0, 1)[sel].unsqueeze(0)) - w
-        d_scores, d_pre = local_errors(lt, 0, torch.stack([w, u]))
-        (ew_s, eu_s) = d_scores / math.sqrt(s.input_dim)
-        (ew_p, eu_p) = d_pre.flatten(-2)
-        ni = s.input_neurons
-        e_in = embed.unsqueeze(2).expand(-1, -1, ni, -1)
-        blocks = [
-            outer_moments(ew_s, eu_s, x),
-            outer_moments(ew_p, eu_p, x),
-            outer_moments(ew_p, eu_p, None),
-        ]
-        e_blocks = [outer_moments(ew_s[:, :, :ni], eu_s[:, :, :ni], e_in),
-                    outer_moments(ew_p[:, :, :ni], eu_p[:, :, :ni], e_in)]
-        moments = [sum(parts) for parts in zip(*blocks, strict=True)]
-        for part in e_blocks:
-            for i, m in enumerate(part):
-                moments[i] = moments[i] + nn.functional.pad(m, (0, s.neurons - ni))
+        def summed(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            """Σ_b a_b ⊗ input_b per block: parents' states, bias, e_t (input neurons)."""
+            return (torch.bmm(a, x.transpose(1, 2)), a[:, m:].sum(-1),
+                    torch.matmul(a[:ni], embed))
+
+        sum_u, sum_w = summed(eu), summed(ew)
+
+        def dot(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> Tensor:
+            return ((a[0] * b[0]).sum((1, 2)) + (a[1] * b[1]).sum(1)
+                    + nn.functional.pad((a[2] * b[2]).sum((1, 2)), pad))
+
+        n = max(count, 1)
         # eps 1e-12: the reference's threshold on Var + bias² (unit-normalised feedback).
-        return lambda_from_moments(*moments, batch=int(sel.sum()),
-                                   previous=self.lam.unsqueeze(0), eps=1e-12).squeeze(0)
-
+        return lambda_from_moments(per_sample(eu) / n, dot(sum_u, sum_u) / n**2,
+                                   per_sample(ew) / n, dot(sum_w, sum_u) / n**2,
+                                   batch=count, previous=self.lam, eps=1e-12)
 
     def rule_gradients(self, batch: Batch, advantages: Tensor) -> dict[str, list[Tensor]]:
         """Each `learners.compared` setting's gradient estimate: BPTT (λ=1), the current
         mixture and pure SG (λ=0)."""
         batch, advantages = self.prepare(batch, advantages)
-        trace = self.model(batch.obs, cut=True)
-        actor, direct, _ = self.top(trace, batch, advantages)
-        predicted = self.mixable(self.predictions(trace), batch.valid)
+        tape = self.model.tape(batch.obs)
+        actor, direct, _ = self.top(tape, batch, advantages)
+        predicted = self.mixable(self.predictions(tape), batch.valid)
         current = self.step_lambda(batch.valid)
         return {setting.key: self.full_gradients(
-                    trace, propagate_time(self.model, trace, direct,
-                                          setting.lambda_given(current), predicted, True),
+                    tape, propagate_time(self.model, tape, direct,
+                                         setting.lambda_given(current), predicted),
                     actor)
                 for setting in COMPARED}
 
