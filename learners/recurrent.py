@@ -27,8 +27,8 @@ step is one batched GEMM (`torch.baddbmm`) plus the slot nonlinearities. Everyth
 does not depend on the recurrence is computed for all steps at once before the loop: the
 preprocessor and the input neurons' e_t terms (one GEMM, `drive`), and after it the
 actor. The backward pass through time (`reverse`) is the cell's closed-form derivative,
-one GEMM and one `index_add_` per step; the parameter gradients are then one GEMM over all
-(t, b) (`cell_gradients`). BPTT reaches it through autograd (`Recurrence`), sgprop
+two small GEMMs (into h_{t−1}, and accumulating the fused weights' gradient) and one
+`index_add_` per step. BPTT reaches it through autograd (`Recurrence`), sgprop
 through time (learners/sgprop_time.py) calls it with its mixing. `cell` is the same step
 written plainly (batch first), kept as the readable definition the tests check the fast
 path against. Per-step tensors and the sequence tensors built from them: `Tape`.
@@ -165,6 +165,8 @@ class RecurrentSparseNet(nn.Module):
         self.act_weights = nn.Parameter(torch.randn(a, m, z, generator=gen) * std)
         self.act_biases = nn.Parameter(torch.zeros(a, m))
         self.scale = 1.0 / math.sqrt(shape.input_dim)  # the routing scores' 1/√D
+        self._fused_key: tuple | None = None  # `fused` without grad: what the cache was built on
+        self._fused_cache: tuple[tuple[Tensor, Tensor, Tensor], Tensor] | None = None
 
     def cell_parameters(self) -> list[nn.Parameter]:
         return [self.keys_p, self.keys_e, self.weights_p, self.weights_e, self.biases]
@@ -194,7 +196,22 @@ class RecurrentSparseNet(nn.Module):
 
     # -- the fast path ----------------------------------------------------------------------
     def fused(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(weights (N, Q, P·K), bias (N, Q), embed weights (I·Q, E)) of `Tape`."""
+        """(weights (N, Q, P·K), bias (N, Q), embed weights (I·Q, E)) of `Tape`. Without
+        grad (rollouts) built once per parameter update: kept while no parameter of the
+        cell or actor has been written to (their version counters) or moved."""
+        if torch.is_grad_enabled():
+            return self._fuse()
+        return self._without_grad()[0]
+
+    def _without_grad(self) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        key = tuple((p._version, p.data_ptr(), p.dtype)
+                    for p in (*self.cell_parameters(), *self.actor_parameters()))
+        if self._fused_key != key:
+            self._fused_cache = (self._fuse(), self.fused_actor())
+            self._fused_key = key
+        return self._fused_cache
+
+    def _fuse(self) -> tuple[Tensor, Tensor, Tensor]:
         s = self.shape
         n, ni, mk = s.neurons, s.input_neurons, s.slots * s.dim
         weights = torch.cat([self.keys_p, self.weights_p.reshape(n, mk, s.parent_dim)], 1)
@@ -244,16 +261,23 @@ class RecurrentSparseNet(nn.Module):
 
     def reverse(self, tape: Tape, direct: Tensor,
                 mixer: Callable[[int, Tensor], Tensor] | None = None,
-                ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+                observe: Callable[[int, Tensor, Tensor], None] | None = None,
+                ) -> tuple[tuple[Tensor, Tensor, Tensor], list[Tensor], list[Tensor]]:
         """Backwards in time from d_t = ∂loss/∂h_t through the actor at t only (N, K, T, B):
-        g_t = d_t + (∂h_{t+1}/∂h_t)^T g̃_{t+1}, g̃_t = mixer(t, g_t) (None: g_t itself).
-        Returns (∂/∂z of every step (N, Q, T·B), [g_t], [g̃_t]), lists in time order."""
+        g_t = d_t + (∂h_{t+1}/∂h_t)^T g̃_{t+1}, g̃_t = mixer(t, g_t) (None: g_t itself);
+        `observe(t, g_t, slopes_t)` sees each step while its tensors are in cache.
+
+        Returns ((weights, bias, drive) gradients: Σ over (t, b) of g̃_t pulled back through
+        the cell, as `Tape` holds them), [g_t], [g̃_t] (lists in time order). The sums
+        over samples are accumulated step by step (one small GEMM each)."""
         s = self.shape
-        n, b = s.neurons, direct.shape[-1]
+        n, b, ni = s.neurons, direct.shape[-1], s.input_neurons
         steps = tape.steps
         back = tape.weights.detach().transpose(1, 2)  # (N, P·K, Q)
         index = self.wiring.reshape(-1)
-        d_z: list[Tensor] = [direct.new_empty(0)] * steps
+        d_weights = back.new_zeros(back.shape).transpose(1, 2)  # (N, Q, P·K), like weights
+        d_bias = direct.new_zeros(tape.bias.shape)
+        d_drive: list[Tensor] = [direct.new_empty(0)] * steps
         realised: list[Tensor] = [direct.new_empty(0)] * steps
         mixed: list[Tensor] = [direct.new_empty(0)] * steps
         carry: Tensor | None = None
@@ -262,30 +286,34 @@ class RecurrentSparseNet(nn.Module):
             realised[t] = g
             m = g if mixer is None else mixer(t, g)
             mixed[t] = m
-            routing, act = tape.routing[t], tape.act[t]
-            slopes = routing.unsqueeze(2) * (1.0 - act * act)
-            d_z[t] = slot_backward(slopes, routing, act, m, self.scale)
+            slopes = self.slopes(tape, t)
+            d_z = slot_backward(slopes, tape.routing[t], tape.act[t], m, self.scale)
+            if observe is not None:
+                observe(t, g, slopes)
+            d_weights.baddbmm_(d_z, tape.x[t].transpose(1, 2))
+            d_bias += d_z.sum(-1)
+            d_drive[t] = d_z[:ni]
             if t > 0:
-                d_x = torch.bmm(back, d_z[t]).view(n * s.parents, s.dim, b)
+                d_x = torch.bmm(back, d_z).view(n * s.parents, s.dim, b)
                 carry = direct.new_zeros(n, s.dim, b).index_add_(0, index, d_x)
-        return torch.stack(d_z, -2).flatten(-2), realised, mixed
+        drive = torch.stack(d_drive, -2).flatten(-2)  # (I, Q, T·B)
+        return (d_weights, d_bias, drive), realised, mixed
 
-    def tape_slopes(self, tape: Tape) -> Tensor:
-        """w_m (1 − tanh²(pre)) of every step, (N, M, K, T·B) (`slot_backward`)."""
-        act = tape.sequence("act")
-        return tape.sequence("routing").unsqueeze(2) * (1.0 - act * act)
+    def slopes(self, tape: Tape, t: int) -> Tensor:
+        """w_m (1 − tanh²(pre)) at step t, (N, M, K, B) (`slot_backward`)."""
+        act = tape.act[t]
+        return tape.routing[t].unsqueeze(2) * (1.0 - act * act)
 
-    def cell_gradients(self, tape: Tape, d_z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Σ over every (t, b) of the fused parameters' and e_t terms' gradients:
-        (weights (N, Q, P·K), bias (N, Q), drive (I, Q, T·B)), one GEMM each."""
-        d_weights = torch.bmm(d_z, tape.sequence("x").transpose(1, 2))
-        return d_weights, d_z.sum(-1), d_z[: self.shape.input_neurons]
+    def fused_actor(self) -> Tensor:
+        """(A·2M, N·K): per action its M routing keys, then its M slot weights."""
+        a, m = self.act_biases.shape
+        return torch.cat([self.act_keys, self.act_weights], 1).reshape(2 * a * m, -1)
 
     def actor(self, states: Tensor) -> Tensor:
         """states (..., N·K) flat → logits (..., A): one GEMM for every slot's key and
         weight row."""
         a, m = self.act_biases.shape
-        fused = torch.cat([self.act_keys, self.act_weights], 1).reshape(2 * a * m, -1)
+        fused = self.fused_actor() if torch.is_grad_enabled() else self._without_grad()[1]
         both = torch.matmul(states, fused.t()).unflatten(-1, (a, 2 * m))
         scale = 1.0 / math.sqrt(states.shape[-1])
         routing = torch.softmax(both[..., :m] * scale, -1)
@@ -315,7 +343,7 @@ class RecurrentSparseNet(nn.Module):
 
 class Recurrence(torch.autograd.Function):
     """The SparseNet's unrolled cell as one autograd node: forward `RecurrentSparseNet.tape`'s
-    loop, backward `reverse` + `cell_gradients` (BPTT)."""
+    loop, backward `reverse` (BPTT)."""
 
     @staticmethod
     def forward(ctx, model: RecurrentSparseNet, weights: Tensor, bias: Tensor, drive: Tensor,
@@ -337,8 +365,7 @@ class Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_states: Tensor):
         model, tape = ctx.model, ctx.tape
-        d_z = model.reverse(tape, d_states.permute(1, 2, 0, 3))[0]
-        d_weights, d_bias, d_drive = model.cell_gradients(tape, d_z)
+        d_weights, d_bias, d_drive = model.reverse(tape, d_states.permute(1, 2, 0, 3))[0]
         return None, d_weights, d_bias, d_drive, None
 
 

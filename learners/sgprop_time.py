@@ -45,6 +45,7 @@ in which per-step contributions are summed (tests: equal to float64 round-off).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -103,10 +104,9 @@ class SyntheticGradientsTime(nn.Module):
         ni, samples = self.input_neurons, x.shape[-1]
         per_slot = torch.baddbmm(self.c.reshape(n, m * k, 1), self.g_p.reshape(n, m * k, dp),
                                  x.detach())
-        per_slot_e = torch.mm(self.g_e.reshape(ni * m * k, -1), embed.detach().t())
-        per_slot = torch.cat([per_slot[:ni] + per_slot_e.view(ni, m * k, samples),
-                              per_slot[ni:]], 0).view(n, m, k, samples)
-        return (routing.detach().unsqueeze(2) * per_slot).sum(1)
+        per_slot[:ni] += torch.mm(self.g_e.reshape(ni * m * k, -1),
+                                  embed.detach().t()).view(ni, m * k, samples)
+        return (routing.detach().unsqueeze(2) * per_slot.view(n, m, k, samples)).sum(1)
 
 
 SCHEDULE_RATE = 0.1  # the reference's step of the `children` schedule
@@ -159,7 +159,7 @@ def buffer_lambda(schedule: Tensor, steps: int) -> Tensor:
 class TimePropagation:
     realised: Tensor  # (N, K, T, B) g_t arriving at h_t
     mixed: Tensor  # (N, K, T, B) g̃_t, what flows on into the cell at t
-    d_z: Tensor  # (N, Q, T·B) g̃_t pulled back to the cell's fused pre-activations
+    cell: tuple[Tensor, Tensor, Tensor]  # g̃ pulled back to the Tape's weights, bias, drive
 
 
 def neuron_major_lambda(lam: Tensor) -> Tensor:
@@ -168,9 +168,12 @@ def neuron_major_lambda(lam: Tensor) -> Tensor:
 
 
 def propagate_time(model: RecurrentSparseNet, tape: Tape, direct: Tensor, lam: Lam,
-                   predicted: Tensor | None) -> TimePropagation:
-    """λ-mixed propagation backwards in time (`RecurrentSparseNet.reverse`); direct and
-    predicted (N, K, T, B), `predicted` in mean-loss units (None: BP)."""
+                   predicted: Tensor | None,
+                   observe: Callable[[int, Tensor, Tensor], None] | None = None,
+                   ) -> TimePropagation:
+    """λ-mixed propagation backwards in time (`RecurrentSparseNet.reverse`, which passes
+    each step to `observe`); direct and predicted (N, K, T, B), `predicted` in mean-loss
+    units (None: BP)."""
     mixer = None
     if predicted is not None:
         if isinstance(lam, float):
@@ -181,8 +184,8 @@ def propagate_time(model: RecurrentSparseNet, tape: Tape, direct: Tensor, lam: L
 
             def mixer(t: int, g: Tensor) -> Tensor:
                 return mix(per_step[:, :, t], g, predicted[:, :, t])
-    d_z, realised, mixed = model.reverse(tape, direct, mixer)
-    return TimePropagation(torch.stack(realised, 2), torch.stack(mixed, 2), d_z)
+    cell, realised, mixed = model.reverse(tape, direct, mixer, observe)
+    return TimePropagation(torch.stack(realised, 2), torch.stack(mixed, 2), cell)
 
 
 def feedback_norms(prop: TimePropagation, predicted: Tensor, valid: Tensor) -> dict[str, Tensor]:
@@ -205,6 +208,76 @@ def norm_over(v: Tensor, dim: int, keepdim: bool = False) -> Tensor:
 def unit_over(v: Tensor, dim: int) -> Tensor:
     """v / ‖v‖ along `dim`; zero vectors stay zero (`learners.sgprop.unit` along any dim)."""
     return v / norm_over(v, dim, keepdim=True).clamp(min=1e-12)
+
+
+class LambdaMoments:
+    """The four moments of `lambda_from_moments` per neuron, summed step by step.
+
+    Each valid (t, b) is one sample. Its contribution to neuron i's parameter gradient is
+    e ⊗ input per block (routing keys and slot weights on the parents' states, slot biases,
+    and for input neurons keys and weights on e_t), e the feedback (a unit vector per
+    neuron) pulled back through the cell (`slot_backward`, which folds the keys' 1/√D
+    in), for the realised feedback w = unit(g_t) and the difference u = unit(ĝ_t) − w.
+    No contribution is formed: ‖e ⊗ a‖² = ‖e‖²‖a‖², and Σ_b e_b ⊗ a_b is one small GEMM per
+    step (inside the propagation, where the step's tensors are in cache). Invalid samples
+    have their feedback zeroed (the local errors are linear in it), so sums run over the
+    valid ones.
+    """
+
+    def __init__(self, model: RecurrentSparseNet, tape: Tape, predicted: Tensor,
+                 valid: Tensor) -> None:
+        s = model.shape
+        self.model, self.tape, self.predicted = model, tape, predicted
+        self.mask = valid.to(predicted.dtype)  # (T, B)
+        self.count = int(valid.sum())
+        n, q = s.neurons, s.slots * (1 + s.dim)
+        like = predicted.new_zeros
+        self.per_sample = like(2, n)  # Σ_b ⟨eu, ew⟩‖a‖², Σ_b ‖eu‖²‖a‖² over the blocks
+        self.sum_x = like(n, 2 * q, s.parent_dim)  # Σ_b [ew ; eu] ⊗ x_b
+        self.sum_bias = like(n, 2, s.slots * s.dim)  # Σ_b [ew ; eu] (slot rows)
+        self.sum_e = like(s.input_neurons * 2 * q, s.embed)  # Σ_b [ew ; eu] ⊗ e_b
+
+    def add(self, t: int, realised: Tensor, slopes: Tensor) -> None:
+        """Step t: g_t (N, K, B) and the step's slopes (N, M, K, B)."""
+        s, tape = self.model.shape, self.tape
+        ni, m = s.input_neurons, s.slots
+        mask = self.mask[t]
+        w = unit_over(realised, 1) * mask
+        u = unit_over(self.predicted[:, :, t], 1) * mask - w
+        # (N, 2, Q, B): feedback w then u of each neuron side by side, for one GEMM.
+        e = slot_backward(slopes.unsqueeze(1), tape.routing[t].unsqueeze(1),
+                          tape.act[t].unsqueeze(1), torch.stack([w, u], 1), self.model.scale)
+        ew, eu = e[:, 0], e[:, 1]
+        x = tape.x[t]
+        embed = tape.embed[t].detach()  # (B, E)
+        uw = torch.stack([(eu * ew).sum(1), (eu * eu).sum(1)])  # (2, N, B): over Q
+        self.per_sample += (uw * (x * x).sum(1)).sum(-1)
+        self.per_sample += (eu[:, None, m:] * e[:, :, m:]).sum((2, 3)).t()
+        self.per_sample[:, :ni] += (uw[:, :ni] * (embed * embed).sum(-1)).sum(-1)
+        flat = e.flatten(1, 2)  # (N, 2Q, B)
+        self.sum_x.baddbmm_(flat, x.transpose(1, 2))
+        self.sum_bias += e[:, :, m:].sum(-1)
+        self.sum_e.addmm_(flat[:ni].flatten(0, 1), embed)
+
+    def estimate(self, previous: Tensor) -> Tensor:
+        """λ̂ per neuron (N,), `previous` where the moments cannot decide."""
+        s = self.model.shape
+        q, ni = s.slots * (1 + s.dim), s.input_neurons
+        n = max(self.count, 1)
+        sw_x, su_x = self.sum_x[:, :q], self.sum_x[:, q:]
+        sw_b, su_b = self.sum_bias[:, 0], self.sum_bias[:, 1]
+        sum_e = self.sum_e.view(ni, 2, q, s.embed)
+        sw_e, su_e = sum_e[:, 0], sum_e[:, 1]
+
+        def dot(a_x: Tensor, a_b: Tensor, a_e: Tensor) -> Tensor:  # ⟨Σ a, Σ u⟩ over blocks
+            out = (a_x * su_x).sum((1, 2)) + (a_b * su_b).sum(1)
+            return out + nn.functional.pad((a_e * su_e).sum((1, 2)), (0, s.neurons - ni))
+
+        wu, uu = self.per_sample
+        # eps 1e-12: the reference's threshold on Var + bias² (unit-normalised feedback).
+        return lambda_from_moments(uu / n, dot(su_x, su_b, su_e) / n**2, wu / n,
+                                   dot(sw_x, sw_b, sw_e) / n**2, batch=self.count,
+                                   previous=previous, eps=1e-12)
 
 
 class SGPropTime:
@@ -293,7 +366,7 @@ class SGPropTime:
         preprocessor's through the fused parameters and e_t terms of `tape`."""
         inner = [*self.model.pre.parameters(), *self.model.cell_parameters()]
         grads = torch.autograd.grad([tape.weights, tape.bias, tape.drive], inner,
-                                    grad_outputs=self.model.cell_gradients(tape, prop.d_z),
+                                    grad_outputs=prop.cell,
                                     retain_graph=True)
         by_param = dict(zip(inner, grads, strict=True))
         by_param.update(zip(self.model.actor_parameters(), actor, strict=True))
@@ -310,14 +383,16 @@ class SGPropTime:
         if self.rule.uses_predictor:
             preds = self.predictions(tape, grad=True)  # the SG before this batch's step
             mixable = self.mixable(preds, batch.valid)
-        prop = propagate_time(self.model, tape, direct, lam, mixable)
+        moments = (LambdaMoments(self.model, tape, mixable, batch.valid)
+                   if mixable is not None and self.rule.needs_estimate else None)
+        prop = propagate_time(self.model, tape, direct, lam, mixable,
+                              moments.add if moments is not None else None)
         for p, g in zip(self.model.parameters(), self.full_gradients(tape, prop, actor),
                         strict=True):
             p.grad = g
         if preds is None or mixable is None:
             return stats
-        estimate = (self.batch_lambda(tape, prop.realised, mixable, batch.valid)
-                    if self.rule.needs_estimate else None)
+        estimate = moments.estimate(self.lam) if moments is not None else None
         self.lam = self.rule.next_lambda(self.lam, estimate)
         stats.update(feedback_norms(prop, mixable, batch.valid))
         stats["sg_loss"] = self.update_synthetic(preds, prop.mixed, batch.valid)
@@ -339,52 +414,13 @@ class SGPropTime:
 
     def batch_lambda(self, tape: Tape, realised: Tensor, predicted: Tensor,
                      valid: Tensor) -> Tensor:
-        """This batch's MSE-optimal λ per neuron (N,), every valid (t, b) one sample.
-
-        Each sample's contribution to neuron i's parameter gradient is e ⊗ x per block
-        (routing keys and slot weights on the parents' states, slot biases, and for input
-        neurons keys and weights on e_t), with e the feedback (unit vector per neuron)
-        pulled back through the cell (`slot_backward`, which folds the keys' 1/√D in).
-        The four moments of `lambda_from_moments` are sums over blocks, formed without any
-        contribution: ‖e ⊗ x‖² = ‖e‖²‖x‖², Σ_b e_b ⊗ x_b one GEMM over all samples.
-        Samples outside `valid` are zeroed, so sums run over the valid ones.
-        """
-        s = self.model.shape
-        mask = valid.reshape(-1).to(realised.dtype)
-        count = int(valid.sum())
-        # Masking the feedback masks the local errors (they are linear in it).
-        w = unit_over(realised.flatten(-2), 1) * mask
-        u = unit_over(predicted.flatten(-2), 1) * mask - w
-        ew, eu = slot_backward(self.model.tape_slopes(tape), tape.sequence("routing"),
-                               tape.sequence("act"), torch.stack([w, u]), self.model.scale)
-        x = tape.sequence("x")  # (N, P·K, S)
-        embed = tape.embed.detach().reshape(-1, s.embed)  # (S, E)
-        ni, m = s.input_neurons, s.slots
-        pad = (0, s.neurons - ni)
-        x_sq, e_sq = (x * x).sum(1), (embed * embed).sum(-1)  # (N, S), (S,)
-
-        def per_sample(a: Tensor) -> Tensor:
-            """Σ_b ⟨eu_b, a_b⟩ ‖input_b‖² summed over the blocks (N,)."""
-            both = (eu * a).sum(1)  # (N, S): over Q
-            return ((both * x_sq).sum(-1) + (eu[:, m:] * a[:, m:]).sum((1, 2))
-                    + nn.functional.pad((both[:ni] * e_sq).sum(-1), pad))
-
-        def summed(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            """Σ_b a_b ⊗ input_b per block: parents' states, bias, e_t (input neurons)."""
-            return (torch.bmm(a, x.transpose(1, 2)), a[:, m:].sum(-1),
-                    torch.matmul(a[:ni], embed))
-
-        sum_u, sum_w = summed(eu), summed(ew)
-
-        def dot(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> Tensor:
-            return ((a[0] * b[0]).sum((1, 2)) + (a[1] * b[1]).sum(1)
-                    + nn.functional.pad((a[2] * b[2]).sum((1, 2)), pad))
-
-        n = max(count, 1)
-        # eps 1e-12: the reference's threshold on Var + bias² (unit-normalised feedback).
-        return lambda_from_moments(per_sample(eu) / n, dot(sum_u, sum_u) / n**2,
-                                   per_sample(ew) / n, dot(sum_w, sum_u) / n**2,
-                                   batch=count, previous=self.lam, eps=1e-12)
+        """This batch's MSE-optimal λ per neuron (N,), every valid (t, b) one sample, from
+        g_t and ĝ_t (N, K, T, B): `LambdaMoments` step by step, as `backward` runs it
+        inside the propagation."""
+        moments = LambdaMoments(self.model, tape, predicted, valid)
+        for t in range(tape.steps):
+            moments.add(t, realised[:, :, t], self.model.slopes(tape, t))
+        return moments.estimate(self.lam)
 
     def rule_gradients(self, batch: Batch, advantages: Tensor) -> dict[str, list[Tensor]]:
         """Each `learners.compared` setting's gradient estimate: BPTT (λ=1), the current
