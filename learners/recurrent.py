@@ -165,6 +165,7 @@ class RecurrentSparseNet(nn.Module):
         self.act_weights = nn.Parameter(torch.randn(a, m, z, generator=gen) * std)
         self.act_biases = nn.Parameter(torch.zeros(a, m))
         self.scale = 1.0 / math.sqrt(shape.input_dim)  # the routing scores' 1/√D
+        self._children: Tensor | None = None  # `children_index`
         self._fused_key: tuple | None = None  # `fused` without grad: what the cache was built on
         self._fused_cache: tuple[tuple[Tensor, Tensor, Tensor], Tensor] | None = None
 
@@ -274,7 +275,7 @@ class RecurrentSparseNet(nn.Module):
         n, b, ni = s.neurons, direct.shape[-1], s.input_neurons
         steps = tape.steps
         back = tape.weights.detach().transpose(1, 2)  # (N, P·K, Q)
-        index = self.wiring.reshape(-1)
+        children = self.children_index()
         d_weights = back.new_zeros(back.shape).transpose(1, 2)  # (N, Q, P·K), like weights
         d_bias = direct.new_zeros(tape.bias.shape)
         d_drive: list[Tensor] = [direct.new_empty(0)] * steps
@@ -295,9 +296,26 @@ class RecurrentSparseNet(nn.Module):
             d_drive[t] = d_z[:ni]
             if t > 0:
                 d_x = torch.bmm(back, d_z).view(n * s.parents, s.dim, b)
-                carry = direct.new_zeros(n, s.dim, b).index_add_(0, index, d_x)
+                # Each neuron sums what its children send back: a gather and a sum, the
+                # same order on every device (CUDA's index_add_ is not deterministic).
+                d_x = torch.cat([d_x, d_x.new_zeros(1, s.dim, b)])
+                carry = d_x.index_select(0, children).view(n, -1, s.dim, b).sum(1)
         drive = torch.stack(d_drive, -2).flatten(-2)  # (I, Q, T·B)
         return (d_weights, d_bias, drive), realised, mixed
+
+    def children_index(self) -> Tensor:
+        """(N·C,): for each neuron, the positions in the flat (N·P) wiring that read it (its
+        children), padded to the most children C with N·P (a zero row); built once."""
+        wiring = self.wiring
+        if self._children is None or self._children.device != wiring.device:
+            flat = wiring.reshape(-1).cpu()
+            counts = torch.bincount(flat, minlength=self.shape.neurons)
+            order = torch.argsort(flat, stable=True)
+            table = torch.full((self.shape.neurons, int(counts.max())), flat.numel())
+            mine = torch.arange(table.shape[1]) < counts.unsqueeze(1)
+            table[mine] = order
+            self._children = table.reshape(-1).to(wiring.device)
+        return self._children
 
     def slopes(self, tape: Tape, t: int) -> Tensor:
         """w_m (1 − tanh²(pre)) at step t, (N, M, K, B) (`slot_backward`)."""

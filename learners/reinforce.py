@@ -38,6 +38,12 @@ class Batch:
                      success=self.success)
 
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on `device` (the environment records it on the CPU)."""
+        return Batch(*(getattr(self, f).to(device) for f in
+                       ("obs", "actions", "rewards", "valid", "success")))
+
+
 def pad_steps(x: Tensor, steps: int) -> Tensor:
     """Zeros appended along the leading (time) dim up to `steps` (never cut)."""
     extra = steps - x.shape[0]

@@ -115,6 +115,7 @@ SCHEDULE_RATE = 0.1  # the reference's step of the `children` schedule
 def children_counts(wiring: Tensor) -> Tensor:
     """(N, N): [i, c] = how often neuron i is a parent of neuron c."""
     n = wiring.shape[0]
+    wiring = wiring.cpu()  # small; counted on the CPU, where index_put_ is deterministic
     counts = torch.zeros(n, n, dtype=torch.float64)
     child = torch.arange(n).unsqueeze(1).expand_as(wiring)
     counts.index_put_((wiring.reshape(-1), child.reshape(-1)),
@@ -145,7 +146,8 @@ def per_step_lambda(schedule: Tensor, valid: Tensor) -> Tensor:
     """Pick λ^(k) for every (t, b), k = steps from episode b's last valid step: (T, B, N, 1)."""
     horizon = valid.shape[0]
     lengths = valid.sum(0)
-    k = (lengths.unsqueeze(0) - 1 - torch.arange(horizon).unsqueeze(1)).clamp(0, horizon - 1)
+    steps = torch.arange(horizon, device=valid.device).unsqueeze(1)
+    k = (lengths.unsqueeze(0) - 1 - steps).clamp(0, horizon - 1)
     return schedule[k].unsqueeze(-1)
 
 
@@ -437,6 +439,7 @@ class SGPropTime:
                 for setting in COMPARED}
 
     def lambda_stats(self) -> dict[str, Tensor]:
-        q = torch.quantile(self.lam, torch.tensor([0.25, 0.75], dtype=self.lam.dtype))
+        q = torch.quantile(self.lam, torch.tensor([0.25, 0.75], dtype=self.lam.dtype,
+                                                 device=self.lam.device))
         return {"lambda_mean": self.lam.mean(), "lambda_min": self.lam.min(),
                 "lambda_max": self.lam.max(), "lambda_p25": q[0], "lambda_p75": q[1]}
