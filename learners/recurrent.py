@@ -127,6 +127,20 @@ class Tape:
         return self.stacked[name]
 
 
+@dataclass
+class Recording:
+    """The cell's per-step values as a rollout computed them (`RecurrentSparseNet.step`),
+    for the update on the same batch to reuse instead of unrolling the cell again. Used
+    only while every parameter is the one it was recorded with (`key`) and the batch
+    size matches; otherwise ignored."""
+
+    key: tuple
+    x: list[Tensor] = field(default_factory=list)
+    routing: list[Tensor] = field(default_factory=list)
+    act: list[Tensor] = field(default_factory=list)
+    states: list[Tensor] = field(default_factory=list)
+
+
 def slot_backward(slopes: Tensor, routing: Tensor, act: Tensor, d_out: Tensor,
                   scale: float) -> Tensor:
     """The cell's derivative from h_t back to its fused pre-activations z = [scores·√D ;
@@ -204,9 +218,13 @@ class RecurrentSparseNet(nn.Module):
             return self._fuse()
         return self._without_grad()[0]
 
+    def parameter_key(self) -> tuple:
+        """Changes whenever a parameter is written to in place (version counters, as
+        optimizers do) or replaced or moved (storage, dtype)."""
+        return tuple((p._version, p.data_ptr(), p.dtype) for p in self.parameters())
+
     def _without_grad(self) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
-        key = tuple((p._version, p.data_ptr(), p.dtype)
-                    for p in (*self.cell_parameters(), *self.actor_parameters()))
+        key = self.parameter_key()
         if self._fused_key != key:
             self._fused_cache = (self._fuse(), self.fused_actor())
             self._fused_key = key
@@ -238,27 +256,39 @@ class RecurrentSparseNet(nn.Module):
         act = torch.tanh(z[:, s.slots:]).view(n, s.slots, s.dim, b)
         return x, routing, act, (routing.unsqueeze(2) * act).sum(1)
 
-    def tape(self, obs: Tensor) -> Tape:
+    def tape(self, obs: Tensor, recording: Recording | None = None) -> Tape:
         """obs (T, B, O) → Tape: the unrolled cell (no graph), with the fused parameters and
-        e_t terms holding their graphs if grad is enabled."""
+        e_t terms holding their graphs if grad is enabled. The first steps come from
+        `recording` where it is valid (a rollout of these observations)."""
         embed = self.pre(obs)
         weights, bias, embed_w = self.fused()
-        steps, batch = obs.shape[0], obs.shape[1]
-        drive = self.drive(embed, embed_w)
-        tape = Tape(embed, weights, bias, drive)
+        tape = Tape(embed, weights, bias, self.drive(embed, embed_w))
         with torch.no_grad():
-            w, bb = weights.detach(), bias.detach()
-            per_step = drive.detach().view(drive.shape[0], drive.shape[1], steps, batch)
-            h = self.initial_state(batch)
-            states = []
-            for t in range(steps):
-                x, routing, act, h = self.advance(h, w, bb, per_step[:, :, t])
-                tape.x.append(x)
-                tape.routing.append(routing)
-                tape.act.append(act)
-                states.append(h)
-            tape.states = torch.stack(states)
+            tape.states = self.unroll(tape, obs.shape[1], recording)
         return tape
+
+    def unroll(self, tape: Tape, batch: int, recording: Recording | None) -> Tensor:
+        """Fill the tape's per-step lists (no graph) and return the states (T, N, K, B):
+        the steps `recording` holds (where valid), then the cell from there on."""
+        weights, bias, drive = tape.weights.detach(), tape.bias.detach(), tape.drive.detach()
+        steps = drive.shape[-1] // batch
+        reused = 0
+        if (recording is not None and recording.key == self.parameter_key()
+                and recording.states and recording.states[0].shape[-1] == batch):
+            reused = min(len(recording.states), steps)
+            tape.x += recording.x[:reused]
+            tape.routing += recording.routing[:reused]
+            tape.act += recording.act[:reused]
+        states = recording.states[:reused] if recording is not None else []
+        per_step = drive.view(drive.shape[0], drive.shape[1], steps, batch)
+        h = states[-1] if states else self.initial_state(batch)
+        for t in range(reused, steps):
+            x, routing, act, h = self.advance(h, weights, bias, per_step[:, :, t])
+            tape.x.append(x)
+            tape.routing.append(routing)
+            tape.act.append(act)
+            states.append(h)
+        return torch.stack(states)
 
     def reverse(self, tape: Tape, direct: Tensor,
                 mixer: Callable[[int, Tensor], Tensor] | None = None,
@@ -345,17 +375,31 @@ class RecurrentSparseNet(nn.Module):
     def initial_state(self, batch: int) -> Tensor:
         return self.biases.new_zeros(self.shape.neurons, self.shape.dim, batch)
 
-    def step(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One environment step: obs (B, O) → (logits (B, A), new state (N, K, B))."""
+    def recording(self) -> Recording:
+        """An empty `Recording` for a rollout with the current parameters."""
+        return Recording(self.parameter_key())
+
+    def step(self, obs: Tensor, state: Tensor,
+             recording: Recording | None = None) -> tuple[Tensor, Tensor]:
+        """One environment step: obs (B, O) → (logits (B, A), new state (N, K, B)); the
+        cell's values appended to `recording` if given."""
         weights, bias, embed_w = self.fused()
-        h = self.advance(state, weights, bias, self.drive(self.pre(obs), embed_w))[-1]
+        x, routing, act, h = self.advance(state, weights, bias,
+                                          self.drive(self.pre(obs), embed_w))
+        if recording is not None:
+            recording.x.append(x)
+            recording.routing.append(routing)
+            recording.act.append(act)
+            recording.states.append(h)
         return self.actor(h.permute(2, 0, 1).flatten(-2)), h
 
-    def logits(self, obs: Tensor) -> Tensor:
-        """obs (T, B, O) → logits (T, B, A), differentiable (BPTT through `Recurrence`)."""
+    def logits(self, obs: Tensor, recording: Recording | None = None) -> Tensor:
+        """obs (T, B, O) → logits (T, B, A), differentiable (BPTT through `Recurrence`);
+        the cell's forward taken from `recording` where valid."""
         embed = self.pre(obs)
         weights, bias, embed_w = self.fused()
-        states = Recurrence.apply(self, weights, bias, self.drive(embed, embed_w), obs)
+        states = Recurrence.apply(self, weights, bias, self.drive(embed, embed_w), obs,
+                                  recording)
         return self.actor(self.flat_states(states))
 
 
@@ -365,26 +409,17 @@ class Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, model: RecurrentSparseNet, weights: Tensor, bias: Tensor, drive: Tensor,
-                obs: Tensor) -> Tensor:
-        steps, batch = obs.shape[0], obs.shape[1]
+                obs: Tensor, recording: Recording | None) -> Tensor:
         tape = Tape(obs.new_empty(0), weights, bias, drive)
-        per_step = drive.view(drive.shape[0], drive.shape[1], steps, batch)
-        h = model.initial_state(batch)
-        states = []
-        for t in range(steps):
-            x, routing, act, h = model.advance(h, weights, bias, per_step[:, :, t])
-            tape.x.append(x)
-            tape.routing.append(routing)
-            tape.act.append(act)
-            states.append(h)
+        states = model.unroll(tape, obs.shape[1], recording)
         ctx.model, ctx.tape = model, tape
-        return torch.stack(states)
+        return states
 
     @staticmethod
     def backward(ctx, d_states: Tensor):
         model, tape = ctx.model, ctx.tape
         d_weights, d_bias, d_drive = model.reverse(tape, d_states.permute(1, 2, 0, 3))[0]
-        return None, d_weights, d_bias, d_drive, None
+        return None, d_weights, d_bias, d_drive, None, None
 
 
 class RecurrentBaseline(nn.Module):
@@ -419,7 +454,8 @@ class RecurrentBaseline(nn.Module):
         h = state[0] if self.kind == "lstm" else state
         return self.actor(h), state
 
-    def logits(self, obs: Tensor) -> Tensor:
+    def logits(self, obs: Tensor, recording: None = None) -> Tensor:
+        """obs (T, B, O) → logits (T, B, A) (`recording`: the SparseNet's; none here)."""
         state = self.initial_state(obs.shape[1])
         embed = self.pre(obs)
         hs = []

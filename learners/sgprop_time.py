@@ -67,7 +67,7 @@ class BPTT:
         self.entropy_coef = entropy_coef
 
     def gradients(self, batch: Batch, advantages: Tensor) -> tuple[list[Tensor], dict]:
-        logits = self.model.logits(batch.obs)
+        logits = self.model.logits(batch.obs, batch.recording)
         loss, stats = policy_loss(logits, batch.actions, advantages, batch.valid,
                                   self.entropy_coef)
         return list(torch.autograd.grad(loss, list(self.model.parameters()))), stats
@@ -378,7 +378,7 @@ class SGPropTime:
     def backward(self, batch: Batch, advantages: Tensor) -> dict[str, Tensor]:
         """Policy gradients into `.grad`, λ's EMA, then the SG step (module doc)."""
         batch, advantages = self.prepare(batch, advantages)
-        tape = self.model.tape(batch.obs)
+        tape = self.model.tape(batch.obs, batch.recording)
         actor, direct, stats = self.top(tape, batch, advantages)
         lam = self.step_lambda(batch.valid)
         preds = mixable = None
@@ -428,7 +428,7 @@ class SGPropTime:
         """Each `learners.compared` setting's gradient estimate: BPTT (λ=1), the current
         mixture and pure SG (λ=0)."""
         batch, advantages = self.prepare(batch, advantages)
-        tape = self.model.tape(batch.obs)
+        tape = self.model.tape(batch.obs, batch.recording)
         actor, direct, _ = self.top(tape, batch, advantages)
         predicted = self.mixable(self.predictions(tape), batch.valid)
         current = self.step_lambda(batch.valid)

@@ -182,11 +182,14 @@ def rollout(model: Model, mazes: MazeBatch, cfg: PopgymConfig, seeds: Sequence[i
     device = next(model.parameters()).device
     obs = torch.from_numpy(mazes.reset(seeds))
     state = model.initial_state(n)
+    # The SparseNet records its cell's values, so that the update need not unroll it again.
+    recording = model.recording() if isinstance(model, RecurrentSparseNet) else None
     active = np.ones(n, bool)
     success = np.zeros(n, bool)
     record: dict[str, list[Tensor]] = {"obs": [], "actions": [], "rewards": [], "valid": []}
     while active.any():
-        logits, state = model.step(obs.to(device), state)
+        logits, state = (model.step(obs.to(device), state) if recording is None
+                         else model.step(obs.to(device), state, recording))
         actions = sample_actions(torch.softmax(logits, -1).cpu(),
                                  torch.rand(n, generator=act_gen))
         res = mazes.step(actions.numpy(), active)
@@ -200,7 +203,7 @@ def rollout(model: Model, mazes: MazeBatch, cfg: PopgymConfig, seeds: Sequence[i
         active = active & ~(res.terminated | res.truncated)
     return Batch(obs=torch.stack(record["obs"]), actions=torch.stack(record["actions"]),
                  rewards=torch.stack(record["rewards"]), valid=torch.stack(record["valid"]),
-                 success=torch.from_numpy(success))
+                 success=torch.from_numpy(success), recording=recording)
 
 
 class PopgymRun:

@@ -315,3 +315,34 @@ def test_each_e3_trial_in_a_ray_worker_uses_as_many_threads_as_its_cpu_share(
     expected = [(cpus, float(int(user) if user else max(1, math.floor(cpus))))
                 for cpus, _ in seen]
     assert seen == expected
+
+
+@pytest.mark.parametrize("learner", ["backprop", "sgprop"])
+def test_update_reusing_the_rollouts_cell_values_matches_recomputing_them(learner: str) -> None:
+    # The rollout records the SparseNet cell's per-step values; the update on that batch
+    # reuses them (same parameters, same observations). Recomputed, they differ only by
+    # float32 rounding (the e_t terms are computed per step in the rollout, for all steps
+    # at once in the update), so the gradients agree to float32 precision.
+    cfg = PopgymConfig(env="escape", model="sparsenet", learner=learner, length=10, **TINY)
+    grads = []
+    for keep in (True, False):
+        run = PopgymRun(cfg, 0)
+        batch, advantages = run.collect("train")
+        assert batch.recording is not None and len(batch.recording.states) == len(batch.obs)
+        if not keep:
+            batch = dataclasses.replace(batch, recording=None)
+        run.learner.backward(batch, advantages)
+        grads.append([p.grad.clone() for p in run.model.parameters()])
+    for reused, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(reused, recomputed, rtol=1e-5, atol=1e-7)
+
+
+def test_a_recording_from_other_parameters_is_not_used() -> None:
+    cfg = PopgymConfig(env="escape", model="sparsenet", length=10, **TINY)
+    run = PopgymRun(cfg, 0)
+    batch, advantages = run.collect("train")
+    run.update(batch, advantages)  # Adam moves every parameter: the recording is stale
+    fresh = run.model.tape(batch.obs)
+    given = run.model.tape(batch.obs, batch.recording)
+    assert torch.equal(given.states, fresh.states)
+    assert not torch.equal(given.states, torch.stack(batch.recording.states))
