@@ -239,6 +239,8 @@ def main() -> None:
     parser.add_argument("--seed-models", default="gru,lstm,sparsenet",
                         help="models of the seed benchmark (comma-separated)")
     parser.add_argument("--only-seeds", action="store_true", help="seed benchmark only")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the per-batch table: the sgprop update by phase")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"E3, {args.num_envs} envs per batch, paper sizes, CPU, "
@@ -246,6 +248,8 @@ def main() -> None:
     if not args.only_seeds:
         for env in args.envs.split(","):
             per_batch_table(env, args)
+            if args.profile:
+                profile_updates(env, args)
         if args.episodes > 0:
             env_table(args)
     if args.seeds > 0:
@@ -276,6 +280,58 @@ def per_batch_table(env: str, args: argparse.Namespace) -> None:
         total = roll + update
         print(f"{name:20s} {1e3 * roll:9.1f} {1e3 * update:9.1f} {1e3 * total:9.1f} "
               f"{total / base:7.2f} {steps:10.0f}", flush=True)
+
+
+def profile_updates(env: str, args: argparse.Namespace) -> None:
+    """Where a SparseNet sgprop update spends its time, phase by phase (the steps of
+    `SGPropTime.backward`, then clip and Adam), median over `--batches` freshly collected
+    batches, on the chosen clock. (torch.profiler's per-operator overhead distorts these
+    many small operators too much to be used here.)"""
+    from learners.sgprop_time import LambdaMoments, feedback_norms, propagate_time
+
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    run = PopgymRun(PopgymConfig(env=env, num_envs=args.num_envs,
+                                 **CASES["SparseNet sgprop"]), 0)
+    learner, model = run.learner, run.model
+    run.train_step()  # warm-up
+    phases: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Callable[..., object], *args: object):
+        start = clock()
+        out = fn(*args)
+        phases.setdefault(name, []).append(clock() - start)
+        return out
+
+    def clip_and_step() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.batches):
+        batch, advantages = learner.prepare(*run.collect("train"))
+        tape = timed("forward (recorded steps reused, padding unrolled)", model.tape,
+                     batch.obs, batch.recording)
+        actor, direct, _ = timed("actor and loss, d_t", learner.top, tape, batch, advantages)
+        lam = timed("temporal λ schedule", learner.step_lambda, batch.valid)
+        preds = timed("SG predictions", learner.predictions, tape, True)
+        mixable = learner.mixable(preds, batch.valid)
+        moments = LambdaMoments(model, tape, mixable, batch.valid)
+        prop = timed("backward in time with λ moments", propagate_time, model, tape, direct,
+                     lam, mixable, moments.add)
+        grads = timed("parameter gradients (autograd)", learner.full_gradients, tape, prop,
+                      actor)
+        timed("λ estimate", moments.estimate, learner.lam)
+        timed("feedback norms", feedback_norms, prop, mixable, batch.valid)
+        timed("SG step", learner.update_synthetic, preds, prop.mixed, batch.valid)
+        for param, grad in zip(model.parameters(), grads, strict=True):
+            param.grad = grad
+        timed("clip and Adam", clip_and_step)
+    total = sum(float(np.median(v)) for v in phases.values())
+    print(f"\n{env} SparseNet sgprop: update by phase, ms (median of {args.batches}, "
+          f"{args.clock} clock), sum {1e3 * total:.0f} ms")
+    for name, values in phases.items():
+        ms = 1e3 * float(np.median(values))
+        print(f"  {name:50s} {ms:7.1f}  {100 * ms / (1e3 * total):4.0f}%")
 
 
 def env_table(args: argparse.Namespace) -> None:
