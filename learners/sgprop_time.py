@@ -41,6 +41,12 @@ steps in the batch) and mix ĝ_t / n.
 
 With λ = 1 every mix returns g_t itself, so sgprop's gradient is BPTT's up to the order
 in which per-step contributions are summed (tests: equal to float64 round-off).
+
+Computation (docs/performance.md, E3): both learners run the SparseNet's fast path of
+learners/recurrent.py (`Tape`, `RecurrentSparseNet.reverse`); sgprop passes its mixing to
+that backward loop and accumulates the λ moments inside it (`LambdaMoments`), and the SG
+predicts every (t, b) at once. Sequence tensors are neuron-major with time and batch last:
+g_t, ĝ_t, g̃_t are (N, K, T, B).
 """
 
 from __future__ import annotations
