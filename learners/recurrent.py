@@ -218,13 +218,19 @@ class RecurrentSparseNet(nn.Module):
             return self._fuse()
         return self._without_grad()[0]
 
-    def parameter_key(self) -> tuple:
+    def parameter_key(self) -> tuple | None:
         """Changes whenever a parameter is written to in place (version counters, as
-        optimizers do) or replaced or moved (storage, dtype)."""
-        return tuple((p._version, p.data_ptr(), p.dtype) for p in self.parameters())
+        optimizers do) or replaced or moved (storage, dtype); None where the parameters
+        have no storage of their own (under torch.func transforms): nothing is cached."""
+        try:
+            return tuple((p._version, p.data_ptr(), p.dtype) for p in self.parameters())
+        except RuntimeError:  # functorch's wrapped tensors have no data pointer
+            return None
 
     def _without_grad(self) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
         key = self.parameter_key()
+        if key is None:
+            return self._fuse(), self.fused_actor()
         if self._fused_key != key:
             self._fused_cache = (self._fuse(), self.fused_actor())
             self._fused_key = key
@@ -273,7 +279,8 @@ class RecurrentSparseNet(nn.Module):
         weights, bias, drive = tape.weights.detach(), tape.bias.detach(), tape.drive.detach()
         steps = drive.shape[-1] // batch
         reused = 0
-        if (recording is not None and recording.key == self.parameter_key()
+        if (recording is not None and recording.key is not None
+                and recording.key == self.parameter_key()
                 and recording.states and recording.states[0].shape[-1] == batch):
             reused = min(len(recording.states), steps)
             tape.x += recording.x[:reused]
