@@ -244,24 +244,28 @@ class LambdaMoments:
         self.sum_x = like(n, 2 * q, s.parent_dim)  # Σ_b [ew ; eu] ⊗ x_b
         self.sum_bias = like(n, 2, s.slots * s.dim)  # Σ_b [ew ; eu] (slot rows)
         self.sum_e = like(s.input_neurons * 2 * q, s.embed)  # Σ_b [ew ; eu] ⊗ e_b
+        self.bias_rows = like(q, 1)  # 1 on the rows of Q that have a slot bias
+        self.bias_rows[s.slots:] = 1.0
 
     def add(self, t: int, realised: Tensor, slopes: Tensor) -> None:
         """Step t: g_t (N, K, B) and the step's slopes (N, M, K, B)."""
         s, tape = self.model.shape, self.tape
         ni, m = s.input_neurons, s.slots
-        mask = self.mask[t]
-        w = unit_over(realised, 1) * mask
-        u = unit_over(self.predicted[:, :, t], 1) * mask - w
-        # (N, 2, Q, B): feedback w then u of each neuron side by side, for one GEMM.
+        # [w ; u] per neuron (N, 2, K, B): unit feedbacks, masked, u = unit(ĝ) − w.
+        feedback = unit_over(torch.stack([realised, self.predicted[:, :, t]], 1), 2)
+        feedback.mul_(self.mask[t])
+        feedback[:, 1] -= feedback[:, 0]
+        # (N, 2, Q, B): both pulled back through the cell, side by side for one GEMM.
         e = slot_backward(slopes.unsqueeze(1), tape.routing[t].unsqueeze(1),
-                          tape.act[t].unsqueeze(1), torch.stack([w, u], 1), self.model.scale)
-        ew, eu = e[:, 0], e[:, 1]
+                          tape.act[t].unsqueeze(1), feedback, self.model.scale)
         x = tape.x[t]
         embed = tape.embed[t].detach()  # (B, E)
-        uw = torch.stack([(eu * ew).sum(1), (eu * eu).sum(1)])  # (2, N, B): over Q
-        self.per_sample += (uw * (x * x).sum(1)).sum(-1)
-        self.per_sample += (eu[:, None, m:] * e[:, :, m:]).sum((2, 3)).t()
-        self.per_sample[:, :ni] += (uw[:, :ni] * (embed * embed).sum(-1)).sum(-1)
+        # Each sample's squared input norm per row of Q: ‖x‖² (+ ‖e_t‖² for input neurons)
+        # on the key and weight rows, + 1 on the slot-weight rows for the slot biases.
+        inputs = (x * x).sum(1)  # (N, B)
+        inputs[:ni] += (embed * embed).sum(-1)
+        weighted_u = e[:, 1:] * (inputs.unsqueeze(1) + self.bias_rows).unsqueeze(1)
+        self.per_sample += (e * weighted_u).sum((2, 3)).t()  # [⟨w, u⟩ ; ⟨u, u⟩] sums
         flat = e.flatten(1, 2)  # (N, 2Q, B)
         self.sum_x.baddbmm_(flat, x.transpose(1, 2))
         self.sum_bias += e[:, :, m:].sum(-1)
