@@ -1,9 +1,13 @@
 """E3 throughput: environment steps per second per model and rule, and the batched maze env.
 
-1. Training: env-steps/s of the full training step (rollout of `num_envs` fresh mazes,
-   learner backward, clip, Adam) per model and rule, at the paper's sizes, and of the
-   rollout alone (no learning). Steps are the episodes' valid steps; an untrained policy
-   rarely solves a maze, so episodes run near full length.
+1. Training, per batch (`--envs escape,explore`): milliseconds per training batch of each
+   model and rule side by side: the rollout (`num_envs` fresh mazes, actions from the
+   policy) and the update (learner backward, clip, Adam), at the paper's sizes, and each
+   total as a multiple of GRU's. The cases are interleaved batch by batch (so load that
+   changes during the run hits all of them alike) and each column is the median over
+   `--batches` batches after one warm-up batch; `--clock cpu` times this process's CPU
+   (`time.process_time`), which other jobs on a shared machine do not inflate. Goals
+   (issue 20, one thread): SparseNet BPTT ≤ 1.5× GRU, SparseNet sgprop ≤ 2.5× GRU.
 2. Environment only: tasks.mazes.MazeBatch (all mazes stepped as arrays) against POPGym's
    own LabyrinthEscape/Explore with its previous-action → antialias → flatten wrappers,
    stepped one env after the other, on the same random actions; printed side by side with
@@ -18,10 +22,11 @@
    (num_envs, episode length, sizes); the batched rollout runs until the last of all
    N·num_envs episodes ends (the sequential one per seed), steps counted are valid steps.
    GRU/LSTM cells are written out (vmap has no batching rule for aten::lstm_cell and
-   only a slow per-sample fallback for aten::gru_cell); SparseNet's cell vmaps as is.
+   only a slow per-sample fallback for aten::gru_cell). SparseNet is not offered: its
+   fast path's custom autograd.Function does not batch under vmap.
    Timings interleaved (sequential then batched, `--reps` times), fastest of each.
 
-    python benchmarks/bench_popgym.py                    # escape, 20 envs
+    OMP_NUM_THREADS=1 python benchmarks/bench_popgym.py --clock cpu --seeds 0  # per batch
     python benchmarks/bench_popgym.py --env explore --num-envs 40
     python benchmarks/bench_popgym.py --only-seeds --seeds 6
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,7 +46,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from learners.recurrent import RecurrentBaseline
 from learners.reinforce import normalised_returns, policy_loss
 from tasks.mazes import MazeBatch, _GlobalRngGuard, wrapped_popgym_env
-from tasks.popgym_task import PopgymConfig, PopgymRun, random_seeds, rollout, seen_rewards
+from tasks.popgym_task import PopgymConfig, PopgymRun, random_seeds, seen_rewards
 from tasks.sampling import sample_actions
 
 CASES = {
@@ -51,19 +57,18 @@ CASES = {
 }
 
 
-def training_rate(cfg: PopgymConfig, batches: int) -> tuple[float, float]:
-    """(env-steps/s of training steps, env-steps/s of rollouts alone)."""
+def batch_times(cfg: PopgymConfig,
+                clock: Callable[[], float]) -> Iterator[tuple[float, float, float]]:
+    """(rollout s, update s, env-steps) of one training batch after another (after one
+    warm-up batch), the same work as `PopgymRun.train_step`."""
     run = PopgymRun(cfg, 0)
     run.train_step()  # warm-up
-    steps, start = 0.0, time.perf_counter()
-    for _ in range(batches):
-        steps += run.train_step()["steps"]
-    train = steps / (time.perf_counter() - start)
-    steps, start = 0.0, time.perf_counter()
-    for _ in range(batches):
-        batch = rollout(run.model, run.mazes, cfg, run.maze_seeds(), run.gens["train"])
-        steps += float(batch.valid.sum())
-    return train, steps / (time.perf_counter() - start)
+    while True:
+        start = clock()
+        batch, advantages = run.collect("train")
+        mid = clock()
+        run.update(batch, advantages)
+        yield mid - start, clock() - mid, float(batch.valid.sum())
 
 
 def env_rates(env: str, num_envs: int, length: int, episodes: int) -> tuple[float, float]:
@@ -156,9 +161,9 @@ class SeedStack:
         s, n, cfg = self.s, self.n, self.cfg
         seeds = sum((random_seeds(g["mazes"], n) for g in self.gens), [])
         obs = torch.from_numpy(self.mazes.reset(seeds))
-        state = self.base.initial_state(s * n)
-        state = (tuple(x.view(s, n, -1) for x in state) if isinstance(state, tuple)
-                 else state.view(s, n, *state.shape[1:]))
+        one = self.base.initial_state(n)  # one seed's, stacked: the models' own layout
+        state = (tuple(torch.stack([x] * s) for x in one) if isinstance(one, tuple)
+                 else torch.stack([one] * s))
         active = np.ones(s * n, bool)
         rec: dict[str, list] = {"obs": [], "actions": [], "rewards": [], "valid": []}
         while active.any():
@@ -219,22 +224,40 @@ def seed_rates(cfg: PopgymConfig, seeds: int, reps: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", choices=["escape", "explore"], default="escape")
+    parser.add_argument("--env", choices=["escape", "explore"], default="escape",
+                        help="environment of the env-only and seed benchmarks")
+    parser.add_argument("--envs", default="escape,explore",
+                        help="environments of the per-batch table (comma-separated)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="per-batch table: wall clock or this process's CPU time")
     parser.add_argument("--num-envs", type=int, default=20)
-    parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--episodes", type=int, default=10, help="env-only benchmark")
+    parser.add_argument("--batches", type=int, default=5,
+                        help="per-batch table: timed batches per case")
+    parser.add_argument("--episodes", type=int, default=10, help="env-only benchmark (0 skips)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seeds", type=int, default=6, help="seeds batched vs sequential")
     parser.add_argument("--reps", type=int, default=3, help="seed benchmark: fastest of")
-    parser.add_argument("--seed-models", default="gru,lstm,sparsenet",
-                        help="models of the seed benchmark (comma-separated)")
+    parser.add_argument("--seed-models", default="gru,lstm",
+                        help="models of the seed benchmark (comma-separated; gru, lstm)")
     parser.add_argument("--only-seeds", action="store_true", help="seed benchmark only")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the per-batch table: the sgprop update by phase")
     args = parser.parse_args()
+    if "sparsenet" in args.seed_models.split(","):
+        # Its fast path (learners/recurrent.py) is a custom autograd.Function that
+        # torch.func.vmap cannot batch; batched seeds would need a seed dim in its Tape.
+        parser.error("--seed-models: sparsenet cannot be batched under vmap (its custom "
+                     "backward); expected gru and/or lstm")
     torch.set_num_threads(args.threads)
-    print(f"E3 {args.env}, {args.num_envs} envs per batch, paper sizes, CPU, "
+    print(f"E3, {args.num_envs} envs per batch, paper sizes, CPU, "
           f"{torch.get_num_threads()} thread(s)")
     if not args.only_seeds:
-        model_and_env_tables(args)
+        for env in args.envs.split(","):
+            per_batch_table(env, args)
+            if args.profile:
+                profile_updates(env, args)
+        if args.episodes > 0:
+            env_table(args)
     if args.seeds > 0:
         print(f"\n{args.seeds} seeds, training step (BPTT), env-steps/s, fastest of "
               f"{args.reps} interleaved")
@@ -245,16 +268,79 @@ def main() -> None:
             print(f"{model:20s} {seq:12.0f} {bat:12.0f} {bat / seq:8.2f}", flush=True)
 
 
-def model_and_env_tables(args: argparse.Namespace) -> None:
-    print(f"\n{'model / rule':20s} {'train steps/s':>14s} {'rollout steps/s':>16s} "
-          f"{'train x GRU':>12s}")
-    rates = {}
-    for name, case in CASES.items():
-        cfg = PopgymConfig(env=args.env, num_envs=args.num_envs, **case)
-        rates[name] = training_rate(cfg, args.batches)
-    base = rates["GRU BPTT"][0]
-    for name, (train, roll) in rates.items():
-        print(f"{name:20s} {train:14.0f} {roll:16.0f} {train / base:12.2f}")
+def per_batch_table(env: str, args: argparse.Namespace) -> None:
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    runs = {name: batch_times(PopgymConfig(env=env, num_envs=args.num_envs, **case), clock)
+            for name, case in CASES.items()}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in CASES}
+    for _ in range(args.batches):
+        for name, run in runs.items():  # interleaved: one batch of each case in turn
+            times[name].append(next(run))
+    print(f"\n{env}, {args.num_envs} envs, ms per batch (median of {args.batches}, "
+          f"{args.clock} clock)")
+    print(f"{'model / rule':20s} {'rollout':>9s} {'update':>9s} {'total':>9s} "
+          f"{'x GRU':>7s} {'env-steps':>10s}")
+    medians = {name: np.median(np.array(rows), axis=0) for name, rows in times.items()}
+    base = medians["GRU BPTT"][0] + medians["GRU BPTT"][1]
+    for name, (roll, update, steps) in medians.items():
+        total = roll + update
+        print(f"{name:20s} {1e3 * roll:9.1f} {1e3 * update:9.1f} {1e3 * total:9.1f} "
+              f"{total / base:7.2f} {steps:10.0f}", flush=True)
+
+
+def profile_updates(env: str, args: argparse.Namespace) -> None:
+    """Where a SparseNet sgprop update spends its time, phase by phase (the steps of
+    `SGPropTime.backward`, then clip and Adam), median over `--batches` freshly collected
+    batches, on the chosen clock. (torch.profiler's per-operator overhead distorts these
+    many small operators too much to be used here.)"""
+    from learners.sgprop_time import LambdaMoments, feedback_norms, propagate_time
+
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    run = PopgymRun(PopgymConfig(env=env, num_envs=args.num_envs,
+                                 **CASES["SparseNet sgprop"]), 0)
+    learner, model = run.learner, run.model
+    run.train_step()  # warm-up
+    phases: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Callable[..., object], *args: object):
+        start = clock()
+        out = fn(*args)
+        phases.setdefault(name, []).append(clock() - start)
+        return out
+
+    def clip_and_step() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.batches):
+        batch, advantages = learner.prepare(*run.collect("train"))
+        tape = timed("forward (recorded steps reused, padding unrolled)", model.tape,
+                     batch.obs, batch.recording)
+        actor, direct, _ = timed("actor and loss, d_t", learner.top, tape, batch, advantages)
+        lam = timed("temporal λ schedule", learner.step_lambda, batch.valid)
+        preds = timed("SG predictions", learner.predictions, tape, True)
+        mixable = learner.mixable(preds, batch.valid)
+        moments = LambdaMoments(model, tape, mixable, batch.valid)
+        prop = timed("backward in time with λ moments", propagate_time, model, tape, direct,
+                     lam, mixable, moments.add)
+        grads = timed("parameter gradients (autograd)", learner.full_gradients, tape, prop,
+                      actor)
+        timed("λ estimate", moments.estimate, learner.lam)
+        timed("feedback norms", feedback_norms, prop, mixable, batch.valid)
+        timed("SG step", learner.update_synthetic, preds, prop.mixed, batch.valid)
+        for param, grad in zip(model.parameters(), grads, strict=True):
+            param.grad = grad
+        timed("clip and Adam", clip_and_step)
+    total = sum(float(np.median(v)) for v in phases.values())
+    print(f"\n{env} SparseNet sgprop: update by phase, ms (median of {args.batches}, "
+          f"{args.clock} clock), sum {1e3 * total:.0f} ms")
+    for name, values in phases.items():
+        ms = 1e3 * float(np.median(values))
+        print(f"  {name:50s} {ms:7.1f}  {100 * ms / (1e3 * total):4.0f}%")
+
+
+def env_table(args: argparse.Namespace) -> None:
     length = PopgymConfig(env=args.env).episode_length
     fast, slow = env_rates(args.env, args.num_envs, length, args.episodes)
     print(f"\n{'environment only':20s} {'MazeBatch':>14s} {'POPGym sequential':>18s} "

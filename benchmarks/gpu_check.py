@@ -4,6 +4,12 @@ sharing one GPU. One table at the end; exit 1 if a check fails. Under 5 minutes 
 
     python benchmarks/gpu_check.py                        # on a GPU machine
     python benchmarks/gpu_check.py --device cpu --small   # the same checks without a GPU
+    python benchmarks/gpu_check.py --e3-devices [--threads 1]  # E3: CPU vs GPU, any machine
+
+`--e3-devices` times one E3 training batch (rollout + update, paper sizes) of GRU,
+SparseNet BPTT and SparseNet sgprop on the CPU and, where CUDA is available, on the GPU,
+side by side with the GPU's speedup, so the table says which device an E3 sweep should
+ask for; without a GPU it prints the CPU column and says that no GPU is available.
 
 Written against the tasks' public entry points only (configs, the E2 `BanditBlock` and
 E3 `PopgymRun` with their `train_step`, `model` and `optimizer`, and the `sgsweep` command),
@@ -90,11 +96,8 @@ def finite(module: torch.nn.Module) -> bool:
 
 
 # Why a task computes elsewhere than asked (the table says so instead of a timing on the
-# wrong device passing for a GPU one).
-ELSEWHERE = {
-    "E3": "PopgymRun moves itself to the CPU (NumPy environment); "
-          "E3 sweeps run and record device=cpu even where Ray gives them a GPU",
-}
+# wrong device passing for a GPU one). Every task now computes where it is asked.
+ELSEWHERE: dict[str, str] = {}
 
 
 def learner_steps(args: argparse.Namespace) -> list[Row]:
@@ -240,6 +243,30 @@ def shared_gpu_run(args: argparse.Namespace) -> list[Row]:
              "ok" if ok else f"FAIL: expected 4 ok trials on {want}, 4 at once")]
 
 
+def e3_devices(args: argparse.Namespace) -> int:
+    """E3 batches on the CPU vs the GPU (module doc, `--e3-devices`)."""
+    cuda = torch.cuda.is_available()
+    card = torch.cuda.get_device_name() if cuda else None
+    sizes = E3_SMALL if args.small else {}
+    print(f"gpu_check --e3-devices: E3 Escape, {'small' if args.small else 'paper'} sizes, "
+          f"ms per training batch (rollout + update), fastest of {args.rounds}; CPU "
+          f"{torch.get_num_threads()} thread(s); GPU: {card or 'none'}", flush=True)
+    if not cuda:
+        print("no CUDA GPU is available here (torch.cuda.is_available() is False): "
+              "the GPU column is empty")
+    print(f"{'model / rule':34s} {'CPU ms':>9s} {'GPU ms':>9s} {'GPU speedup':>12s}")
+    for name, case in E3_CASES.items():
+        times = {}
+        for device in ("cpu", "cuda") if cuda else ("cpu",):
+            run = PopgymRun(PopgymConfig(**sizes, **case), 0, device)
+            times[device] = ms_per_step(run.train_step, device, 1, args.rounds)
+        gpu = times.get("cuda")
+        print(f"{name:34s} {times['cpu']:9.1f} "
+              + (f"{gpu:9.1f} {times['cpu'] / gpu:11.2f}x" if gpu else f"{'-':>9s} {'-':>12s}"),
+              flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -250,9 +277,13 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest relative gradient gap that counts as equal")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--e3-devices", action="store_true",
+                        help="only the E3 CPU-vs-GPU table (runs without a GPU too)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.e3_devices:
+        return e3_devices(args)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
               "run with --device cpu --small to check the script itself", file=sys.stderr)

@@ -20,14 +20,24 @@ GRU / LSTM: the same preprocessor, a `hidden`-wide cell, and an actor of two Lea
 layers of 128 then the logits. Init as the reference: every Linear and the cell's weight
 matrices orthogonal (gain 1), biases 0, the logit layer's weights N(0, 0.01²).
 
-`forward(obs, cut=True)` on the SparseNet gives each step's h_{t−1} and e_t as fresh leaves, so the
-sgprop-through-time learner (learners/sgprop_time.py) can take one vector-Jacobian product
-per step and mix what flows backwards in time.
+Layout and speed (SparseNet). The cell runs neuron-major with the batch last: h_t is
+(N, K, B), a neuron's local input (N, P·K, B) is one `index_select` of whole rows, and each
+neuron's routing keys and slot weights are one fused matrix (N, Q, P·K), Q = M + M·K, so a
+step is one batched GEMM (`torch.baddbmm`) plus the slot nonlinearities. Everything that
+does not depend on the recurrence is computed for all steps at once before the loop: the
+preprocessor and the input neurons' e_t terms (one GEMM, `drive`), and after it the
+actor. The backward pass through time (`reverse`) is the cell's closed-form derivative,
+two small GEMMs (into h_{t−1}, and accumulating the fused weights' gradient) and one
+`index_add_` per step. BPTT reaches it through autograd (`Recurrence`), sgprop
+through time (learners/sgprop_time.py) calls it with its mixing. `cell` is the same step
+written plainly (batch first), kept as the readable definition the tests check the fast
+path against. Per-step tensors and the sequence tensors built from them: `Tape`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -75,10 +85,10 @@ class RecurrentShape:
 
 @dataclass
 class StepTrace:
-    """What the SparseNet cell computed at one step (B batch, N neurons)."""
+    """One step of the plain `RecurrentSparseNet.cell` (B batch, N neurons)."""
 
-    prev: Tensor  # (B, N, K) h_{t−1} as the cell read it (a leaf if cut)
-    embed: Tensor  # (B, E) e_t as the cell read it (a leaf if cut)
+    prev: Tensor  # (B, N, K) h_{t−1}
+    embed: Tensor  # (B, E) e_t
     x: Tensor  # (B, N, P·K) the parents' states
     scores: Tensor  # (B, N, M)
     routing: Tensor  # (B, N, M)
@@ -88,11 +98,63 @@ class StepTrace:
 
 
 @dataclass
-class SequenceTrace:
-    embed: Tensor  # (T, B, E) the preprocessor's output e_t (with its graph)
-    steps: list[StepTrace] = field(default_factory=list)
-    states: Tensor | None = None  # (T, B, N, K) h_t as the actor reads it (leaf if cut)
-    logits: Tensor | None = None  # (T, B, A)
+class Tape:
+    """A sequence through the fast SparseNet forward (T steps, B batch; Q = M + M·K).
+
+    `embed`, `weights`, `bias` and `drive` carry their graphs to the parameters (when built
+    with grad); the per-step lists and `states` are plain values (no graph).
+    """
+
+    embed: Tensor  # (T, B, E) e_t
+    weights: Tensor  # (N, Q, P·K) fused routing keys and slot weights on the parents' states
+    bias: Tensor  # (N, Q) 0 for the routing scores, the slot biases
+    drive: Tensor  # (I, Q, T·B) the input neurons' e_t terms, every step at once
+    x: list[Tensor] = field(default_factory=list)  # per step (N, P·K, B) parents' h_{t−1}
+    routing: list[Tensor] = field(default_factory=list)  # per step (N, M, B)
+    act: list[Tensor] = field(default_factory=list)  # per step (N, M, K, B) tanh(pre)
+    states: Tensor | None = None  # (T, N, K, B) h_t
+    stacked: dict[str, Tensor] = field(default_factory=dict)  # `sequence`'s, built once
+
+    @property
+    def steps(self) -> int:
+        return len(self.x)
+
+    def sequence(self, name: str) -> Tensor:
+        """A per-step list ('x', 'routing', 'act') stacked with time next to the batch,
+        (N, ..., T·B), every sample of a neuron contiguous (kept: several users)."""
+        if name not in self.stacked:
+            self.stacked[name] = torch.stack(getattr(self, name), -2).flatten(-2)
+        return self.stacked[name]
+
+
+@dataclass
+class Recording:
+    """The cell's per-step values as a rollout computed them (`RecurrentSparseNet.step`),
+    for the update on the same batch to reuse instead of unrolling the cell again. Used
+    only while every parameter is the one it was recorded with (`key`) and the batch
+    size matches; otherwise ignored."""
+
+    key: tuple
+    x: list[Tensor] = field(default_factory=list)
+    routing: list[Tensor] = field(default_factory=list)
+    act: list[Tensor] = field(default_factory=list)
+    states: list[Tensor] = field(default_factory=list)
+
+
+def slot_backward(slopes: Tensor, routing: Tensor, act: Tensor, d_out: Tensor,
+                  scale: float) -> Tensor:
+    """The cell's derivative from h_t back to its fused pre-activations z = [scores·√D ;
+    pre]: slopes w_m (1 − tanh²) and act (..., N, M, K, S), routing (..., N, M, S), d_out
+    (..., N, K, S) → (..., N, Q, S) (S: any samples; leading dims broadcast)."""
+    d_mk = d_out.unsqueeze(-3)
+    shape = torch.broadcast_shapes(d_mk.shape, slopes.shape)
+    out = d_out.new_empty(*shape[:-3], shape[-3] * (1 + shape[-2]), shape[-1])
+    m = routing.shape[-2]
+    torch.mul(d_mk, slopes, out=out[..., m:, :].unflatten(-2, shape[-3:-1]))
+    d_routing = (act * d_mk).sum(-2)
+    d_scores = d_routing.sub_((routing * d_routing).sum(-2, keepdim=True)).mul_(routing)
+    torch.mul(d_scores, scale, out=out[..., :m, :])
+    return out
 
 
 class RecurrentSparseNet(nn.Module):
@@ -116,6 +178,10 @@ class RecurrentSparseNet(nn.Module):
         self.act_keys = nn.Parameter(torch.randn(a, m, z, generator=gen) * std)
         self.act_weights = nn.Parameter(torch.randn(a, m, z, generator=gen) * std)
         self.act_biases = nn.Parameter(torch.zeros(a, m))
+        self.scale = 1.0 / math.sqrt(shape.input_dim)  # the routing scores' 1/√D
+        self._children: Tensor | None = None  # `children_index`
+        self._fused_key: tuple | None = None  # `fused` without grad: what the cache was built on
+        self._fused_cache: tuple[tuple[Tensor, Tensor, Tensor], Tensor] | None = None
 
     def cell_parameters(self) -> list[nn.Parameter]:
         return [self.keys_p, self.keys_e, self.weights_p, self.weights_e, self.biases]
@@ -123,6 +189,7 @@ class RecurrentSparseNet(nn.Module):
     def actor_parameters(self) -> list[nn.Parameter]:
         return [self.act_keys, self.act_weights, self.act_biases]
 
+    # -- the plain definition (batch first, one step) -------------------------------------
     def cell(self, prev: Tensor, embed: Tensor) -> StepTrace:
         """One step for all neurons: prev (B, N, K), embed (B, E)."""
         s = self.shape
@@ -142,46 +209,224 @@ class RecurrentSparseNet(nn.Module):
         out = (routing.unsqueeze(-1) * act).sum(-2)
         return StepTrace(prev, embed, x, scores, routing, pre, act, out)
 
+    # -- the fast path ----------------------------------------------------------------------
+    def fused(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(weights (N, Q, P·K), bias (N, Q), embed weights (I·Q, E)) of `Tape`. Without
+        grad (rollouts) built once per parameter update: kept while no parameter of the
+        cell or actor has been written to (their version counters) or moved."""
+        if torch.is_grad_enabled():
+            return self._fuse()
+        return self._without_grad()[0]
+
+    def parameter_key(self) -> tuple | None:
+        """Changes whenever a parameter is written to in place (version counters, as
+        optimizers do) or replaced or moved (storage, dtype); None where the parameters
+        have no storage of their own (under torch.func transforms): nothing is cached."""
+        try:
+            return tuple((p._version, p.data_ptr(), p.dtype) for p in self.parameters())
+        except RuntimeError:  # functorch's wrapped tensors have no data pointer
+            return None
+
+    def _without_grad(self) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        key = self.parameter_key()
+        if key is None:
+            return self._fuse(), self.fused_actor()
+        if self._fused_key != key:
+            self._fused_cache = (self._fuse(), self.fused_actor())
+            self._fused_key = key
+        return self._fused_cache
+
+    def _fuse(self) -> tuple[Tensor, Tensor, Tensor]:
+        s = self.shape
+        n, ni, mk = s.neurons, s.input_neurons, s.slots * s.dim
+        weights = torch.cat([self.keys_p, self.weights_p.reshape(n, mk, s.parent_dim)], 1)
+        bias = torch.cat([self.biases.new_zeros(n, s.slots), self.biases.reshape(n, mk)], 1)
+        embed_w = torch.cat([self.keys_e, self.weights_e.reshape(ni, mk, s.embed)], 1)
+        return weights, bias, embed_w.reshape(-1, s.embed)
+
+    def drive(self, embed: Tensor, embed_w: Tensor) -> Tensor:
+        """The input neurons' e_t terms of every step at once: embed (..., E) → (I, Q, S)
+        with S the flattened leading dims of `embed`."""
+        flat = embed.reshape(-1, embed.shape[-1])
+        return torch.mm(embed_w, flat.t()).view(self.shape.input_neurons, -1, flat.shape[0])
+
+    def advance(self, h: Tensor, weights: Tensor, bias: Tensor, drive: Tensor,
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One step, no graph: h_{t−1} (N, K, B), drive (I, Q, B) → (x, routing, act, h_t)."""
+        s = self.shape
+        n, b = s.neurons, h.shape[-1]
+        x = h.index_select(0, self.wiring.reshape(-1)).view(n, s.parent_dim, b)
+        z = torch.baddbmm(bias.unsqueeze(-1), weights, x)
+        z[: s.input_neurons] += drive
+        routing = torch.softmax(z[:, : s.slots] * self.scale, 1)
+        act = torch.tanh(z[:, s.slots:]).view(n, s.slots, s.dim, b)
+        return x, routing, act, (routing.unsqueeze(2) * act).sum(1)
+
+    def tape(self, obs: Tensor, recording: Recording | None = None) -> Tape:
+        """obs (T, B, O) → Tape: the unrolled cell (no graph), with the fused parameters and
+        e_t terms holding their graphs if grad is enabled. The first steps come from
+        `recording` where it is valid (a rollout of these observations)."""
+        embed = self.pre(obs)
+        weights, bias, embed_w = self.fused()
+        tape = Tape(embed, weights, bias, self.drive(embed, embed_w))
+        with torch.no_grad():
+            tape.states = self.unroll(tape, obs.shape[1], recording)
+        return tape
+
+    def unroll(self, tape: Tape, batch: int, recording: Recording | None) -> Tensor:
+        """Fill the tape's per-step lists (no graph) and return the states (T, N, K, B):
+        the steps `recording` holds (where valid), then the cell from there on."""
+        weights, bias, drive = tape.weights.detach(), tape.bias.detach(), tape.drive.detach()
+        steps = drive.shape[-1] // batch
+        reused = 0
+        if (recording is not None and recording.key is not None
+                and recording.key == self.parameter_key()
+                and recording.states and recording.states[0].shape[-1] == batch):
+            reused = min(len(recording.states), steps)
+            tape.x += recording.x[:reused]
+            tape.routing += recording.routing[:reused]
+            tape.act += recording.act[:reused]
+        states = recording.states[:reused] if recording is not None else []
+        per_step = drive.view(drive.shape[0], drive.shape[1], steps, batch)
+        h = states[-1] if states else self.initial_state(batch)
+        for t in range(reused, steps):
+            x, routing, act, h = self.advance(h, weights, bias, per_step[:, :, t])
+            tape.x.append(x)
+            tape.routing.append(routing)
+            tape.act.append(act)
+            states.append(h)
+        return torch.stack(states)
+
+    def reverse(self, tape: Tape, direct: Tensor,
+                mixer: Callable[[int, Tensor], Tensor] | None = None,
+                observe: Callable[[int, Tensor, Tensor], None] | None = None,
+                ) -> tuple[tuple[Tensor, Tensor, Tensor], list[Tensor], list[Tensor]]:
+        """Backwards in time from d_t = ∂loss/∂h_t through the actor at t only (N, K, T, B):
+        g_t = d_t + (∂h_{t+1}/∂h_t)^T g̃_{t+1}, g̃_t = mixer(t, g_t) (None: g_t itself);
+        `observe(t, g_t, slopes_t)` sees each step while its tensors are in cache.
+
+        Returns ((weights, bias, drive) gradients: Σ over (t, b) of g̃_t pulled back through
+        the cell, as `Tape` holds them), [g_t], [g̃_t] (lists in time order). The sums
+        over samples are accumulated step by step (one small GEMM each)."""
+        s = self.shape
+        n, b, ni = s.neurons, direct.shape[-1], s.input_neurons
+        steps = tape.steps
+        back = tape.weights.detach().transpose(1, 2)  # (N, P·K, Q)
+        children = self.children_index()
+        d_weights = back.new_zeros(back.shape).transpose(1, 2)  # (N, Q, P·K), like weights
+        d_bias = direct.new_zeros(tape.bias.shape)
+        d_drive: list[Tensor] = [direct.new_empty(0)] * steps
+        realised: list[Tensor] = [direct.new_empty(0)] * steps
+        mixed: list[Tensor] = [direct.new_empty(0)] * steps
+        carry: Tensor | None = None
+        for t in reversed(range(steps)):
+            g = direct[:, :, t] if carry is None else direct[:, :, t] + carry
+            realised[t] = g
+            m = g if mixer is None else mixer(t, g)
+            mixed[t] = m
+            slopes = self.slopes(tape, t)
+            d_z = slot_backward(slopes, tape.routing[t], tape.act[t], m, self.scale)
+            if observe is not None:
+                observe(t, g, slopes)
+            d_weights.baddbmm_(d_z, tape.x[t].transpose(1, 2))
+            d_bias += d_z.sum(-1)
+            d_drive[t] = d_z[:ni]
+            if t > 0:
+                d_x = torch.bmm(back, d_z).view(n * s.parents, s.dim, b)
+                # Each neuron sums what its children send back: a gather and a sum, the
+                # same order on every device (CUDA's index_add_ is not deterministic).
+                d_x = torch.cat([d_x, d_x.new_zeros(1, s.dim, b)])
+                carry = d_x.index_select(0, children).view(n, -1, s.dim, b).sum(1)
+        drive = torch.stack(d_drive, -2).flatten(-2)  # (I, Q, T·B)
+        return (d_weights, d_bias, drive), realised, mixed
+
+    def children_index(self) -> Tensor:
+        """(N·C,): for each neuron, the positions in the flat (N·P) wiring that read it (its
+        children), padded to the most children C with N·P (a zero row); built once."""
+        wiring = self.wiring
+        if self._children is None or self._children.device != wiring.device:
+            flat = wiring.reshape(-1).cpu()
+            counts = torch.bincount(flat, minlength=self.shape.neurons)
+            order = torch.argsort(flat, stable=True)
+            table = torch.full((self.shape.neurons, int(counts.max())), flat.numel())
+            mine = torch.arange(table.shape[1]) < counts.unsqueeze(1)
+            table[mine] = order
+            self._children = table.reshape(-1).to(wiring.device)
+        return self._children
+
+    def slopes(self, tape: Tape, t: int) -> Tensor:
+        """w_m (1 − tanh²(pre)) at step t, (N, M, K, B) (`slot_backward`)."""
+        act = tape.act[t]
+        return tape.routing[t].unsqueeze(2) * (1.0 - act * act)
+
+    def fused_actor(self) -> Tensor:
+        """(A·2M, N·K): per action its M routing keys, then its M slot weights."""
+        a, m = self.act_biases.shape
+        return torch.cat([self.act_keys, self.act_weights], 1).reshape(2 * a * m, -1)
+
     def actor(self, states: Tensor) -> Tensor:
-        """states (..., N, K) → logits (..., A)."""
-        z = states.flatten(-2)
-        scale = 1.0 / math.sqrt(z.shape[-1])
-        routing = torch.softmax(torch.einsum("...z,amz->...am", z, self.act_keys) * scale, -1)
-        per_slot = torch.einsum("...z,amz->...am", z, self.act_weights) + self.act_biases
-        return (routing * per_slot).sum(-1)
+        """states (..., N·K) flat → logits (..., A): one GEMM for every slot's key and
+        weight row."""
+        a, m = self.act_biases.shape
+        fused = self.fused_actor() if torch.is_grad_enabled() else self._without_grad()[1]
+        both = torch.matmul(states, fused.t()).unflatten(-1, (a, 2 * m))
+        scale = 1.0 / math.sqrt(states.shape[-1])
+        routing = torch.softmax(both[..., :m] * scale, -1)
+        return (routing * (both[..., m:] + self.act_biases)).sum(-1)
+
+    @staticmethod
+    def flat_states(states: Tensor) -> Tensor:
+        """(T, N, K, B) → (T, B, N·K), what the actor reads."""
+        return states.permute(0, 3, 1, 2).flatten(-2)
 
     def initial_state(self, batch: int) -> Tensor:
-        return self.biases.new_zeros(batch, self.shape.neurons, self.shape.dim)
+        return self.biases.new_zeros(self.shape.neurons, self.shape.dim, batch)
 
-    def step(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One environment step: obs (B, O) → (logits (B, A), new state)."""
-        h = self.cell(state, self.pre(obs)).out
-        return self.actor(h), h
+    def recording(self) -> Recording:
+        """An empty `Recording` for a rollout with the current parameters."""
+        return Recording(self.parameter_key())
 
-    def forward(self, obs: Tensor, cut: bool = False) -> SequenceTrace:
-        """obs (T, B, O) → SequenceTrace. `cut`: each step reads a detached leaf h_{t−1}."""
+    def step(self, obs: Tensor, state: Tensor,
+             recording: Recording | None = None) -> tuple[Tensor, Tensor]:
+        """One environment step: obs (B, O) → (logits (B, A), new state (N, K, B)); the
+        cell's values appended to `recording` if given."""
+        weights, bias, embed_w = self.fused()
+        x, routing, act, h = self.advance(state, weights, bias,
+                                          self.drive(self.pre(obs), embed_w))
+        if recording is not None:
+            recording.x.append(x)
+            recording.routing.append(routing)
+            recording.act.append(act)
+            recording.states.append(h)
+        return self.actor(h.permute(2, 0, 1).flatten(-2)), h
+
+    def logits(self, obs: Tensor, recording: Recording | None = None) -> Tensor:
+        """obs (T, B, O) → logits (T, B, A), differentiable (BPTT through `Recurrence`);
+        the cell's forward taken from `recording` where valid."""
         embed = self.pre(obs)
-        trace = SequenceTrace(embed=embed)
-        h = self.initial_state(obs.shape[1])
-        outs = []
-        for t in range(obs.shape[0]):
-            e_t = embed[t]
-            if cut:
-                h = h.detach().requires_grad_(t > 0)
-                e_t = e_t.detach().requires_grad_(True)
-            st = self.cell(h, e_t)
-            trace.steps.append(st)
-            h = st.out
-            outs.append(h)
-        states = torch.stack(outs)
-        if cut:
-            states = states.detach().requires_grad_(True)
-        trace.states = states
-        trace.logits = self.actor(states)
-        return trace
+        weights, bias, embed_w = self.fused()
+        states = Recurrence.apply(self, weights, bias, self.drive(embed, embed_w), obs,
+                                  recording)
+        return self.actor(self.flat_states(states))
 
-    def logits(self, obs: Tensor) -> Tensor:
-        return self.forward(obs).logits
+
+class Recurrence(torch.autograd.Function):
+    """The SparseNet's unrolled cell as one autograd node: forward `RecurrentSparseNet.tape`'s
+    loop, backward `reverse` (BPTT)."""
+
+    @staticmethod
+    def forward(ctx, model: RecurrentSparseNet, weights: Tensor, bias: Tensor, drive: Tensor,
+                obs: Tensor, recording: Recording | None) -> Tensor:
+        tape = Tape(obs.new_empty(0), weights, bias, drive)
+        states = model.unroll(tape, obs.shape[1], recording)
+        ctx.model, ctx.tape = model, tape
+        return states
+
+    @staticmethod
+    def backward(ctx, d_states: Tensor):
+        model, tape = ctx.model, ctx.tape
+        d_weights, d_bias, d_drive = model.reverse(tape, d_states.permute(1, 2, 0, 3))[0]
+        return None, d_weights, d_bias, d_drive, None, None
 
 
 class RecurrentBaseline(nn.Module):
@@ -216,7 +461,8 @@ class RecurrentBaseline(nn.Module):
         h = state[0] if self.kind == "lstm" else state
         return self.actor(h), state
 
-    def logits(self, obs: Tensor) -> Tensor:
+    def logits(self, obs: Tensor, recording: None = None) -> Tensor:
+        """obs (T, B, O) → logits (T, B, A) (`recording`: the SparseNet's; none here)."""
         state = self.initial_state(obs.shape[1])
         embed = self.pre(obs)
         hs = []

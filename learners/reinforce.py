@@ -25,6 +25,9 @@ class Batch:
     rewards: Tensor  # (T, B) float32 (as the agent saw them: noisy in Explore)
     valid: Tensor  # (T, B) bool
     success: Tensor  # (B,) bool: the episode terminated
+    # What the policy computed during the rollout (learners.recurrent.Recording), which the
+    # update may reuse while the parameters are unchanged; None: recompute.
+    recording: object | None = None
 
     @property
     def lengths(self) -> Tensor:
@@ -35,7 +38,14 @@ class Batch:
         actions (the reference's buffer after its last episode has ended)."""
         return Batch(obs=pad_steps(self.obs, steps), actions=pad_steps(self.actions, steps),
                      rewards=pad_steps(self.rewards, steps), valid=pad_steps(self.valid, steps),
-                     success=self.success)
+                     success=self.success, recording=self.recording)
+
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on `device` (the environment records it on the CPU)."""
+        return Batch(*(getattr(self, f).to(device) for f in
+                       ("obs", "actions", "rewards", "valid", "success")),
+                     recording=self.recording)  # computed where the model is
 
 
 def pad_steps(x: Tensor, steps: int) -> Tensor:

@@ -41,11 +41,17 @@ steps in the batch) and mix ĝ_t / n.
 
 With λ = 1 every mix returns g_t itself, so sgprop's gradient is BPTT's up to the order
 in which per-step contributions are summed (tests: equal to float64 round-off).
+
+Computation (docs/performance.md, E3): both learners run the SparseNet's fast path of
+learners/recurrent.py (`Tape`, `RecurrentSparseNet.reverse`); sgprop passes its mixing to
+that backward loop and accumulates the λ moments inside it (`LambdaMoments`), and the SG
+predicts every (t, b) at once. Sequence tensors are neuron-major with time and batch last:
+g_t, ĝ_t, g̃_t are (N, K, T, B).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,10 +59,8 @@ from torch import Tensor, nn
 
 from learners.compared import BACKPROP, COMPARED
 from learners.feedback import FeedbackRule, lambda_from_moments, mix
-from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, SequenceTrace
+from learners.recurrent import Model, RecurrentShape, RecurrentSparseNet, Tape, slot_backward
 from learners.reinforce import Batch, pad_steps, policy_loss
-from learners.sgprop import local_errors, outer_moments, unit
-from learners.sparsenet import LayerTrace
 
 Lam = float | Tensor  # a fixed λ, or per (t, [b,] neuron): (T, B or 1, N, 1)
 
@@ -69,7 +73,7 @@ class BPTT:
         self.entropy_coef = entropy_coef
 
     def gradients(self, batch: Batch, advantages: Tensor) -> tuple[list[Tensor], dict]:
-        logits = self.model.logits(batch.obs)
+        logits = self.model.logits(batch.obs, batch.recording)
         loss, stats = policy_loss(logits, batch.actions, advantages, batch.valid,
                                   self.entropy_coef)
         return list(torch.autograd.grad(loss, list(self.model.parameters()))), stats
@@ -100,13 +104,15 @@ class SyntheticGradientsTime(nn.Module):
         self.c = nn.Parameter(torch.zeros(n, m, k))
 
     def predict(self, x: Tensor, embed: Tensor, routing: Tensor) -> Tensor:
-        """x (..., N, P·K), embed (..., E), routing (..., N, M) → (..., N, K)."""
-        per_slot = torch.einsum("...nd,nmkd->...nmk", x.detach(), self.g_p) + self.c
-        ni = self.input_neurons
-        per_slot_e = torch.einsum("...e,nmke->...nmk", embed.detach(), self.g_e)
-        per_slot = torch.cat([per_slot[..., :ni, :, :] + per_slot_e,
-                              per_slot[..., ni:, :, :]], -3)
-        return (routing.detach().unsqueeze(-1) * per_slot).sum(-2)
+        """Every sample at once, neuron-major (`learners.recurrent.Tape.sequence`):
+        x (N, P·K, S), embed (S, E), routing (N, M, S) → (N, K, S)."""
+        n, m, k, dp = self.g_p.shape
+        ni, samples = self.input_neurons, x.shape[-1]
+        per_slot = torch.baddbmm(self.c.reshape(n, m * k, 1), self.g_p.reshape(n, m * k, dp),
+                                 x.detach())
+        per_slot[:ni] += torch.mm(self.g_e.reshape(ni * m * k, -1),
+                                  embed.detach().t()).view(ni, m * k, samples)
+        return (routing.detach().unsqueeze(2) * per_slot.view(n, m, k, samples)).sum(1)
 
 
 SCHEDULE_RATE = 0.1  # the reference's step of the `children` schedule
@@ -115,6 +121,7 @@ SCHEDULE_RATE = 0.1  # the reference's step of the `children` schedule
 def children_counts(wiring: Tensor) -> Tensor:
     """(N, N): [i, c] = how often neuron i is a parent of neuron c."""
     n = wiring.shape[0]
+    wiring = wiring.cpu()  # small; counted on the CPU, where index_put_ is deterministic
     counts = torch.zeros(n, n, dtype=torch.float64)
     child = torch.arange(n).unsqueeze(1).expand_as(wiring)
     counts.index_put_((wiring.reshape(-1), child.reshape(-1)),
@@ -145,7 +152,8 @@ def per_step_lambda(schedule: Tensor, valid: Tensor) -> Tensor:
     """Pick λ^(k) for every (t, b), k = steps from episode b's last valid step: (T, B, N, 1)."""
     horizon = valid.shape[0]
     lengths = valid.sum(0)
-    k = (lengths.unsqueeze(0) - 1 - torch.arange(horizon).unsqueeze(1)).clamp(0, horizon - 1)
+    steps = torch.arange(horizon, device=valid.device).unsqueeze(1)
+    k = (lengths.unsqueeze(0) - 1 - steps).clamp(0, horizon - 1)
     return schedule[k].unsqueeze(-1)
 
 
@@ -157,58 +165,131 @@ def buffer_lambda(schedule: Tensor, steps: int) -> Tensor:
 
 @dataclass
 class TimePropagation:
-    realised: Tensor  # (T, B, N, K) g_t arriving at h_t
-    mixed: Tensor  # (T, B, N, K) g̃_t, what flows on into the cell at t
-    cell_grads: list[Tensor] | None  # `cell_parameters` order
-    embed_grad: Tensor | None  # (T, B, E)
+    realised: Tensor  # (N, K, T, B) g_t arriving at h_t
+    mixed: Tensor  # (N, K, T, B) g̃_t, what flows on into the cell at t
+    cell: tuple[Tensor, Tensor, Tensor]  # g̃ pulled back to the Tape's weights, bias, drive
 
 
-def propagate_time(model: RecurrentSparseNet, trace: SequenceTrace, direct: Tensor,
-                   lam: Lam, predicted: Tensor | None, params: bool) -> TimePropagation:
-    """λ-mixed propagation backwards in time; `predicted` in mean-loss units (None: BP)."""
-    cell_params = model.cell_parameters()
-    grads: list[Tensor] | None = [torch.zeros_like(p) for p in cell_params] if params else None
-    embed_grads: list[Tensor] = []
-    realised: list[Tensor] = []
-    mixes: list[Tensor] = []
-    carry = torch.zeros_like(direct[0])
-    for t in reversed(range(len(trace.steps))):
-        st = trace.steps[t]
-        g = direct[t] + carry
-        realised.append(g)
-        if predicted is None:
-            mixed = g
+def neuron_major_lambda(lam: Tensor) -> Tensor:
+    """λ per (t, [b,] neuron) as the schedules give it, (T, B or 1, N, 1) → (N, 1, T, B or 1)."""
+    return lam.permute(2, 3, 0, 1)
+
+
+def propagate_time(model: RecurrentSparseNet, tape: Tape, direct: Tensor, lam: Lam,
+                   predicted: Tensor | None,
+                   observe: Callable[[int, Tensor, Tensor], None] | None = None,
+                   ) -> TimePropagation:
+    """λ-mixed propagation backwards in time (`RecurrentSparseNet.reverse`, which passes
+    each step to `observe`); direct and predicted (N, K, T, B), `predicted` in mean-loss
+    units (None: BP)."""
+    mixer = None
+    if predicted is not None:
+        if isinstance(lam, float):
+            def mixer(t: int, g: Tensor) -> Tensor:
+                return mix(lam, g, predicted[:, :, t])
         else:
-            mixed = mix(lam if isinstance(lam, float) else lam[t], g, predicted[t])
-        mixes.append(mixed)
-        wrt: list[Tensor] = list(cell_params) if params else []
-        wrt.append(st.embed)
-        if t > 0:
-            wrt.append(st.prev)
-        out = torch.autograd.grad(st.out, wrt, grad_outputs=mixed, retain_graph=True)
-        if t > 0:
-            carry, out = out[-1], out[:-1]
-        embed_grads.append(out[-1])
-        if grads is not None:
-            for acc, gp in zip(grads, out[:-1], strict=True):
-                acc += gp
-    realised.reverse()
-    mixes.reverse()
-    embed_grads.reverse()
-    return TimePropagation(torch.stack(realised), torch.stack(mixes), grads,
-                           torch.stack(embed_grads) if params else None)
+            per_step = neuron_major_lambda(lam)
+
+            def mixer(t: int, g: Tensor) -> Tensor:
+                return mix(per_step[:, :, t], g, predicted[:, :, t])
+    cell, realised, mixed = model.reverse(tape, direct, mixer, observe)
+    return TimePropagation(torch.stack(realised, 2), torch.stack(mixed, 2), cell)
 
 
 def feedback_norms(prop: TimePropagation, predicted: Tensor, valid: Tensor) -> dict[str, Tensor]:
     """Mean over valid (t, b) and neurons of ‖g_t‖, ‖ĝ_t‖ (mean-loss units), ‖g̃_t‖ per
     neuron, as the reference logs them (`true_grad_norm`, `pred_norm`, `mixed_grad_norm`)."""
-    count = valid.sum().clamp(min=1) * predicted.shape[-2]
+    count = valid.sum().clamp(min=1) * predicted.shape[0]
 
     def mean_norm(v: Tensor) -> Tensor:
-        return (v.detach().norm(dim=-1) * valid[..., None]).sum() / count
+        return (norm_over(v.detach(), 1) * valid).sum() / count
 
     return {"true_grad_norm": mean_norm(prop.realised), "pred_norm": mean_norm(predicted),
             "mixed_grad_norm": mean_norm(prop.mixed)}
+
+
+def norm_over(v: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+    """‖v‖ along a dim that is not the last (`Tensor.norm` reads such a dim slowly)."""
+    return (v * v).sum(dim, keepdim=keepdim).sqrt()
+
+
+def unit_over(v: Tensor, dim: int) -> Tensor:
+    """v / ‖v‖ along `dim`; zero vectors stay zero (`learners.sgprop.unit` along any dim)."""
+    return v / norm_over(v, dim, keepdim=True).clamp(min=1e-12)
+
+
+class LambdaMoments:
+    """The four moments of `lambda_from_moments` per neuron, summed step by step.
+
+    Each valid (t, b) is one sample. Its contribution to neuron i's parameter gradient is
+    e ⊗ input per block (routing keys and slot weights on the parents' states, slot biases,
+    and for input neurons keys and weights on e_t), e the feedback (a unit vector per
+    neuron) pulled back through the cell (`slot_backward`, which folds the keys' 1/√D
+    in), for the realised feedback w = unit(g_t) and the difference u = unit(ĝ_t) − w.
+    No contribution is formed: ‖e ⊗ a‖² = ‖e‖²‖a‖², and Σ_b e_b ⊗ a_b is one small GEMM per
+    step (inside the propagation, where the step's tensors are in cache). Invalid samples
+    have their feedback zeroed (the local errors are linear in it), so sums run over the
+    valid ones.
+    """
+
+    def __init__(self, model: RecurrentSparseNet, tape: Tape, predicted: Tensor,
+                 valid: Tensor) -> None:
+        s = model.shape
+        self.model, self.tape, self.predicted = model, tape, predicted
+        self.mask = valid.to(predicted.dtype)  # (T, B)
+        self.count = int(valid.sum())
+        n, q = s.neurons, s.slots * (1 + s.dim)
+        like = predicted.new_zeros
+        self.per_sample = like(2, n)  # Σ_b ⟨eu, ew⟩‖a‖², Σ_b ‖eu‖²‖a‖² over the blocks
+        self.sum_x = like(n, 2 * q, s.parent_dim)  # Σ_b [ew ; eu] ⊗ x_b
+        self.sum_bias = like(n, 2, s.slots * s.dim)  # Σ_b [ew ; eu] (slot rows)
+        self.sum_e = like(s.input_neurons * 2 * q, s.embed)  # Σ_b [ew ; eu] ⊗ e_b
+        self.bias_rows = like(q, 1)  # 1 on the rows of Q that have a slot bias
+        self.bias_rows[s.slots:] = 1.0
+
+    def add(self, t: int, realised: Tensor, slopes: Tensor) -> None:
+        """Step t: g_t (N, K, B) and the step's slopes (N, M, K, B)."""
+        s, tape = self.model.shape, self.tape
+        ni, m = s.input_neurons, s.slots
+        # [w ; u] per neuron (N, 2, K, B): unit feedbacks, masked, u = unit(ĝ) − w.
+        feedback = unit_over(torch.stack([realised, self.predicted[:, :, t]], 1), 2)
+        feedback.mul_(self.mask[t])
+        feedback[:, 1] -= feedback[:, 0]
+        # (N, 2, Q, B): both pulled back through the cell, side by side for one GEMM.
+        e = slot_backward(slopes.unsqueeze(1), tape.routing[t].unsqueeze(1),
+                          tape.act[t].unsqueeze(1), feedback, self.model.scale)
+        x = tape.x[t]
+        embed = tape.embed[t].detach()  # (B, E)
+        # Each sample's squared input norm per row of Q: ‖x‖² (+ ‖e_t‖² for input neurons)
+        # on the key and weight rows, + 1 on the slot-weight rows for the slot biases.
+        inputs = (x * x).sum(1)  # (N, B)
+        inputs[:ni] += (embed * embed).sum(-1)
+        weighted_u = e[:, 1:] * (inputs.unsqueeze(1) + self.bias_rows).unsqueeze(1)
+        self.per_sample += (e * weighted_u).sum((2, 3)).t()  # [⟨w, u⟩ ; ⟨u, u⟩] sums
+        flat = e.flatten(1, 2)  # (N, 2Q, B)
+        self.sum_x.baddbmm_(flat, x.transpose(1, 2))
+        self.sum_bias += e[:, :, m:].sum(-1)
+        self.sum_e.addmm_(flat[:ni].flatten(0, 1), embed)
+
+    def estimate(self, previous: Tensor) -> Tensor:
+        """λ̂ per neuron (N,), `previous` where the moments cannot decide."""
+        s = self.model.shape
+        q, ni = s.slots * (1 + s.dim), s.input_neurons
+        n = max(self.count, 1)
+        sw_x, su_x = self.sum_x[:, :q], self.sum_x[:, q:]
+        sw_b, su_b = self.sum_bias[:, 0], self.sum_bias[:, 1]
+        sum_e = self.sum_e.view(ni, 2, q, s.embed)
+        sw_e, su_e = sum_e[:, 0], sum_e[:, 1]
+
+        def dot(a_x: Tensor, a_b: Tensor, a_e: Tensor) -> Tensor:  # ⟨Σ a, Σ u⟩ over blocks
+            out = (a_x * su_x).sum((1, 2)) + (a_b * su_b).sum(1)
+            return out + nn.functional.pad((a_e * su_e).sum((1, 2)), (0, s.neurons - ni))
+
+        wu, uu = self.per_sample
+        # eps 1e-12: the reference's threshold on Var + bias² (unit-normalised feedback).
+        return lambda_from_moments(uu / n, dot(su_x, su_b, su_e) / n**2, wu / n,
+                                   dot(sw_x, sw_b, sw_e) / n**2, batch=self.count,
+                                   previous=previous, eps=1e-12)
 
 
 class SGPropTime:
@@ -248,19 +329,22 @@ class SGPropTime:
             return batch, advantages
         return batch.padded(self.horizon), pad_steps(advantages, self.horizon)
 
-    def top(self, trace: SequenceTrace, batch: Batch, advantages: Tensor,
+    def top(self, tape: Tape, batch: Batch, advantages: Tensor,
             ) -> tuple[list[Tensor], Tensor, dict]:
-        """(actor gradients, d_t for every step (T, B, N, K), loss stats)."""
-        loss, stats = policy_loss(trace.logits, batch.actions, advantages, batch.valid,
+        """(actor gradients, d_t for every step (N, K, T, B), loss stats)."""
+        states = tape.states.detach().requires_grad_(True)
+        logits = self.model.actor(self.model.flat_states(states))
+        loss, stats = policy_loss(logits, batch.actions, advantages, batch.valid,
                                   self.entropy_coef)
-        out = torch.autograd.grad(loss, [*self.model.actor_parameters(), trace.states])
-        return list(out[:-1]), out[-1], stats
+        out = torch.autograd.grad(loss, [*self.model.actor_parameters(), states])
+        return list(out[:-1]), out[-1].permute(1, 2, 0, 3), stats
 
-    def predictions(self, trace: SequenceTrace, grad: bool = False) -> Tensor:
-        """The SG's outputs ĝ_t for every step, in its own units (T, B, N, K)."""
+    def predictions(self, tape: Tape, grad: bool = False) -> Tensor:
+        """The SG's outputs ĝ_t for every step, in its own units (N, K, T, B)."""
         with torch.set_grad_enabled(grad):
-            return torch.stack([self.sg.predict(st.x, st.embed, st.routing)
-                                for st in trace.steps])
+            out = self.sg.predict(tape.sequence("x"), tape.embed.reshape(-1, tape.embed.shape[-1]),
+                                  tape.sequence("routing"))
+        return out.unflatten(-1, tape.states.shape[::3])
 
     def scale(self, valid: Tensor) -> Tensor | float:
         """SG units per mean-loss unit: 1, or n (valid steps) for `units="per_sample"`."""
@@ -273,7 +357,7 @@ class SGPropTime:
         zero after an episode's end."""
         out = predictions.detach() / self.scale(valid)
         if self.padding == "mask":
-            out = out * valid[..., None, None]
+            out = out * valid
         return out
 
     def step_lambda(self, valid: Tensor) -> Lam:
@@ -288,14 +372,15 @@ class SGPropTime:
             return per_step_lambda(sched[:steps], valid)
         return buffer_lambda(sched, steps)
 
-    def full_gradients(self, trace: SequenceTrace, prop: TimePropagation,
+    def full_gradients(self, tape: Tape, prop: TimePropagation,
                        actor: list[Tensor]) -> list[Tensor]:
-        """Every parameter's gradient in `model.parameters()` order."""
-        pre_params = list(self.model.pre.parameters())
-        pre = torch.autograd.grad(trace.embed, pre_params, grad_outputs=prop.embed_grad,
-                                  retain_graph=True)
-        by_param = dict(zip(pre_params, pre, strict=True))
-        by_param.update(zip(self.model.cell_parameters(), prop.cell_grads, strict=True))
+        """Every parameter's gradient in `model.parameters()` order: the cell's and the
+        preprocessor's through the fused parameters and e_t terms of `tape`."""
+        inner = [*self.model.pre.parameters(), *self.model.cell_parameters()]
+        grads = torch.autograd.grad([tape.weights, tape.bias, tape.drive], inner,
+                                    grad_outputs=prop.cell,
+                                    retain_graph=True)
+        by_param = dict(zip(inner, grads, strict=True))
         by_param.update(zip(self.model.actor_parameters(), actor, strict=True))
         return [by_param[p] for p in self.model.parameters()]
 
@@ -303,21 +388,23 @@ class SGPropTime:
     def backward(self, batch: Batch, advantages: Tensor) -> dict[str, Tensor]:
         """Policy gradients into `.grad`, λ's EMA, then the SG step (module doc)."""
         batch, advantages = self.prepare(batch, advantages)
-        trace = self.model(batch.obs, cut=True)
-        actor, direct, stats = self.top(trace, batch, advantages)
+        tape = self.model.tape(batch.obs, batch.recording)
+        actor, direct, stats = self.top(tape, batch, advantages)
         lam = self.step_lambda(batch.valid)
         preds = mixable = None
         if self.rule.uses_predictor:
-            preds = self.predictions(trace, grad=True)  # the SG before this batch's step
+            preds = self.predictions(tape, grad=True)  # the SG before this batch's step
             mixable = self.mixable(preds, batch.valid)
-        prop = propagate_time(self.model, trace, direct, lam, mixable, params=True)
-        for p, g in zip(self.model.parameters(), self.full_gradients(trace, prop, actor),
+        moments = (LambdaMoments(self.model, tape, mixable, batch.valid)
+                   if mixable is not None and self.rule.needs_estimate else None)
+        prop = propagate_time(self.model, tape, direct, lam, mixable,
+                              moments.add if moments is not None else None)
+        for p, g in zip(self.model.parameters(), self.full_gradients(tape, prop, actor),
                         strict=True):
             p.grad = g
         if preds is None or mixable is None:
             return stats
-        estimate = (self.batch_lambda(trace, prop.realised, mixable, batch.valid)
-                    if self.rule.needs_estimate else None)
+        estimate = moments.estimate(self.lam) if moments is not None else None
         self.lam = self.rule.next_lambda(self.lam, estimate)
         stats.update(feedback_norms(prop, mixable, batch.valid))
         stats["sg_loss"] = self.update_synthetic(preds, prop.mixed, batch.valid)
@@ -325,9 +412,9 @@ class SGPropTime:
 
     def update_synthetic(self, preds: Tensor, mixed: Tensor, valid: Tensor) -> Tensor:
         """One SG Adam step on mean (ĝ_t − g̃_t)² over valid (t, b), neurons and dims, in
-        the SG's units; `preds` carries a graph to the SG's parameters only."""
-        mask = valid.to(preds.dtype)[..., None, None]
-        count = mask.sum().clamp(min=1) * preds.shape[-1] * preds.shape[-2]
+        the SG's units; `preds` (N, K, T, B) carries a graph to the SG's parameters only."""
+        mask = valid.to(preds.dtype)
+        count = mask.sum().clamp(min=1) * preds.shape[0] * preds.shape[1]
         target = mixed.detach() * self.scale(valid)
         loss = ((preds - target) ** 2 * mask).sum() / count
         self.sg_optimizer.zero_grad(set_to_none=True)
@@ -337,62 +424,32 @@ class SGPropTime:
         self.sg_optimizer.step()
         return loss.detach()
 
-    def batch_lambda(self, trace: SequenceTrace, realised: Tensor, predicted: Tensor,
+    def batch_lambda(self, tape: Tape, realised: Tensor, predicted: Tensor,
                      valid: Tensor) -> Tensor:
-        """This batch's MSE-optimal λ per neuron (N,), every valid (t, b) one sample.
-
-        Each sample's contribution to neuron i's parameter gradient is e ⊗ x per block
-        (routing keys, slot weights, slot biases; parent and e_t parts), with e the feedback
-        pulled back through the cell (`learners.sgprop.local_errors`); moments summed.
-        """
-        s = self.model.shape
-        sel = valid.reshape(-1)
-
-        def pick(name: str) -> Tensor:
-            v = torch.stack([getattr(st, name) for st in trace.steps]).detach()
-            return v.flatten(0, 1)[sel].unsqueeze(0)  # (1, n, ...)
-
-        x, embed, out = pick("x"), pick("embed"), pick("out")
-        lt = LayerTrace(inputs=x, x=x, scores=pick("scores"), routing=pick("routing"),
-                        pre=pick("pre"), act=pick("act"), mixed=out, out=out)
-        w = unit(realised.flatten(0, 1)[sel].unsqueeze(0))
-        u = unit(predicted.flatten(0, 1)[sel].unsqueeze(0)) - w
-        d_scores, d_pre = local_errors(lt, 0, torch.stack([w, u]))
-        (ew_s, eu_s) = d_scores / math.sqrt(s.input_dim)
-        (ew_p, eu_p) = d_pre.flatten(-2)
-        ni = s.input_neurons
-        e_in = embed.unsqueeze(2).expand(-1, -1, ni, -1)
-        blocks = [
-            outer_moments(ew_s, eu_s, x),
-            outer_moments(ew_p, eu_p, x),
-            outer_moments(ew_p, eu_p, None),
-        ]
-        e_blocks = [outer_moments(ew_s[:, :, :ni], eu_s[:, :, :ni], e_in),
-                    outer_moments(ew_p[:, :, :ni], eu_p[:, :, :ni], e_in)]
-        moments = [sum(parts) for parts in zip(*blocks, strict=True)]
-        for part in e_blocks:
-            for i, m in enumerate(part):
-                moments[i] = moments[i] + nn.functional.pad(m, (0, s.neurons - ni))
-        # eps 1e-12: the reference's threshold on Var + bias² (unit-normalised feedback).
-        return lambda_from_moments(*moments, batch=int(sel.sum()),
-                                   previous=self.lam.unsqueeze(0), eps=1e-12).squeeze(0)
-
+        """This batch's MSE-optimal λ per neuron (N,), every valid (t, b) one sample, from
+        g_t and ĝ_t (N, K, T, B): `LambdaMoments` step by step, as `backward` runs it
+        inside the propagation."""
+        moments = LambdaMoments(self.model, tape, predicted, valid)
+        for t in range(tape.steps):
+            moments.add(t, realised[:, :, t], self.model.slopes(tape, t))
+        return moments.estimate(self.lam)
 
     def rule_gradients(self, batch: Batch, advantages: Tensor) -> dict[str, list[Tensor]]:
         """Each `learners.compared` setting's gradient estimate: BPTT (λ=1), the current
         mixture and pure SG (λ=0)."""
         batch, advantages = self.prepare(batch, advantages)
-        trace = self.model(batch.obs, cut=True)
-        actor, direct, _ = self.top(trace, batch, advantages)
-        predicted = self.mixable(self.predictions(trace), batch.valid)
+        tape = self.model.tape(batch.obs, batch.recording)
+        actor, direct, _ = self.top(tape, batch, advantages)
+        predicted = self.mixable(self.predictions(tape), batch.valid)
         current = self.step_lambda(batch.valid)
         return {setting.key: self.full_gradients(
-                    trace, propagate_time(self.model, trace, direct,
-                                          setting.lambda_given(current), predicted, True),
+                    tape, propagate_time(self.model, tape, direct,
+                                         setting.lambda_given(current), predicted),
                     actor)
                 for setting in COMPARED}
 
     def lambda_stats(self) -> dict[str, Tensor]:
-        q = torch.quantile(self.lam, torch.tensor([0.25, 0.75], dtype=self.lam.dtype))
+        q = torch.quantile(self.lam, torch.tensor([0.25, 0.75], dtype=self.lam.dtype,
+                                                 device=self.lam.device))
         return {"lambda_mean": self.lam.mean(), "lambda_min": self.lam.min(),
                 "lambda_max": self.lam.max(), "lambda_p25": q[0], "lambda_p75": q[1]}

@@ -6,6 +6,12 @@ of time, each seed is re-run alone so one bad seed cannot sink its neighbours.
 Non-finite metrics fail the trial. Errors are kept as their first line plus the
 exception type.
 
+Threads: each block runs with as many torch intra-op threads as CPUs its Ray task was
+given (`trial_threads`). Ray tells a task its share through OMP_NUM_THREADS (floor of its
+CPUs, at least 1, set per task), but torch reads that variable once, when a worker first
+imports it, and Ray reuses workers across tasks: without this, a worker started for a
+2-CPU task runs every later 1-CPU trial on 2 threads, oversubscribing the cores.
+
 The per-trial timeout is a SIGALRM timer (a block of S seeds gets S times the budget),
 so it interrupts Python code at its next bytecode; a single native call that never
 returns is out of its reach.
@@ -13,6 +19,8 @@ returns is out of its reach.
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import socket
 import threading
@@ -25,6 +33,33 @@ from typing import Any, TypeVar
 from orchestrator.plan import Block
 from orchestrator.records import TrialRecord
 from tasks import MetricLog, get_task
+
+log = logging.getLogger(__name__)
+
+
+def trial_threads() -> int | None:
+    """The intra-op threads a trial here should use: OMP_NUM_THREADS as this process sees
+    it now (in a Ray worker: the current task's CPU share, set by Ray per task, unless the
+    user exported OMP_NUM_THREADS, which then wins), or None where it is not set (a plain
+    process: torch's own default stands)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        log.warning("OMP_NUM_THREADS=%r is not a whole number: torch threads left as they are",
+                    value)
+        return None
+
+
+def use_trial_threads() -> None:
+    """Set torch's intra-op threads to `trial_threads()` (a no-op where it is None)."""
+    import torch  # here, not at the top: the command line imports this module early
+
+    threads = trial_threads()
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 class TrialTimeout(Exception):
@@ -65,6 +100,7 @@ def describe_error(exc: BaseException) -> str:
 def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu",
                timeout_s: float | None = None, node: str = "") -> list[TrialRecord]:
     task = get_task(task_name)
+    use_trial_threads()
     if not task.uses_gpu:
         device = "cpu"  # the device column says where the trials computed
     node = node or socket.gethostname()

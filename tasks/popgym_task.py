@@ -21,7 +21,8 @@ Metrics (step = batch index, 1..batches; batch-level metrics are averaged over t
   grad_norm (before clipping); sgprop: sg_loss, lambda_mean/min/max/p25/p75 (over neurons;
   λ after this batch's update), true_grad_norm / pred_norm / mixed_grad_norm (mean per-neuron
   ‖g_t‖, ‖ĝ_t‖, ‖g̃_t‖ over valid steps, mean-loss units, ĝ before this batch's SG step);
-  at the last step also success_last5 (mean success of the last 5 batches) and success_auc
+  at the last step also torch_threads (the intra-op threads the trial ran with),
+  success_last5 (mean success of the last 5 batches) and success_auc
   (trapezoid area under success-vs-batch over the batch span, in [0, 1], as the
   reference's `normalized_auc`).
 Gradient quality (beyond the paper), every `grad_every` batches (0: never) and after each
@@ -43,6 +44,9 @@ its schedule) and `sg` (λ = 0 at every step).
 Randomness: per seed independent streams (init, mazes [`maze_seeds: independent`], train =
 actions and reward noise, grad), so gradient checkpoints never change a training
 trajectory. Seeds in a block run one after the other (bit-identical to running alone).
+Device: the model, learner and SG compute on the device the trial is given (CUDA where
+Ray assigns a GPU); the maze replay (NumPy) and the action sampling (CPU generators, so
+the same draws on every device) stay on the CPU.
 """
 
 from __future__ import annotations
@@ -180,16 +184,25 @@ def seen_rewards(res: StepResult, active: np.ndarray, flip: np.ndarray,
 def rollout(model: Model, mazes: MazeBatch, cfg: PopgymConfig, seeds: Sequence[int],
             act_gen: torch.Generator) -> Batch:
     """One episode in each of `num_envs` fresh mazes (POPGym seeds `seeds`), actions
-    sampled from the policy. An episode that has ended keeps its last observation."""
+    sampled from the policy. An episode that has ended keeps its last observation.
+
+    The mazes are replayed on the CPU (NumPy) and the batch is recorded there; the policy
+    computes wherever the model is, and its probabilities come back to the CPU for the
+    sampling (CPU generator: the same draws on every device)."""
     n = cfg.num_envs
+    device = next(model.parameters()).device
     obs = torch.from_numpy(mazes.reset(seeds))
     state = model.initial_state(n)
+    # The SparseNet records its cell's values, so that the update need not unroll it again.
+    recording = model.recording() if isinstance(model, RecurrentSparseNet) else None
     active = np.ones(n, bool)
     success = np.zeros(n, bool)
     record: dict[str, list[Tensor]] = {"obs": [], "actions": [], "rewards": [], "valid": []}
     while active.any():
-        logits, state = model.step(obs, state)
-        actions = sample_actions(torch.softmax(logits, -1), torch.rand(n, generator=act_gen))
+        logits, state = (model.step(obs.to(device), state) if recording is None
+                         else model.step(obs.to(device), state, recording))
+        actions = sample_actions(torch.softmax(logits, -1).cpu(),
+                                 torch.rand(n, generator=act_gen))
         res = mazes.step(actions.numpy(), active)
         flip = torch.rand(n, generator=act_gen).numpy() < cfg.noise
         record["obs"].append(obs)
@@ -201,7 +214,7 @@ def rollout(model: Model, mazes: MazeBatch, cfg: PopgymConfig, seeds: Sequence[i
         active = active & ~(res.terminated | res.truncated)
     return Batch(obs=torch.stack(record["obs"]), actions=torch.stack(record["actions"]),
                  rewards=torch.stack(record["rewards"]), valid=torch.stack(record["valid"]),
-                 success=torch.from_numpy(success))
+                 success=torch.from_numpy(success), recording=recording)
 
 
 class PopgymRun:
@@ -209,13 +222,12 @@ class PopgymRun:
 
     def __init__(self, cfg: PopgymConfig, seed: int, device: str = "cpu") -> None:
         cfg.validate()
-        if torch.device(device).type != "cpu":
-            # The environment is NumPy on the CPU and the models are small: run on the CPU.
-            device = "cpu"
         self.cfg = cfg
+        # The model and learner compute on `device`; the environment stays on the CPU.
+        self.device = torch.device(device)
         self.gens = {name: stream(seed, index) for name, index in STREAMS.items()}
         self.model = build_model(cfg.model, OBS_DIM, ACTIONS, self.gens["init"], cfg.shape(),
-                                 cfg.hidden)
+                                 cfg.hidden).to(self.device)  # initialised on the CPU
         self.learner: BPTT | SGPropTime
         if cfg.learner == "sgprop":
             assert isinstance(self.model, RecurrentSparseNet)
@@ -247,7 +259,8 @@ class PopgymRun:
         else:
             seeds = random_seeds(gen, self.cfg.num_envs)
         batch = rollout(self.model, self.mazes, self.cfg, seeds, gen)
-        return batch, normalised_returns(batch.rewards, batch.valid, self.cfg.gamma)
+        advantages = normalised_returns(batch.rewards, batch.valid, self.cfg.gamma)
+        return batch.to(self.device), advantages.to(self.device)
 
     def update(self, batch: Batch, advantages: Tensor) -> dict[str, float]:
         """One learning step on a collected batch: gradients, clip, Adam."""
@@ -262,7 +275,7 @@ class PopgymRun:
     def train_step(self) -> dict[str, float]:
         batch, advantages = self.collect("train")
         out = self.update(batch, advantages)
-        returns = batch.rewards.sum(0).numpy()
+        returns = batch.rewards.sum(0).cpu().numpy()
         out.update({
             "success_rate": float(batch.success.float().mean()),
             "return_mean": float(returns.mean()),
@@ -336,6 +349,8 @@ class PopgymRun:
         log.log("success_last5", float(np.mean(success[-5:])), cfg.batches)
         auc = np.trapezoid(success) / (len(success) - 1) if len(success) > 1 else success[0]
         log.log("success_auc", float(auc), cfg.batches)
+        # Provenance: the intra-op threads this trial computed with (its CPU share in Ray).
+        log.log("torch_threads", float(torch.get_num_threads()), cfg.batches)
         return log
 
 
@@ -348,5 +363,5 @@ TASK = Task(
     config_type=PopgymConfig,
     run_block=run_block,
     report="analysis.popgym:report",
-    uses_gpu=False,  # PopgymRun computes on the CPU (see its __init__)
+    uses_gpu=True,  # PopgymRun computes on the device it is given (mazes on the CPU)
 )

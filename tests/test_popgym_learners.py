@@ -18,10 +18,12 @@ from learners.recurrent import (
     RecurrentBaseline,
     RecurrentShape,
     RecurrentSparseNet,
+    Tape,
     build_model,
     count_parameters,
 )
 from learners.reinforce import Batch, policy_loss
+from learners.sgprop import unit
 from learners.sgprop_time import (
     BPTT,
     SGPropTime,
@@ -29,7 +31,6 @@ from learners.sgprop_time import (
     per_step_lambda,
     propagate_time,
     temporal_schedule,
-    unit,
 )
 
 torch.set_num_threads(1)
@@ -76,6 +77,13 @@ def randomise_sg(learner: SGPropTime, seed: int = 1, scale: float = 1.0) -> None
             p.copy_(uniform(rng, tuple(p.shape), scale))
 
 
+def cell_inputs(tape: Tape) -> list[tuple[Tensor, Tensor]]:
+    """Each step's (h_{t−1} (B, N, K), e_t (B, E)) as the plain `cell` reads them."""
+    states = tape.states.permute(0, 3, 1, 2)
+    prev = torch.cat([torch.zeros_like(states[:1]), states[:-1]])
+    return [(prev[t], tape.embed[t].detach()) for t in range(tape.steps)]
+
+
 def close(a: list[Tensor], b: list[Tensor], tol: float = 1e-11) -> None:
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, rtol=tol, atol=tol)
@@ -111,12 +119,12 @@ def test_lambda_zero_cell_gradient_is_the_predictions_vjp_by_finite_differences(
     learner = SGPropTime(model, adaptive_lambda(1.0), 1e-5, 0.01, "none")
     randomise_sg(learner)
     grads = dict(zip(model.parameters(), learner.rule_gradients(batch, adv)["sg"], strict=True))
-    trace = model(batch.obs, cut=True)
-    pred = learner.mixable(learner.predictions(trace), batch.valid)
-    inputs = [(st.prev.detach(), st.embed.detach()) for st in trace.steps]
+    tape = model.tape(batch.obs)
+    pred = learner.mixable(learner.predictions(tape), batch.valid).permute(2, 3, 0, 1)
+    inputs = cell_inputs(tape)
 
     def objective() -> float:  # Σ_t ⟨ĝ_t, h_t(θ)⟩ with every step's inputs held fixed
-        with torch.no_grad():
+        with torch.no_grad():  # through the plain cell: an independent check of the fast one
             return sum(float((model.cell(p, e).out * pred[t]).sum())
                        for t, (p, e) in enumerate(inputs))
 
@@ -267,18 +275,20 @@ def test_parents_schedule_counts_back_from_each_episodes_end() -> None:
 def test_adaptive_lambda_equals_the_estimate_from_explicit_per_sample_gradients() -> None:
     model, batch, _ = tiny()
     learner = SGPropTime(model, adaptive_lambda(1.0), 1e-5, 0.01)
-    trace = model(batch.obs, cut=True)
+    tape = model.tape(batch.obs)
     gen = torch.Generator().manual_seed(5)
     t, b, n, k = batch.obs.shape[0], batch.obs.shape[1], SHAPE.neurons, SHAPE.dim
     realised = torch.randn(t, b, n, k, generator=gen, dtype=torch.float64)
     predicted = 0.7 * realised + 0.5 * torch.randn(t, b, n, k, generator=gen,
                                                     dtype=torch.float64)
-    fast = learner.batch_lambda(trace, realised, predicted, batch.valid)
+    fast = learner.batch_lambda(tape, realised.permute(2, 3, 0, 1),
+                                predicted.permute(2, 3, 0, 1), batch.valid)
+    inputs = cell_inputs(tape)
 
     def per_neuron(step: int, item: int, feedback: Tensor) -> Tensor:
-        st = trace.steps[step]
-        grads = torch.autograd.grad(st.out[item], model.cell_parameters(),
-                                    grad_outputs=feedback, retain_graph=True)
+        out = model.cell(*inputs[step]).out  # the plain cell, with its graph
+        grads = torch.autograd.grad(out[item], model.cell_parameters(),
+                                    grad_outputs=feedback)
         keys_p, keys_e, weights_p, weights_e, biases = grads
         ni = SHAPE.input_neurons
         e_part = torch.cat([keys_e.flatten(1), weights_e.flatten(1)], 1)
@@ -301,14 +311,14 @@ def test_sg_starts_at_zero_as_the_reference() -> None:
     assert all(bool((p == 0).all()) for p in learner.sg.parameters())
     assert sum(p.numel() for p in learner.sg.parameters()) > 0
     prepared, _ = learner.prepare(batch, adv)
-    assert float(learner.predictions(model(prepared.obs, cut=True)).abs().max()) == 0.0
+    assert float(learner.predictions(model.tape(prepared.obs)).abs().max()) == 0.0
     # So the first batch mixes λ·g + (1 − λ)·0.
     learner.backward(batch, adv)
-    trace = model(prepared.obs, cut=True)
-    actor, direct, _ = learner.top(trace, prepared, learner.prepare(batch, adv)[1])
+    tape = model.tape(prepared.obs)
+    actor, direct, _ = learner.top(tape, prepared, learner.prepare(batch, adv)[1])
     lam = learner.step_lambda(prepared.valid)
-    prop = propagate_time(model, trace, direct, lam, torch.zeros_like(direct), params=True)
-    close([p.grad for p in model.parameters()], learner.full_gradients(trace, prop, actor))
+    prop = propagate_time(model, tape, direct, lam, torch.zeros_like(direct))
+    close([p.grad for p in model.parameters()], learner.full_gradients(tape, prop, actor))
 
 
 def test_policy_gradient_and_lambda_use_the_sg_before_its_step_toward_the_mixed_gradient(
@@ -321,14 +331,15 @@ def test_policy_gradient_and_lambda_use_the_sg_before_its_step_toward_the_mixed_
     expected_grads = learner.rule_gradients(batch, adv)["mix"]  # the SG as it is now
     # Expected λ and SG step, by hand, from the SG before its step.
     prepared, padv = learner.prepare(batch, adv)
-    trace = model(prepared.obs, cut=True)
-    _, direct, _ = learner.top(trace, prepared, padv)
-    preds = torch.stack([sg_before.predict(st.x, st.embed, st.routing) for st in trace.steps])
-    prop = propagate_time(model, trace, direct, learner.step_lambda(prepared.valid),
-                          preds.detach(), params=False)
-    expected_lam = ema(lam_before, learner.batch_lambda(trace, prop.realised, preds.detach(),
+    tape = model.tape(prepared.obs)
+    _, direct, _ = learner.top(tape, prepared, padv)
+    preds = sg_before.predict(tape.sequence("x"), tape.embed.flatten(0, 1),
+                              tape.sequence("routing")).unflatten(-1, prepared.valid.shape)
+    prop = propagate_time(model, tape, direct, learner.step_lambda(prepared.valid),
+                          preds.detach())
+    expected_lam = ema(lam_before, learner.batch_lambda(tape, prop.realised, preds.detach(),
                                                         prepared.valid), 0.9)
-    mask = prepared.valid[..., None, None].double()
+    mask = prepared.valid.double()  # (T, B), the last dims of (N, K, T, B)
     loss = ((preds - prop.mixed.detach()) ** 2 * mask).sum() / (mask.sum() * SHAPE.neurons
                                                                    * SHAPE.dim)
     opt = torch.optim.Adam(sg_before.parameters(), lr=1e-2)
@@ -404,9 +415,9 @@ def test_sg_step_fits_the_mixed_gradient() -> None:
 def test_only_input_neurons_read_the_observation() -> None:
     model, batch, _ = tiny()
     obs = batch.obs.clone()
-    base = model(obs).steps[0].out
+    base = model.tape(obs).states[0]  # (N, K, B)
     obs[0] += 1.0
-    moved = (model(obs).steps[0].out - base).abs().amax((0, 2))
+    moved = (model.tape(obs).states[0] - base).abs().amax((1, 2))
     assert bool((moved[:SHAPE.input_neurons] > 0).all())
     assert bool((moved[SHAPE.input_neurons:] == 0).all())
 
@@ -453,8 +464,7 @@ def test_model_init_is_seeded_and_leaves_global_rng_alone() -> None:
 
 def test_actor_routes_slots_per_action_on_the_unscaled_state() -> None:
     model, batch, _ = tiny()
-    states = model(batch.obs).states
-    z = states.flatten(-2)
+    z = model.flat_states(model.tape(batch.obs).states)  # (T, B, N·K)
     zdim = SHAPE.neurons * SHAPE.dim
     expected = torch.zeros(*z.shape[:-1], SHAPE.actions, dtype=z.dtype)
     for a in range(SHAPE.actions):
@@ -463,7 +473,7 @@ def test_actor_routes_slots_per_action_on_the_unscaled_state() -> None:
         per_slot = torch.stack([z @ model.act_weights[a, m] + model.act_biases[a, m]
                                 for m in range(SHAPE.slots)], -1)
         expected[..., a] = (routing * per_slot).sum(-1)
-    torch.testing.assert_close(model.actor(states), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.actor(z), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_actor_logits_at_init_have_the_reference_scale() -> None:
@@ -477,13 +487,13 @@ def test_actor_logits_at_init_have_the_reference_scale() -> None:
     obs.scatter_(-1, cells * 1 + torch.arange(9) * 5, 1.0)
     obs[..., 54] = 1.0
     with torch.no_grad():
-        z = model(obs).states.flatten(-2)
+        z = model.flat_states(model.tape(obs).states)
         per_slot = torch.einsum("tbz,amz->tbam", z, model.act_weights)
         rms_z = z.pow(2).sum(-1).mean().sqrt() / math.sqrt(z.shape[-1])
         ratio = float(per_slot.std() / rms_z)
         assert 0.85 < ratio < 1.15
         assert bool((model.act_biases == 0).all())
-        logits = model.actor(model(obs).states)
+        logits = model.actor(z)
     # Averaging 6 slots shrinks the logits by about √6 at init, no more.
     assert 0.25 < float(logits.std() / rms_z) < 0.7
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import random
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 from learners.reinforce import discounted_returns, normalised_returns
-from tasks import REGISTRY, ConfigError
+from tasks import REGISTRY, ConfigError, MetricLog
 from tasks.mazes import OBS_DIM, MazeBatch, StepResult, _GlobalRngGuard, wrapped_popgym_env
 from tasks.popgym_task import (
     STREAMS,
@@ -252,19 +254,95 @@ def test_task_is_registered() -> None:
     assert REGISTRY["popgym"].config_type is PopgymConfig
 
 
-def test_e3_trials_given_a_gpu_compute_and_are_recorded_on_the_cpu() -> None:
-    # PopgymRun computes on the CPU (NumPy environment); a trial Ray gave a GPU must not
-    # claim cuda in the results' device column. A task that uses the GPU keeps it.
+def run_on(device: str) -> tuple[PopgymRun, MetricLog]:
+    cfg = PopgymConfig(env="escape", model="sparsenet", learner="sgprop", length=6,
+                       grad_every=2, grad_batches=2, ref_batches=2, **{**TINY, "batches": 2})
+    run = PopgymRun(cfg, 0, device)
+    return run, run.run()
+
+
+def test_e3_computes_on_the_device_it_is_given_through_one_code_path() -> None:
+    # No branch depends on the device type: model, learner, SG, λ schedule and gradient
+    # checkpoints run wherever the model is, the mazes and sampling on the CPU. Asking for
+    # the CPU explicitly walks the code a GPU trial walks, and gives the default's numbers.
+    run, log = run_on("cpu")
+    assert {p.device.type for p in run.model.parameters()} == {"cpu"}
+    assert {p.device.type for p in run.learner.sg.parameters()} == {"cpu"}
+    assert log == run_block(run.cfg, [0])[0]
     from orchestrator.execute import run_blocks
     from orchestrator.plan import Block, Trial
 
-    config = dataclasses.asdict(PopgymConfig(env="escape", length=10, **{**TINY,
-                                                                           "batches": 1}))
-    block = Block("c", config, (Trial("t0", "c", 0),))
+    block = Block("c", dataclasses.asdict(run.cfg), (Trial("t0", "c", 0),))
+    (record,) = run_blocks("popgym", [block], device="cpu")
+    assert record.status == "ok" and record.device == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_e3_on_cuda_trains_there_and_is_recorded_so() -> None:
+    run, log = run_on("cuda")
+    assert {p.device.type for p in run.model.parameters()} == {"cuda"}
+    assert log.non_finite() is None
+    from orchestrator.execute import run_blocks
+    from orchestrator.plan import Block, Trial
+
+    block = Block("c", dataclasses.asdict(run.cfg), (Trial("t0", "c", 0),))
     (record,) = run_blocks("popgym", [block], device="cuda")
-    assert record.status == "ok", record.error
-    assert record.device == "cpu"
-    probe = Block("p", {"steps": 1}, (Trial("p0", "p", 0),))
-    (record,) = run_blocks("probe", [probe], device="cuda")
-    assert record.status == "ok" and record.device == "cuda"
-    assert record.metrics.values[record.metrics.names.index("on_cuda")] == 1.0
+    assert record.status == "ok" and record.device == "cuda", record.error
+
+
+@pytest.mark.timeout(300)
+def test_each_e3_trial_in_a_ray_worker_uses_as_many_threads_as_its_cpu_share(
+        ray_cluster) -> None:
+    # Ray reuses a worker across tasks, and torch reads OMP_NUM_THREADS once, at import:
+    # a worker first used by a 2-CPU task ran later 1-CPU trials on 2 threads until
+    # orchestrator.execute set each trial's threads (docs/performance.md, E3). The 2-CPU
+    # block goes first so that its worker, reused, has to come down to 1 thread.
+    from orchestrator import schedule
+    from orchestrator.plan import Block, Trial
+    from orchestrator.spec import Resources
+
+    config = dataclasses.asdict(PopgymConfig(env="escape", length=4, **{**TINY,
+                                                                          "batches": 1}))
+    user = os.environ.get("OMP_NUM_THREADS")  # exported by the user: Ray leaves it, so do we
+    seen = []
+    for i, cpus in enumerate((2.0, 1.0, 0.5, 2.0, 1.0)):
+        block = Block(f"c{i}", config, (Trial(f"t{i}", f"c{i}", 0),))
+        (record,) = ray_cluster.get(schedule.submit("popgym", [block], Resources(num_cpus=cpus),
+                                                    max_retries=0))
+        assert record.status == "ok", record.error
+        threads = record.metrics.values[record.metrics.names.index("torch_threads")]
+        seen.append((cpus, threads))
+    expected = [(cpus, float(int(user) if user else max(1, math.floor(cpus))))
+                for cpus, _ in seen]
+    assert seen == expected
+
+
+@pytest.mark.parametrize("learner", ["backprop", "sgprop"])
+def test_update_reusing_the_rollouts_cell_values_matches_recomputing_them(learner: str) -> None:
+    # The rollout records the SparseNet cell's per-step values; the update on that batch
+    # reuses them (same parameters, same observations). Recomputed, they differ only by
+    # float32 rounding (the e_t terms are computed per step in the rollout, for all steps
+    # at once in the update), so the gradients agree to float32 precision.
+    cfg = PopgymConfig(env="escape", model="sparsenet", learner=learner, length=10, **TINY)
+    grads = []
+    for keep in (True, False):
+        run = PopgymRun(cfg, 0)
+        batch, advantages = run.collect("train")
+        assert batch.recording is not None and len(batch.recording.states) == len(batch.obs)
+        if not keep:
+            batch = dataclasses.replace(batch, recording=None)
+        run.learner.backward(batch, advantages)
+        grads.append([p.grad.clone() for p in run.model.parameters()])
+    for reused, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(reused, recomputed, rtol=1e-5, atol=1e-7)
+
+
+def test_a_recording_from_other_parameters_is_not_used() -> None:
+    cfg = PopgymConfig(env="escape", model="sparsenet", length=10, **TINY)
+    run = PopgymRun(cfg, 0)
+    batch, advantages = run.collect("train")
+    run.update(batch, advantages)  # Adam moves every parameter: the recording is stale
+    fresh = run.model.tape(batch.obs)
+    given = run.model.tape(batch.obs, batch.recording)
+    assert torch.equal(given.states, fresh.states)
+    assert not torch.equal(given.states, torch.stack(batch.recording.states))
