@@ -26,6 +26,7 @@ connect event (≈3x fewer fsyncs; skipped on network filesystems, where WAL is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,13 +40,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator import safefiles
 from orchestrator.tracking.base import (
+    STORE_FILE,
     Invocation,
     InvocationInfo,
     Study,
     SyncSummary,
     Tracker,
     TrackingError,
+    default_tracking_uri,
     dir_id,
     error_line,
 )
@@ -151,6 +155,116 @@ def _on_connect(dbapi_connection, connection_record) -> None:
             cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+SQLITE_COMPANIONS = ("-journal", "-wal", "-shm")  # files SQLite keeps beside a database
+ARTIFACTS = "mlartifacts"
+
+
+def check_store_paths(out_dir: Path) -> None:
+    """DIR's own store, its SQLite companions and artifact folder are what MLflow made:
+    no link planted (SQLite and MLflow open them by path; `safefiles.UnsafePath`)."""
+    for suffix in ("", *SQLITE_COMPANIONS):
+        safefiles.check(out_dir, out_dir / f"{STORE_FILE}{suffix}")
+    safefiles.check(out_dir, out_dir / ARTIFACTS, kind="dir")
+
+
+def latest_schema() -> str | None:
+    """The schema revision this MLflow creates (its alembic head), None if unknown."""
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        return _get_latest_schema_revision()
+    except Exception:  # noqa: BLE001 - a private helper: without it, skip the check
+        return None
+
+
+def store_problem(db: Path) -> tuple[str, bool] | None:
+    """What makes DIR's SQLite store one MLflow cannot use, and whether it holds runs
+    (so is set aside rather than removed); None if it is fine (or empty: MLflow makes
+    it). Half-created: tables but a schema short of this MLflow's head and no run (MLflow
+    fills a store in one pass: a disk filling or a kill cut it; every later open fails
+    with "table ... already exists"). A store at an older schema that holds runs is an
+    upgrade for `mlflow db upgrade`, left to MLflow."""
+    import sqlite3
+
+    try:
+        with open(db, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    if not head:
+        return None
+    if head != b"SQLite format 3\x00":
+        return "not an SQLite database", True
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True,
+                                                timeout=30)) as conn:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                return f"damaged (SQLite quick_check: {check[:120]})", True
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables - {"alembic_version"}:
+                return None
+            version = (conn.execute("SELECT version_num FROM alembic_version").fetchone()
+                       if "alembic_version" in tables else None)
+            runs = (conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+                    if "runs" in tables else 0)
+    except sqlite3.Error as exc:
+        return f"unreadable ({exc})", True
+    latest = latest_schema()
+    current = version[0] if version else None
+    if latest is None or current == latest or runs:
+        return None
+    return (f"half-created (schema {current or 'never stamped'}, MLflow makes {latest}; "
+            "no runs in it)"), False
+
+
+REBUILT_BY_RUN = ("this command mirrors its own sweep into it from Parquet (`sgsweep "
+                  "mlflow-sync DIR` mirrors every sweep)")
+REBUILT_BY_SYNC = "this mlflow-sync mirrors every sweep of DIR into it from Parquet"
+
+
+def rebuild_broken_store(out_dir: Path, progress: Callable[[str], None],
+                         rebuilt_by: str = REBUILT_BY_RUN) -> bool:
+    """DIR's own store (only a mirror of Parquet) set aside if MLflow cannot use it, so
+    the next open makes a new one and the mirror is rebuilt (`rebuilt_by` says by what);
+    one line says so. Called with DIR's lock held. True if it was set aside."""
+    db = out_dir / STORE_FILE
+    check_store_paths(out_dir)
+    found = store_problem(db) if db.is_file() else None
+    if found is None:
+        return False
+    problem, keep = found
+    if keep:
+        where = safefiles.move_aside(out_dir, db, out_dir / "quarantine" / STORE_FILE)
+        done = f"moved to {where}"
+    else:
+        safefiles.remove(out_dir, db)
+        done = "removed"
+    for suffix in SQLITE_COMPANIONS:  # a journal of the old file must not meet the new one
+        safefiles.remove(out_dir, out_dir / f"{STORE_FILE}{suffix}")
+    progress(f"{db}: {problem}; {done}, a new store is made and {rebuilt_by}")
+    return True
+
+
+def log_artifact(client, run_id: str, path: Path, out_dir: Path | None,
+                 artifact_path: str | None = None) -> None:
+    """`client.log_artifact`, after checking that where MLflow copies it inside DIR (a
+    local store's artifact folder) is reached through no link."""
+    if out_dir is not None:
+        from urllib.parse import unquote, urlparse
+
+        uri = urlparse(client.get_run(run_id).info.artifact_uri)
+        if uri.scheme in ("", "file"):
+            target = Path(unquote(uri.path), *(artifact_path or "").split("/"))
+            for root in dict.fromkeys((Path(os.path.abspath(out_dir)), out_dir.resolve())):
+                if target.is_relative_to(root) and target != root:
+                    safefiles.check(root, target, kind="dir")
+                    safefiles.check(root, target / path.name)
+                    break
+    client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
 def client_for(tracking_uri: str):
@@ -558,7 +672,7 @@ class MlflowInvocation(Invocation):
                 info.invocation, _invocation_name(info.sweep), {LEVEL: view.level},
                 {**info.params, "tracking_level": view.level})
             for path in info.artifacts:
-                client.log_artifact(self.parent_run_id, str(path))
+                log_artifact(client, self.parent_run_id, Path(path), info.out_dir)
         mirror.close_stale_parents(keep=self.parent_run_id)
         for cid in sorted(mirror.known_configs() - set(self.pending)):
             if self._stop.is_set():
@@ -645,7 +759,7 @@ class MlflowStudy(Study):
                 self.parent_id = run.info.run_id
                 _log(self.client, self.parent_id, params=info.params)
             for path in info.artifacts:
-                self.client.log_artifact(self.parent_id, str(path))
+                log_artifact(self.client, self.parent_id, Path(path), info.out_dir)
         except Exception as exc:  # noqa: BLE001 - tracking must not stop the study
             self._fail(exc)
 
@@ -711,6 +825,14 @@ class MlflowTracker(Tracker):
     def __init__(self, uri: str, out_dir: Path | None = None) -> None:
         self.uri = uri
         self.out_dir = out_dir
+        self.own_store = out_dir is not None and uri == default_tracking_uri(out_dir)
+        if self.own_store:
+            check_store_paths(out_dir)
+
+    @property
+    def where(self) -> str:
+        """The store as the user knows it: DIR's own file, or the --tracking-uri given."""
+        return str(self.out_dir / STORE_FILE) if self.own_store else f"--tracking-uri {self.uri}"
 
     def start(self, info: InvocationInfo, view: SweepView, pending: Mapping[str, set[str]],
               progress: Callable[[str], None] = lambda line: None) -> Invocation:
@@ -730,7 +852,7 @@ class MlflowTracker(Tracker):
         except TrackingError:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreachable or broken store
-            raise TrackingError(f"--tracking-uri {self.uri}: {error_line(exc)}") from None
+            raise TrackingError(f"{self.where}: {error_line(exc)}") from None
         return mirror.summary
 
     def start_study(self, info: InvocationInfo) -> Study:
@@ -750,7 +872,9 @@ class MlflowTracker(Tracker):
             if not runs:
                 return
             for path in files:
-                client.log_artifact(runs[0].info.run_id, str(path), artifact_path="report")
+                log_artifact(client, runs[0].info.run_id, Path(path), out_dir, "report")
+        except safefiles.UnsafePath:
+            raise
         except Exception as exc:  # noqa: BLE001 - the report on disk is what matters
             print(f"warning: report not logged to MLflow ({error_line(exc)})", file=sys.stderr)
 
