@@ -251,20 +251,32 @@ def rebuild_broken_store(out_dir: Path, progress: Callable[[str], None],
 
 def log_artifact(client, run_id: str, path: Path, out_dir: Path | None,
                  artifact_path: str | None = None) -> None:
-    """`client.log_artifact`, after checking that where MLflow copies it inside DIR (a
-    local store's artifact folder) is reached through no link."""
+    """`client.log_artifact` for DIR's own store (`out_dir`; None: another store): where
+    MLflow copies the file must lie in DIR, reached through no link (the location is read
+    from the store, a file in DIR too)."""
     if out_dir is not None:
         from urllib.parse import unquote, urlparse
 
         uri = urlparse(client.get_run(run_id).info.artifact_uri)
-        if uri.scheme in ("", "file"):
-            target = Path(unquote(uri.path), *(artifact_path or "").split("/"))
-            for root in dict.fromkeys((Path(os.path.abspath(out_dir)), out_dir.resolve())):
-                if target.is_relative_to(root) and target != root:
-                    safefiles.check(root, target, kind="dir")
-                    safefiles.check(root, target / path.name)
-                    break
+        target = Path(unquote(uri.path), *(artifact_path or "").split("/"))
+        roots = dict.fromkeys((Path(os.path.abspath(out_dir)), out_dir.resolve()))
+        root = next((r for r in roots if target.is_relative_to(r) and target != r), None)
+        if uri.scheme not in ("", "file") or root is None:
+            raise safefiles.refuse(out_dir / STORE_FILE, f"a run's artifact location {target} "
+                                   f"lies outside {out_dir} (moved or planted)")
+        safefiles.check(root, target, kind="dir")
+        safefiles.check(root, target / path.name)
     client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def log_files(client, run_id: str, paths: Sequence[Path], out_dir: Path | None) -> None:
+    """The command's own files (its sweep or tune file) on its run; one the store may not
+    take safely is left out with a warning (the mirror goes on: Parquet has the rest)."""
+    for path in paths:
+        try:
+            log_artifact(client, run_id, Path(path), out_dir)
+        except safefiles.UnsafePath as exc:
+            print(f"warning: {exc}; {Path(path).name} is not logged to MLflow", file=sys.stderr)
 
 
 def client_for(tracking_uri: str):
@@ -671,8 +683,8 @@ class MlflowInvocation(Invocation):
             self.parent_run_id = mirror.create_parent(
                 info.invocation, _invocation_name(info.sweep), {LEVEL: view.level},
                 {**info.params, "tracking_level": view.level})
-            for path in info.artifacts:
-                log_artifact(client, self.parent_run_id, Path(path), info.out_dir)
+            log_files(client, self.parent_run_id, info.artifacts,
+                      info.out_dir if self.tracker.own_store else None)
         mirror.close_stale_parents(keep=self.parent_run_id)
         for cid in sorted(mirror.known_configs() - set(self.pending)):
             if self._stop.is_set():
@@ -758,8 +770,8 @@ class MlflowStudy(Study):
                     "sgsweep.out_dir": str(info.out_dir.resolve())})
                 self.parent_id = run.info.run_id
                 _log(self.client, self.parent_id, params=info.params)
-            for path in info.artifacts:
-                log_artifact(self.client, self.parent_id, Path(path), info.out_dir)
+            log_files(self.client, self.parent_id, info.artifacts,
+                      info.out_dir if tracker.own_store else None)
         except Exception as exc:  # noqa: BLE001 - tracking must not stop the study
             self._fail(exc)
 
@@ -872,7 +884,8 @@ class MlflowTracker(Tracker):
             if not runs:
                 return
             for path in files:
-                log_artifact(client, runs[0].info.run_id, Path(path), out_dir, "report")
+                log_artifact(client, runs[0].info.run_id, Path(path),
+                             out_dir if self.own_store else None, "report")
         except safefiles.UnsafePath:
             raise
         except Exception as exc:  # noqa: BLE001 - the report on disk is what matters

@@ -93,6 +93,7 @@ def study_info(out_dir: Path) -> dict[str, Any]:
     the study is a name, the spec copy is DIR/specs/STUDY.yaml, and the storage is DIR's
     journal or an existing database (reading a study never creates one)."""
     path = out_dir / STUDY_FILE
+    safefiles.check(out_dir, path)  # a link planted here is refused, not read
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
