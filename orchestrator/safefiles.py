@@ -285,11 +285,12 @@ def staged_folder(root: Path, target: Path | str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)  # fd-based: follows no link inside
 
 
-def check(root: Path, path: Path | str, kind: str = "file") -> bool:
+def check(root: Path, path: Path | str, kind: str = "file", in_place: bool = True) -> bool:
     """Before a library opens DIR's `path` itself: every folder on the way a real folder
-    (not a link), and `path` missing or a real `kind` ("file": regular, one hard link;
-    "dir": a folder). True if it exists. A link swapped in after the check is not caught
-    here: the libraries sgsweep hands paths to are the one place that remains."""
+    (not a link), and `path` missing or a real `kind` ("file": regular, and with one hard
+    link if it is written `in_place`; "dir": a folder). True if it exists. A link swapped
+    in after the check is not caught here: the libraries sgsweep hands paths to are the
+    one place that remains."""
     root = Path(root)
     parts = relative_parts(root, path)
     full = root.joinpath(*parts)
@@ -302,7 +303,7 @@ def check(root: Path, path: Path | str, kind: str = "file") -> bool:
     if kind == "dir":
         if not stat.S_ISDIR(st.st_mode):
             raise refuse(full, _describe(full, st, want_dir=True))
-    elif not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+    elif not stat.S_ISREG(st.st_mode) or (in_place and st.st_nlink != 1):
         raise refuse(full, _describe(full, st, want_dir=False))
     return True
 

@@ -45,7 +45,7 @@ def dir_id(out_dir: Path) -> str:
     from orchestrator import safefiles
 
     path = out_dir / DIR_ID_FILE
-    if safefiles.check(out_dir, path):  # a link planted here is refused, not read
+    if safefiles.check(out_dir, path, in_place=False):  # a link planted here is refused, not read
         text = path.read_text(errors="replace").strip()
         if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
             return text

@@ -93,7 +93,7 @@ def study_info(out_dir: Path) -> dict[str, Any]:
     the study is a name, the spec copy is DIR/specs/STUDY.yaml, and the storage is DIR's
     journal or an existing database (reading a study never creates one)."""
     path = out_dir / STUDY_FILE
-    safefiles.check(out_dir, path)  # a link planted here is refused, not read
+    safefiles.check(out_dir, path, in_place=False)  # a link here is refused, not read
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -116,6 +116,8 @@ def study_info(out_dir: Path) -> dict[str, Any]:
     if not (isinstance(objective, dict) and isinstance(objective.get("metric"), str)):
         raise bad("objective", "an objective with a metric")
     storage = info.get("storage") or ""
+    if not storage:  # DIR's journal, which Optuna (or optuna-dashboard) opens itself
+        safefiles.check(out_dir, out_dir / JOURNAL)
     if not isinstance(storage, str) or (storage and not _known_storage(out_dir, storage)):
         raise bad("storage", "DIR's journal, an existing journal or SQLite file, or a "
                              "postgresql/mysql URL")
