@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator.tracking import default_tracking_uri
 from orchestrator.tracking.mlflow_tracker import store_problem
 from tests.mirror import assert_exact_mirror
 from tests.test_environment_errors import SGSWEEP, in_mount, probe_file
-from tests.test_results_folder_links import sgsweep
+from tests.test_results_folder_links import TUNE, sgsweep
 
 MAKE_STORE = """
 import signal, sys
@@ -114,6 +115,21 @@ def test_a_plain_rerun_rebuilds_a_half_created_store_and_a_garbled_one_is_kept(
     fresh = tmp_path / "fresh"  # a new URI: this process's MLflow caches the store per URI
     shutil.copytree(out, fresh)
     assert_exact_mirror(fresh, default_tracking_uri(fresh))
+
+
+def test_mlflow_sync_of_a_tuning_folder_rebuilds_a_half_created_store(tmp_path) -> None:
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(yaml.safe_dump(TUNE))
+    out = tmp_path / "out"
+    tuned = sgsweep("tune", str(spec), "--out", str(out), "--num-cpus", "1",
+                    "--tracking-uri", "none", "--no-report")
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    db = out / "mlflow.db"
+    half_created_store(db, 300_000)
+    synced = sgsweep("mlflow-sync", str(out))
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    assert "half-created" in rebuilt_line(synced.stderr, db)
+    assert f"logged {TUNE['n_trials']} Optuna trial runs" in synced.stdout, synced.stdout
 
 
 @pytest.mark.slow

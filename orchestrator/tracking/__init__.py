@@ -37,6 +37,7 @@ from orchestrator.tracking.base import (
     dir_id,
     error_line,
     resolve_tracking_uri,
+    store_name,
 )
 from orchestrator.tracking.view import DEFAULT_LEVEL, LEVELS, SweepView, TrialRow
 
@@ -44,7 +45,7 @@ __all__ = [
     "DEFAULT_LEVEL", "DIR_ID_FILE", "LEVELS", "Invocation", "InvocationInfo", "NoTracker",
     "Study", "SweepView", "SyncSummary", "Tracker", "TrackingError", "TrialRow",
     "STORE_FILE", "default_tracking_uri", "dir_id", "error_line", "open_tracker",
-    "rebuild_broken_store", "resolve_tracking_uri",
+    "rebuild_broken_store", "resolve_tracking_uri", "store_name",
 ]
 
 

@@ -33,6 +33,12 @@ def resolve_tracking_uri(out_dir: Path, uri: str | None) -> str | None:
     return None if uri in ("", "none") else uri
 
 
+def store_name(out_dir: Path, uri: str) -> str:
+    """A tracking store as the user knows it: DIR's own file, or the --tracking-uri given."""
+    return str(out_dir / STORE_FILE) if uri == default_tracking_uri(out_dir) else \
+        f"--tracking-uri {uri}"
+
+
 def error_line(exc: BaseException) -> str:
     """An exception as one line: its type and the first line of its message."""
     text = str(exc)

@@ -52,6 +52,7 @@ from orchestrator.tracking.base import (
     default_tracking_uri,
     dir_id,
     error_line,
+    store_name,
 )
 from orchestrator.tracking.view import (
     DEFAULT_LEVEL,
@@ -841,10 +842,6 @@ class MlflowTracker(Tracker):
         if self.own_store:
             check_store_paths(out_dir)
 
-    @property
-    def where(self) -> str:
-        """The store as the user knows it: DIR's own file, or the --tracking-uri given."""
-        return str(self.out_dir / STORE_FILE) if self.own_store else f"--tracking-uri {self.uri}"
 
     def start(self, info: InvocationInfo, view: SweepView, pending: Mapping[str, set[str]],
               progress: Callable[[str], None] = lambda line: None) -> Invocation:
@@ -864,7 +861,8 @@ class MlflowTracker(Tracker):
         except TrackingError:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreachable or broken store
-            raise TrackingError(f"{self.where}: {error_line(exc)}") from None
+            where = store_name(self.out_dir, self.uri) if self.out_dir else self.uri
+            raise TrackingError(f"{where}: {error_line(exc)}") from None
         return mirror.summary
 
     def start_study(self, info: InvocationInfo) -> Study:
