@@ -201,19 +201,18 @@ def store_problem(db: Path) -> tuple[str, bool] | None:
     try:
         with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True,
                                                 timeout=30)) as conn:
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                return f"damaged (SQLite quick_check: {check[:120]})", True
             tables = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not tables - {"alembic_version"}:
                 return None
             version = (conn.execute("SELECT version_num FROM alembic_version").fetchone()
                        if "alembic_version" in tables else None)
-            runs = (conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-                    if "runs" in tables else 0)
-    except sqlite3.Error as exc:
-        return f"unreadable ({exc})", True
+            runs = "runs" in tables and conn.execute(
+                "SELECT 1 FROM runs LIMIT 1").fetchone() is not None  # O(1) on a big store
+    except sqlite3.OperationalError:  # busy or locked (a UI reading it), I/O: not its fault
+        return None
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+        return f"unreadable as SQLite ({exc})", True
     latest = latest_schema()
     current = version[0] if version else None
     if latest is None or current == latest or runs:
@@ -299,7 +298,7 @@ def artifact_root(out_dir: Path | None, tracking_uri: str) -> Path | None:
     """Artifacts of a local SQLite store live beside it in DIR; a server keeps its own."""
     if out_dir is None or not tracking_uri.startswith("sqlite"):
         return None
-    return out_dir / "mlartifacts"
+    return out_dir / ARTIFACTS
 
 
 def experiment_id(client, name: str, artifacts: Path | None, note: str | None = None) -> str:

@@ -154,9 +154,9 @@ def local_path(url: str) -> Path | None:
     if "://" not in url:
         return Path(url)
     scheme, _, rest = url.partition("://")
-    if scheme.split("+")[0] != "sqlite":
-        return None
-    return Path(rest[1:].split("?")[0]) if rest.startswith("/") else Path(rest.split("?")[0])
+    if scheme.split("+")[0] != "sqlite" or not rest.startswith("/"):
+        return None  # a server, or SQLite in memory
+    return Path(rest[1:].split("?")[0])
 
 
 def confine(out_dir: Path, url: str) -> None:
@@ -201,7 +201,7 @@ def _known_storage(out_dir: Path, url: str) -> bool:
         return False
     if scheme.split("+")[0] != "sqlite":
         return True
-    path = Path(rest[1:].split("?")[0]) if rest.startswith("/") else None
+    path = local_path(url)
     return path is not None and path.is_file() and _optuna_sqlite(path)
 
 
