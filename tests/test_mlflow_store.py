@@ -19,8 +19,9 @@ import yaml
 
 from orchestrator.tracking import default_tracking_uri
 from orchestrator.tracking.mlflow_tracker import store_problem
+from tests.helpers import SGSWEEP
 from tests.mirror import assert_exact_mirror
-from tests.test_environment_errors import SGSWEEP, in_mount, probe_file
+from tests.test_environment_errors import in_mount, probe_file
 from tests.test_results_folder_links import TUNE, sgsweep
 
 MAKE_STORE = """

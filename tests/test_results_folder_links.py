@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from orchestrator import cli, safefiles
-from tests.test_environment_errors import SGSWEEP, one_line_error, probe_file
+from tests.helpers import SGSWEEP
+from tests.test_environment_errors import one_line_error, probe_file
 
 PRECIOUS = b"precious: not sgsweep's to write\n"
 TUNE = {"name": "linktune", "task": "probe", "params": {"steps": 2},
