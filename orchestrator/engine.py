@@ -9,14 +9,13 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import signals
+from orchestrator import safefiles, signals
 from orchestrator.errors import RunError
 from orchestrator.record import ResultStore
 
@@ -48,33 +47,38 @@ def results_folder(out_dir: Path, name: str, spec_path: Path | None,
         store.prepare()
         store.heal(progress)
         save_spec_copy(out_dir, name, spec_path)
+        from orchestrator.tracking import rebuild_broken_store
+
+        rebuild_broken_store(out_dir, progress)
         yield store
 
 
 @contextmanager
 def directory_lock(out_dir: Path, purpose: str = "run"):
-    """One sgsweep command that writes DIR (run, tune, mlflow-sync) at a time."""
-    lock = out_dir / ".lock"
+    """One sgsweep command that writes DIR (run, tune, mlflow-sync) at a time: an `flock`
+    on DIR/.lock (opened without following a link; it holds the holder's PID)."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "w")  # noqa: SIM115 - held for the whole run
+        fd = safefiles.open_in_place(out_dir, out_dir / ".lock", create=True)
     except OSError as exc:
         raise RunError(os_error_line(exc, f"{out_dir}: cannot hold results ")) from None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.close()
+        os.close(fd)
         raise RunError(f"{out_dir}: another sgsweep run is using this directory; wait for it "
                        "or choose another --out" if purpose == "run" else
                        f"{out_dir}: an sgsweep run is using this directory; {purpose} "
                        "after it ends (its own mirror is kept up to date as it runs)") from None
     try:
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            raise RunError(os_error_line(exc, f"{out_dir}: cannot hold results ")) from None
         yield
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 # What the user can do about a file system error, by errno.
@@ -117,6 +121,5 @@ def save_spec_copy(out_dir: Path, name: str, spec_path: Path | None) -> Path | N
     if spec_path is None:
         return None
     copy = spec_copy(out_dir, name)
-    copy.parent.mkdir(exist_ok=True)
-    shutil.copyfile(spec_path, copy)
+    safefiles.write_bytes(out_dir, copy, Path(spec_path).read_bytes())
     return copy

@@ -34,6 +34,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from orchestrator import safefiles
 from orchestrator.errors import RunError
 from orchestrator.records import TrialRecord
 from orchestrator.spec import MAX_NAME, NAME_PATTERN
@@ -114,8 +115,9 @@ class ResultStore:
         self.metrics_dir = self.root / "metrics"
 
     def prepare(self) -> None:
-        self.trials_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.trials_dir, self.metrics_dir):
+            with safefiles.folder(self.root, folder):
+                pass  # made if missing; a link or a file there is refused
         self._remove_interrupted_writes()
 
     def write(
@@ -161,8 +163,8 @@ class ResultStore:
         """The metrics part first, then its trials part (which records both row counts)."""
         metadata = {**(trials.schema.metadata or {}), TRIALS_ROWS: str(trials.num_rows).encode(),
                     METRICS_ROWS: str(metrics.num_rows).encode()}
-        _atomic_write(metrics, self.metrics_dir / name)
-        _atomic_write(trials.replace_schema_metadata(metadata), self.trials_dir / name)
+        _atomic_write(metrics, self.root, self.metrics_dir / name)
+        _atomic_write(trials.replace_schema_metadata(metadata), self.root, self.trials_dir / name)
 
     def latest(self, columns: list[str] | None = None,
                skip: Collection[str] = ()) -> pd.DataFrame:
@@ -227,9 +229,14 @@ class ResultStore:
         is not ours, a trials part whose metrics twin is missing or short. `deep` also reads
         every part's data (`sgsweep run` does; other commands find garbled data as they
         read it)."""
+        for folder in (self.trials_dir, self.metrics_dir):
+            safefiles.check(self.root, folder, kind="dir")
         found: list[Damage] = []
         for part in sorted(self.trials_dir.glob("part-*.parquet")):
             twin = self.metrics_dir / part.name
+            if linked := next((p for p in (part, twin) if safefiles.is_link(p)), None):
+                found.append(Damage(linked, "a symbolic link, not a part sgsweep wrote"))
+                continue
             problem = _footer_problem(part, TRIAL_COLUMNS, deep)
             if problem:
                 found.append(Damage(part, problem))
@@ -263,12 +270,9 @@ class ResultStore:
         for item in found:
             for folder in (self.trials_dir, self.metrics_dir):
                 path = folder / item.path.name
-                if path.exists():
-                    target = self.root / QUARANTINE / folder.name / path.name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if target.exists():
-                        target = target.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.parquet")
-                    os.replace(path, target)
+                if os.path.lexists(path):
+                    safefiles.move_aside(self.root, path,
+                                         self.root / QUARANTINE / folder.name / path.name)
             report(f"damaged: {item}; moved to {self.root / QUARANTINE}/, its trials run again")
         return found
 
@@ -298,25 +302,18 @@ class ResultStore:
 
     def _remove_interrupted_writes(self) -> None:
         for folder in (self.trials_dir, self.metrics_dir):
-            for tmp in folder.glob(".tmp-*"):
-                tmp.unlink(missing_ok=True)
+            for tmp in folder.glob(f"{safefiles.TMP_PREFIX}*"):
+                safefiles.remove(self.root, tmp)
         trial_parts = {p.name for p in self.trials_dir.glob("part-*.parquet")}
         for part in self.metrics_dir.glob("part-*.parquet"):
             if part.name not in trial_parts:
-                part.unlink()
+                safefiles.remove(self.root, part)
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _atomic_write(table: pa.Table, root: Path, path: Path) -> None:
+    """One part file of DIR, whole or not at all (`safefiles.atomic_file`)."""
+    with safefiles.atomic_file(root, path) as handle:
+        pq.write_table(table, handle, compression="zstd")
 
 
 def _footer_problem(path: Path, expected: list[tuple[str, pa.DataType]],

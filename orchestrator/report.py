@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator import safefiles
 from orchestrator.record import ResultStore
 from orchestrator.status import spec_trial_ids
 from orchestrator.tracking import open_tracker, resolve_tracking_uri
@@ -46,10 +47,11 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
             sweep_trials = trials[trials.trial_id.isin(planned[str(sweep)])]
         task = sweep_trials.task.iloc[0]
         folder = root / str(sweep)
-        folder.mkdir(parents=True, exist_ok=True)
         sweep_metrics = metrics[metrics.trial_id.isin(sweep_trials.trial_id)]
         params = sorted(json.loads(sweep_trials.config.iloc[0]))
-        files = reports.write(str(task), sweep_trials, sweep_metrics, params, folder)
+        with safefiles.staged_folder(out_dir, folder) as staging:
+            files = [folder / path.name for path in reports.write(
+                str(task), sweep_trials, sweep_metrics, params, staging)]
         if files:
             tracker = tracker or open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
             tracker.attach(str(sweep), out_dir, files)
@@ -65,9 +67,10 @@ def write_tune_report(out_dir: Path, tracking_uri: str | None = None) -> Path:
     optuna_study, info = load_study(out_dir)
     study = info["study"]
     folder = out_dir / "report" / study
-    folder.mkdir(parents=True, exist_ok=True)
     trials, metrics = load_results(out_dir)
-    files = tune.report(optuna_study, info, best_trial(optuna_study), folder, trials, metrics)
+    with safefiles.staged_folder(out_dir, folder) as staging:
+        files = [folder / path.name for path in tune.report(
+            optuna_study, info, best_trial(optuna_study), staging, trials, metrics)]
     if files:
         tracker = open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
         tracker.attach(study, out_dir, files, role="study")

@@ -10,14 +10,23 @@ changes nothing the second time.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+import sys
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from orchestrator.record import METRICS_SCHEMA, ResultStore, read_parts
-from orchestrator.tracking import SweepView, SyncSummary, TrialRow, dir_id, open_tracker
+from orchestrator.tracking import (
+    SweepView,
+    SyncSummary,
+    TrialRow,
+    default_tracking_uri,
+    dir_id,
+    open_tracker,
+    rebuild_broken_store,
+)
 from orchestrator.tracking.view import DEFAULT_LEVEL
 from tasks import REGISTRY, MetricLog
 
@@ -91,15 +100,20 @@ def _spec_configs(out_dir: Path, sweep: str) -> list[tuple[str, dict[str, Any]]]
         return []
 
 
-def sync_dir(out_dir: Path, tracking_uri: str, level: str | None = None) -> SyncSummary:
+def sync_dir(out_dir: Path, tracking_uri: str, level: str | None = None,
+             progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+             ) -> SyncSummary:
     """`sgsweep mlflow-sync`: every sweep of DIR mirrored exactly. `level`: None keeps
-    the level of the sweep's latest invocation."""
+    the level of the sweep's latest invocation. DIR's own store, if MLflow cannot use it
+    (half-created), is set aside and rebuilt."""
     from orchestrator.engine import directory_lock
 
     ResultStore(out_dir).check()  # a damaged part is named before MLflow is opened
     tracker = open_tracker(tracking_uri, out_dir)
     total = SyncSummary()
     with directory_lock(out_dir, purpose="mlflow-sync"):
+        if tracking_uri == default_tracking_uri(out_dir):
+            rebuild_broken_store(out_dir, progress, by_sync=True)
         trials = latest_trials(out_dir)
         for sweep, group in trials.groupby("sweep"):
             view = sweep_view(out_dir, str(sweep), str(group.task.iloc[0]), group,

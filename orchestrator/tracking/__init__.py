@@ -20,10 +20,12 @@ module that imports `mlflow`; `NoTracker` is the second (`--tracking-uri none`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.tracking.base import (
     DIR_ID_FILE,
+    STORE_FILE,
     Invocation,
     InvocationInfo,
     NoTracker,
@@ -35,13 +37,15 @@ from orchestrator.tracking.base import (
     dir_id,
     error_line,
     resolve_tracking_uri,
+    store_name,
 )
 from orchestrator.tracking.view import DEFAULT_LEVEL, LEVELS, SweepView, TrialRow
 
 __all__ = [
     "DEFAULT_LEVEL", "DIR_ID_FILE", "LEVELS", "Invocation", "InvocationInfo", "NoTracker",
     "Study", "SweepView", "SyncSummary", "Tracker", "TrackingError", "TrialRow",
-    "default_tracking_uri", "dir_id", "error_line", "open_tracker", "resolve_tracking_uri",
+    "STORE_FILE", "default_tracking_uri", "dir_id", "error_line", "open_tracker",
+    "rebuild_broken_store", "resolve_tracking_uri", "store_name",
 ]
 
 
@@ -52,3 +56,14 @@ def open_tracker(uri: str | None, out_dir: Path | None = None) -> Tracker:
     from orchestrator.tracking.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(uri, out_dir)
+
+
+def rebuild_broken_store(out_dir: Path, progress: Callable[[str], None],
+                         by_sync: bool = False) -> bool:
+    """DIR's own MLflow store set aside if MLflow cannot use it (half-created by a full
+    disk or a kill, damaged), so it is made anew and rebuilt from Parquet; links planted
+    at its paths refused. Call with DIR's lock held."""
+    from orchestrator.tracking import mlflow_tracker as store
+
+    return store.rebuild_broken_store(
+        out_dir, progress, store.REBUILT_BY_SYNC if by_sync else store.REBUILT_BY_RUN)

@@ -15,6 +15,7 @@ from orchestrator.tracking.view import (
 )
 
 DIR_ID_FILE = ".tracking-id"
+STORE_FILE = "mlflow.db"  # DIR's own SQLite store (the default tracking URI)
 
 
 class TrackingError(RuntimeError):
@@ -22,7 +23,7 @@ class TrackingError(RuntimeError):
 
 
 def default_tracking_uri(out_dir: str | Path) -> str:
-    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(out_dir).resolve() / STORE_FILE}"
 
 
 def resolve_tracking_uri(out_dir: Path, uri: str | None) -> str | None:
@@ -30,6 +31,12 @@ def resolve_tracking_uri(out_dir: Path, uri: str | None) -> str | None:
     if uri is None:
         return default_tracking_uri(out_dir)
     return None if uri in ("", "none") else uri
+
+
+def store_name(out_dir: Path, uri: str) -> str:
+    """A tracking store as the user knows it: DIR's own file, or the --tracking-uri given."""
+    return str(out_dir / STORE_FILE) if uri == default_tracking_uri(out_dir) else \
+        f"--tracking-uri {uri}"
 
 
 def error_line(exc: BaseException) -> str:
@@ -41,17 +48,15 @@ def error_line(exc: BaseException) -> str:
 def dir_id(out_dir: Path) -> str:
     """A results directory's name in a shared tracking store, kept in DIR so it survives
     moving the folder; runs are matched to DIR by it (tag `sgsweep.dir`)."""
+    from orchestrator import safefiles
+
     path = out_dir / DIR_ID_FILE
-    try:
-        text = path.read_text().strip()
+    if safefiles.check(out_dir, path, in_place=False):  # a link planted here is refused, not read
+        text = path.read_text(errors="replace").strip()
         if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
             return text
-    except FileNotFoundError:
-        pass
     value = uuid.uuid4().hex
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(value + "\n")
-    tmp.replace(path)
+    safefiles.write_text(out_dir, path, value + "\n")
     return value
 
 

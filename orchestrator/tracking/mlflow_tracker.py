@@ -26,6 +26,7 @@ connect event (≈3x fewer fsyncs; skipped on network filesystems, where WAL is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,15 +40,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator import safefiles
 from orchestrator.tracking.base import (
+    STORE_FILE,
     Invocation,
     InvocationInfo,
     Study,
     SyncSummary,
     Tracker,
     TrackingError,
+    default_tracking_uri,
     dir_id,
     error_line,
+    store_name,
 )
 from orchestrator.tracking.view import (
     DEFAULT_LEVEL,
@@ -153,6 +158,127 @@ def _on_connect(dbapi_connection, connection_record) -> None:
         cursor.close()
 
 
+SQLITE_COMPANIONS = ("-journal", "-wal", "-shm")  # files SQLite keeps beside a database
+ARTIFACTS = "mlartifacts"
+
+
+def check_store_paths(out_dir: Path) -> None:
+    """DIR's own store, its SQLite companions and artifact folder are what MLflow made:
+    no link planted (SQLite and MLflow open them by path; `safefiles.UnsafePath`)."""
+    for suffix in ("", *SQLITE_COMPANIONS):
+        safefiles.check(out_dir, out_dir / f"{STORE_FILE}{suffix}")
+    safefiles.check(out_dir, out_dir / ARTIFACTS, kind="dir")
+
+
+def latest_schema() -> str | None:
+    """The schema revision this MLflow creates (its alembic head), None if unknown."""
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        return _get_latest_schema_revision()
+    except Exception:  # noqa: BLE001 - a private helper: without it, skip the check
+        return None
+
+
+def store_problem(db: Path) -> tuple[str, bool] | None:
+    """What makes DIR's SQLite store one MLflow cannot use, and whether it holds runs
+    (so is set aside rather than removed); None if it is fine (or empty: MLflow makes
+    it). Half-created: tables but a schema short of this MLflow's head and no run (MLflow
+    fills a store in one pass: a disk filling or a kill cut it; every later open fails
+    with "table ... already exists"). A store at an older schema that holds runs is an
+    upgrade for `mlflow db upgrade`, left to MLflow."""
+    import sqlite3
+
+    try:
+        with open(db, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    if not head:
+        return None
+    if head != b"SQLite format 3\x00":
+        return "not an SQLite database", True
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True,
+                                                timeout=30)) as conn:
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables - {"alembic_version"}:
+                return None
+            version = (conn.execute("SELECT version_num FROM alembic_version").fetchone()
+                       if "alembic_version" in tables else None)
+            runs = "runs" in tables and conn.execute(
+                "SELECT 1 FROM runs LIMIT 1").fetchone() is not None  # O(1) on a big store
+    except sqlite3.OperationalError:  # busy or locked (a UI reading it), I/O: not its fault
+        return None
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+        return f"unreadable as SQLite ({exc})", True
+    latest = latest_schema()
+    current = version[0] if version else None
+    if latest is None or current == latest or runs:
+        return None
+    return (f"half-created (schema {current or 'never stamped'}, MLflow makes {latest}; "
+            "no runs in it)"), False
+
+
+REBUILT_BY_RUN = ("this command mirrors its own sweep into it from Parquet (`sgsweep "
+                  "mlflow-sync DIR` mirrors every sweep)")
+REBUILT_BY_SYNC = "this mlflow-sync mirrors every sweep of DIR into it from Parquet"
+
+
+def rebuild_broken_store(out_dir: Path, progress: Callable[[str], None],
+                         rebuilt_by: str = REBUILT_BY_RUN) -> bool:
+    """DIR's own store (only a mirror of Parquet) set aside if MLflow cannot use it, so
+    the next open makes a new one and the mirror is rebuilt (`rebuilt_by` says by what);
+    one line says so. Called with DIR's lock held. True if it was set aside."""
+    db = out_dir / STORE_FILE
+    check_store_paths(out_dir)
+    found = store_problem(db) if db.is_file() else None
+    if found is None:
+        return False
+    problem, keep = found
+    if keep:
+        where = safefiles.move_aside(out_dir, db, out_dir / "quarantine" / STORE_FILE)
+        done = f"moved to {where}"
+    else:
+        safefiles.remove(out_dir, db)
+        done = "removed"
+    for suffix in SQLITE_COMPANIONS:  # a journal of the old file must not meet the new one
+        safefiles.remove(out_dir, out_dir / f"{STORE_FILE}{suffix}")
+    progress(f"{db}: {problem}; {done}, a new store is made and {rebuilt_by}")
+    return True
+
+
+def log_artifact(client, run_id: str, path: Path, out_dir: Path | None,
+                 artifact_path: str | None = None) -> None:
+    """`client.log_artifact` for DIR's own store (`out_dir`; None: another store): where
+    MLflow copies the file must lie in DIR, reached through no link (the location is read
+    from the store, a file in DIR too)."""
+    if out_dir is not None:
+        from urllib.parse import unquote, urlparse
+
+        uri = urlparse(client.get_run(run_id).info.artifact_uri)
+        target = Path(unquote(uri.path), *(artifact_path or "").split("/"))
+        roots = dict.fromkeys((Path(os.path.abspath(out_dir)), out_dir.resolve()))
+        root = next((r for r in roots if target.is_relative_to(r) and target != r), None)
+        if uri.scheme not in ("", "file") or root is None:
+            raise safefiles.refuse(out_dir / STORE_FILE, f"a run's artifact location {target} "
+                                   f"lies outside {out_dir} (moved or planted)")
+        safefiles.check(root, target, kind="dir")
+        safefiles.check(root, target / path.name)
+    client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def log_files(client, run_id: str, paths: Sequence[Path], out_dir: Path | None) -> None:
+    """The command's own files (its sweep or tune file) on its run; one the store may not
+    take safely is left out with a warning (the mirror goes on: Parquet has the rest)."""
+    for path in paths:
+        try:
+            log_artifact(client, run_id, Path(path), out_dir)
+        except safefiles.UnsafePath as exc:
+            print(f"warning: {exc}; {Path(path).name} is not logged to MLflow", file=sys.stderr)
+
+
 def client_for(tracking_uri: str):
     for name in ("alembic", "mlflow", "mlflow.store", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -172,7 +298,7 @@ def artifact_root(out_dir: Path | None, tracking_uri: str) -> Path | None:
     """Artifacts of a local SQLite store live beside it in DIR; a server keeps its own."""
     if out_dir is None or not tracking_uri.startswith("sqlite"):
         return None
-    return out_dir / "mlartifacts"
+    return out_dir / ARTIFACTS
 
 
 def experiment_id(client, name: str, artifacts: Path | None, note: str | None = None) -> str:
@@ -557,8 +683,8 @@ class MlflowInvocation(Invocation):
             self.parent_run_id = mirror.create_parent(
                 info.invocation, _invocation_name(info.sweep), {LEVEL: view.level},
                 {**info.params, "tracking_level": view.level})
-            for path in info.artifacts:
-                client.log_artifact(self.parent_run_id, str(path))
+            log_files(client, self.parent_run_id, info.artifacts,
+                      info.out_dir if self.tracker.own_store else None)
         mirror.close_stale_parents(keep=self.parent_run_id)
         for cid in sorted(mirror.known_configs() - set(self.pending)):
             if self._stop.is_set():
@@ -644,8 +770,8 @@ class MlflowStudy(Study):
                     "sgsweep.out_dir": str(info.out_dir.resolve())})
                 self.parent_id = run.info.run_id
                 _log(self.client, self.parent_id, params=info.params)
-            for path in info.artifacts:
-                self.client.log_artifact(self.parent_id, str(path))
+            log_files(self.client, self.parent_id, info.artifacts,
+                      info.out_dir if tracker.own_store else None)
         except Exception as exc:  # noqa: BLE001 - tracking must not stop the study
             self._fail(exc)
 
@@ -711,6 +837,10 @@ class MlflowTracker(Tracker):
     def __init__(self, uri: str, out_dir: Path | None = None) -> None:
         self.uri = uri
         self.out_dir = out_dir
+        self.own_store = out_dir is not None and uri == default_tracking_uri(out_dir)
+        if self.own_store:
+            check_store_paths(out_dir)
+
 
     def start(self, info: InvocationInfo, view: SweepView, pending: Mapping[str, set[str]],
               progress: Callable[[str], None] = lambda line: None) -> Invocation:
@@ -730,7 +860,8 @@ class MlflowTracker(Tracker):
         except TrackingError:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreachable or broken store
-            raise TrackingError(f"--tracking-uri {self.uri}: {error_line(exc)}") from None
+            where = store_name(self.out_dir, self.uri) if self.out_dir else self.uri
+            raise TrackingError(f"{where}: {error_line(exc)}") from None
         return mirror.summary
 
     def start_study(self, info: InvocationInfo) -> Study:
@@ -750,7 +881,10 @@ class MlflowTracker(Tracker):
             if not runs:
                 return
             for path in files:
-                client.log_artifact(runs[0].info.run_id, str(path), artifact_path="report")
+                log_artifact(client, runs[0].info.run_id, Path(path),
+                             out_dir if self.own_store else None, "report")
+        except safefiles.UnsafePath:
+            raise
         except Exception as exc:  # noqa: BLE001 - the report on disk is what matters
             print(f"warning: report not logged to MLflow ({error_line(exc)})", file=sys.stderr)
 

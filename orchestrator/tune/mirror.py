@@ -4,11 +4,19 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 from orchestrator.errors import RunError
-from orchestrator.tracking import InvocationInfo, Study, open_tracker
+from orchestrator.tracking import (
+    InvocationInfo,
+    Study,
+    default_tracking_uri,
+    open_tracker,
+    rebuild_broken_store,
+    store_name,
+)
 from orchestrator.tune.study import best_trial, load_study, state_counts
 from orchestrator.tune_spec import TuneSpec
 
@@ -26,18 +34,30 @@ def start_study(uri: str | None, spec: TuneSpec, out_dir: Path, artifacts: list[
 
 def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
     """`sgsweep mlflow-sync` for a tuning directory: log each finished Optuna trial that
-    has no child run yet (e.g. the tracking server was down); returns (logged, present)."""
+    has no child run yet (e.g. the tracking server was down); returns (logged, present).
+    Under DIR's lock; DIR's own store, if half-created, is rebuilt."""
+    from orchestrator.engine import directory_lock
+
+    with directory_lock(out_dir, purpose="mlflow-sync"):
+        if tracking_uri == default_tracking_uri(out_dir):
+            rebuild_broken_store(out_dir, lambda line: print(line, file=sys.stderr),
+                                 by_sync=True)
+        return _sync_study(out_dir, tracking_uri)
+
+
+def _sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
     from optuna.trial import TrialState
 
     from orchestrator.tune_spec import load_tune_spec
 
+    where = store_name(out_dir, tracking_uri)
     study, info = load_study(out_dir)
     spec = load_tune_spec(out_dir / info["spec"]) if info.get("spec") else None
     if spec is None:
         raise RunError(f"{out_dir}: the tune file copy {info.get('spec')} is missing")
     tracker = start_study(tracking_uri, spec, out_dir, [])
     if tracker.error is not None:
-        raise RunError(f"--tracking-uri {tracking_uri}: {tracker.error}")
+        raise RunError(f"{where}: {tracker.error}")
     present = {str(n) for n in tracker.logged_trials()}
     logged = 0
     for t in study.get_trials(deepcopy=False):
@@ -51,7 +71,7 @@ def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:
     counts = state_counts(trials)
     tracker.close(best.value if best else None, dict(best.params) if best else {}, counts)
     if tracker.error is not None:
-        raise RunError(f"--tracking-uri {tracking_uri}: {tracker.error}")
+        raise RunError(f"{where}: {tracker.error}")
     return logged, len(present & {str(t.number) for t in trials})
 
 

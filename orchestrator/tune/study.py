@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from orchestrator import safefiles
 from orchestrator.errors import RunError, without_password
 from orchestrator.spec import MAX_NAME, NAME_PATTERN
 from orchestrator.tracking import error_line
@@ -30,6 +31,7 @@ def storage_for(out_dir: Path, url: str | None):
     if url:
         return optuna.storages.RDBStorage(url) if "://" in url else JournalStorage(
             JournalFileBackend(url))
+    safefiles.check(out_dir, out_dir / JOURNAL)  # Optuna opens it itself: no link planted
     return JournalStorage(JournalFileBackend(str(out_dir / JOURNAL)))
 
 
@@ -37,6 +39,8 @@ def open_storage(out_dir: Path, url: str | None):
     """`storage_for`, with a bad URL or an unreachable database as a one-line RunError."""
     try:
         return storage_for(out_dir, url)
+    except RunError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a bad URL, unreachable database, bad journal
         where = f"--storage {url}" if url else str(out_dir / JOURNAL)
         raise RunError(without_password(f"{where}: {error_line(exc)}", url)) from None
@@ -66,12 +70,13 @@ def repair_journal(path: Path) -> None:
     """Undo what a kill -9 can leave in DIR's journal: a torn last record (cut back to the
     last complete line, or the next append would corrupt the log) and Optuna's lock file
     (stale: we hold DIR's lock, so no other sgsweep writes this study)."""
-    Path(f"{path}.lock").unlink(missing_ok=True)
-    if not path.is_file() or path.stat().st_size == 0:
+    out_dir = path.parent
+    safefiles.remove(out_dir, Path(f"{path}.lock"))
+    if not safefiles.check(out_dir, path):
         return
-    with open(path, "rb+") as fh:
+    with open(safefiles.open_in_place(out_dir, path), "rb+") as fh:
         data = fh.read()
-        if not data.endswith(b"\n"):
+        if data and not data.endswith(b"\n"):
             fh.truncate(data.rfind(b"\n") + 1)
             fh.flush()
             os.fsync(fh.fileno())
@@ -88,6 +93,7 @@ def study_info(out_dir: Path) -> dict[str, Any]:
     the study is a name, the spec copy is DIR/specs/STUDY.yaml, and the storage is DIR's
     journal or an existing database (reading a study never creates one)."""
     path = out_dir / STUDY_FILE
+    safefiles.check(out_dir, path, in_place=False)  # a link here is refused, not read
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -110,6 +116,8 @@ def study_info(out_dir: Path) -> dict[str, Any]:
     if not (isinstance(objective, dict) and isinstance(objective.get("metric"), str)):
         raise bad("objective", "an objective with a metric")
     storage = info.get("storage") or ""
+    if not storage:  # DIR's journal, which Optuna (or optuna-dashboard) opens itself
+        safefiles.check(out_dir, out_dir / JOURNAL)
     if not isinstance(storage, str) or (storage and not _known_storage(out_dir, storage)):
         raise bad("storage", "DIR's journal, an existing journal or SQLite file, or a "
                              "postgresql/mysql URL")
@@ -132,7 +140,41 @@ def stored_url(out_dir: Path, spec: TuneSpec, given: str | None) -> str | None:
                 f"{out_dir}: study {spec.name!r} was run with {key} {info[key]}, the "
                 f"file now says {now}; its trials would not be comparable. Choose "
                 "another --out (search ranges, n_trials, sampler and pruner may change)")
-    return given or info.get("storage") or None
+    if given:
+        return given
+    stored = info.get("storage") or None
+    if stored:
+        confine(out_dir, stored)
+    return stored
+
+
+def local_path(url: str) -> Path | None:
+    """The file a storage URL names on this machine (a journal, an SQLite file), or None
+    for a database server."""
+    if "://" not in url:
+        return Path(url)
+    scheme, _, rest = url.partition("://")
+    if scheme.split("+")[0] != "sqlite" or not rest.startswith("/"):
+        return None  # a server, or SQLite in memory
+    return Path(rest[1:].split("?")[0])
+
+
+def confine(out_dir: Path, url: str) -> None:
+    """A storage read from DIR/tune.json that `tune` will write: a local file must lie in
+    DIR (reached through no link). One outside DIR is written only when the user names it
+    on the command line (`--storage`): whoever can write DIR could otherwise point the
+    next `tune` at any file its user may write."""
+    path = local_path(url)
+    if path is None:
+        return
+    absolute = Path(os.path.abspath(path))
+    for root in dict.fromkeys((Path(os.path.abspath(out_dir)), Path(out_dir).resolve())):
+        if absolute.is_relative_to(root) and absolute != root:
+            safefiles.check(root, absolute)
+            return
+    raise RunError(f"{out_dir / STUDY_FILE}: storage {path} lies outside {out_dir}; sgsweep "
+                   "writes a study file outside its results folder only when named on the "
+                   f"command line: add --storage {url} if it is yours")
 
 
 def write_info(out_dir: Path, spec: TuneSpec, storage_url: str | None,
@@ -159,7 +201,7 @@ def _known_storage(out_dir: Path, url: str) -> bool:
         return False
     if scheme.split("+")[0] != "sqlite":
         return True
-    path = Path(rest[1:].split("?")[0]) if rest.startswith("/") else None
+    path = local_path(url)
     return path is not None and path.is_file() and _optuna_sqlite(path)
 
 
@@ -234,6 +276,4 @@ def study_status(out_dir: Path) -> str:
 
 
 def atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    safefiles.write_text(path.parent, path, text)
