@@ -4,7 +4,14 @@ This is the one trial execution path: `sgsweep run`, the benchmarks and tuning a
 through `run_blocks`. A block goes to its task as one call; if that raises or runs out
 of time, each seed is re-run alone so one bad seed cannot sink its neighbours.
 Non-finite metrics fail the trial. Errors are kept as their first line plus the
-exception type.
+exception type; a failed trial's record also carries its log: the full traceback and the
+tail of the stdout/stderr captured around it (each at most `LOG_TAIL_BYTES`), which the
+driver keeps under DIR/logs/. Where each trial ran (host, device, GPU name, torch's CPU
+capability) is collected here, so tasks know nothing of it.
+
+Output is captured at the file-descriptor level (native libraries' output too) while a
+call runs in the main thread, and written back to the real stderr once it returns, so a
+Ray worker's log still shows all of it.
 
 The per-trial timeout is a SIGALRM timer (a block of S seeds gets S times the budget),
 so it interrupts Python code at its next bytecode; a single native call that never
@@ -13,8 +20,12 @@ returns is out of its reach.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -23,12 +34,75 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from orchestrator.plan import Block
+from orchestrator.provenance import trial_hardware
 from orchestrator.records import TrialRecord
 from tasks import MetricLog, get_task
+
+LOG_TAIL_BYTES = 64 * 1024  # of a failed trial's output, and of its traceback
 
 
 class TrialTimeout(Exception):
     pass
+
+
+class _Output:
+    """What a captured call wrote to stdout and stderr: its last `LOG_TAIL_BYTES`."""
+
+    tail = ""
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # closed or absent
+            stream.flush()
+
+
+@contextmanager
+def _captured_output() -> Iterator[_Output]:
+    output = _Output()
+    if threading.current_thread() is not threading.main_thread():
+        yield output  # fds are the process's: only the main thread may swap them
+        return
+    _flush_std_streams()
+    try:
+        saved = (os.dup(1), os.dup(2))
+    except OSError:  # no stdout/stderr to capture
+        yield output
+        return
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield output
+        finally:
+            _flush_std_streams()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            size = sink.seek(0, os.SEEK_END)
+            sink.seek(max(0, size - LOG_TAIL_BYTES))
+            output.tail = sink.read().decode("utf-8", "replace")
+            _replay(sink)
+
+
+def _replay(sink: Any) -> None:
+    """The captured output, written to the real stderr (the worker's log) as it was."""
+    sink.seek(0)
+    with contextlib.suppress(OSError):  # nowhere to show it: the log keeps its tail
+        while chunk := sink.read(1 << 20):
+            os.write(2, chunk)
+
+
+def trial_log(traceback_text: str, output: str) -> str:
+    """A failed trial's log as its record carries it: the traceback, then the output."""
+    if len(traceback_text) > LOG_TAIL_BYTES:
+        traceback_text = "...\n" + traceback_text[-LOG_TAIL_BYTES:]
+    parts = [f"traceback:\n{traceback_text.rstrip()}" if traceback_text else ""]
+    if output:
+        parts.append(f"output (the last {LOG_TAIL_BYTES // 1024} KiB of stdout and stderr "
+                     f"at most):\n{output.rstrip()}")
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 T = TypeVar("T")
@@ -62,51 +136,65 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(line.strip() for line in lines)[:2000]
 
 
+# (metrics or None, error or None, seconds, output tail or, for a failure, the trial's log)
+Outcome = tuple[MetricLog | None, str | None, float, str]
+
+
 def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu",
                timeout_s: float | None = None, node: str = "") -> list[TrialRecord]:
     task = get_task(task_name)
     if not task.uses_gpu:
         device = "cpu"  # the device column says where the trials computed
     node = node or socket.gethostname()
+    gpu, capability = trial_hardware(device)
     records: list[TrialRecord] = []
     for block in blocks:
         config = task.config_type(**_from_json(block.config))
         start = time.perf_counter()
         budget = timeout_s * len(block.trials) if timeout_s else None
         try:
-            logs = _timed(lambda config=config, block=block: task.run_block(
-                config, block.seeds, device), budget)
+            with _captured_output() as output:
+                logs = _timed(lambda config=config, block=block: task.run_block(
+                    config, block.seeds, device), budget)
             if len(logs) != len(block.trials):
                 raise RuntimeError(
                     f"task {task_name!r} returned {len(logs)} results for {len(block.trials)} seeds"
                 )
             per_trial = (time.perf_counter() - start) / len(block.trials)
-            outcomes: list[tuple[MetricLog | None, str | None, float]] = [
-                (log, None, per_trial) for log in logs
-            ]
+            outcomes: list[Outcome] | None = [(log, None, per_trial, output.tail)
+                                              for log in logs]
         except Exception:  # noqa: BLE001 - isolate the failing seed(s)
+            outcomes = None
+        if outcomes is None:  # outside the handler: a seed's traceback is its own alone
             outcomes = [_run_alone(task, config, seed, device, timeout_s) for seed in block.seeds]
         now = time.time()
-        for trial, (log, error, duration) in zip(block.trials, outcomes, strict=True):
+        for trial, (log, error, duration, trial_output) in zip(block.trials, outcomes,
+                                                                strict=True):
             if log is not None and error is None:
                 bad = log.non_finite()
                 if bad is not None:
                     error = f"non-finite metric: {bad}"
+                    trial_output = trial_log("", trial_output)
             ok = error is None
             records.append(TrialRecord(
                 trial.trial_id, trial.config_id, trial.seed, "ok" if ok else "failed", error,
                 duration, now, log if ok and log is not None else MetricLog(), node, device,
+                gpu, capability, "" if ok else trial_output,
             ))
     return records
 
 
-def _run_alone(task: Any, config: Any, seed: int, device: str, timeout_s: float | None):
+def _run_alone(task: Any, config: Any, seed: int, device: str,
+               timeout_s: float | None) -> Outcome:
     start = time.perf_counter()
+    output = _Output()
     try:
-        (log,) = _timed(lambda: task.run_block(config, [seed], device), timeout_s)
-        return log, None, time.perf_counter() - start
+        with _captured_output() as output:
+            (log,) = _timed(lambda: task.run_block(config, [seed], device), timeout_s)
+        return log, None, time.perf_counter() - start, output.tail
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's error
-        return None, describe_error(exc), time.perf_counter() - start
+        return (None, describe_error(exc), time.perf_counter() - start,
+                trial_log(traceback.format_exc(), output.tail))
 
 
 def _from_json(values: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,9 +52,11 @@ class _Running:
 
 
 def optimise(spec: TuneSpec, study, store: ResultStore, recorded: StudyRecords,
-             tracker: Study | None, options: EngineOptions, remaining: int) -> int:
+             tracker: Study | None, options: EngineOptions, remaining: int,
+             invocation: str) -> int:
     """Keep up to `parallelism` trials in flight until `remaining` trials have finished, or
-    a stop is requested (the caller raises it). Returns the trials finished."""
+    a stop is requested (the caller raises it). Returns the trials finished. Their rows
+    carry `invocation` (whose provenance the caller recorded)."""
     from optuna.trial import TrialState
 
     task = get_task(spec.task)
@@ -69,7 +70,6 @@ def optimise(spec: TuneSpec, study, store: ResultStore, recorded: StudyRecords,
     pool: schedule.ChunkPool[_Running] = schedule.ChunkPool(
         spec.task, spec.sweep.resources, options.max_retries, spec.sweep.timeout_s,
         options.progress)
-    invocation = uuid.uuid4().hex[:12]
     distributions = spec.distributions()
     grid = GridQueue(study, spec) if spec.sampler == "grid" else None
     rungs = spec.rungs
