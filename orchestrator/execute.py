@@ -58,7 +58,7 @@ def _flush_std_streams() -> None:
 
 
 @contextmanager
-def _captured_output() -> Iterator[_Output]:
+def captured_output() -> Iterator[_Output]:
     output = _Output()
     if threading.current_thread() is not threading.main_thread():
         yield output  # fds are the process's: only the main thread may swap them
@@ -102,7 +102,8 @@ def trial_log(traceback_text: str, output: str) -> str:
     if output:
         parts.append(f"output (the last {LOG_TAIL_BYTES // 1024} KiB of stdout and stderr "
                      f"at most):\n{output.rstrip()}")
-    return "\n\n".join(p for p in parts if p) + "\n"
+    text = "\n\n".join(p for p in parts if p)
+    return f"{text}\n" if text else ""
 
 
 T = TypeVar("T")
@@ -153,7 +154,7 @@ def run_blocks(task_name: str, blocks: list[Block], device: str = "cpu",
         start = time.perf_counter()
         budget = timeout_s * len(block.trials) if timeout_s else None
         try:
-            with _captured_output() as output:
+            with captured_output() as output:
                 logs = _timed(lambda config=config, block=block: task.run_block(
                     config, block.seeds, device), budget)
             if len(logs) != len(block.trials):
@@ -189,7 +190,7 @@ def _run_alone(task: Any, config: Any, seed: int, device: str,
     start = time.perf_counter()
     output = _Output()
     try:
-        with _captured_output() as output:
+        with captured_output() as output:
             (log,) = _timed(lambda: task.run_block(config, [seed], device), timeout_s)
         return log, None, time.perf_counter() - start, output.tail
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's error

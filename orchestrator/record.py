@@ -185,8 +185,8 @@ class ResultStore:
         for r in failed:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r.finished_at))
             where = f"{r.node or '?'} ({r.device}{', ' + r.gpu if r.gpu else ''})"
-            body = r.log or ("no traceback or output: the trial never returned to its "
-                             "worker (e.g. the worker died)\n")
+            body = r.log or ("no traceback or output captured (a trial lost with its "
+                             "worker, or one whose metrics were not finite, has none)\n")
             text = (f"trial {r.trial_id} (config {r.config_id}, seed {r.seed}) failed at "
                     f"{when} on {where}, invocation {invocation}\nerror: {r.error}\n\n{body}")
             _atomic_replace(self.log_path(r.trial_id), text.encode("utf-8", "replace"))
