@@ -9,9 +9,9 @@ tail of the stdout/stderr captured around it (each at most `LOG_TAIL_BYTES`), wh
 driver keeps under DIR/logs/. Where each trial ran (host, device, GPU name, torch's CPU
 capability) is collected here, so tasks know nothing of it.
 
-Output is captured at the file-descriptor level (native libraries' output too) while a
-call runs in the main thread, and written back to the real stderr once it returns, so a
-Ray worker's log still shows all of it.
+Output is read back from the files stdout and stderr write to (a Ray worker's log files),
+from where they ended before the call: native libraries' output is included, nothing is
+redirected, and a trial that kills its worker loses nothing from the worker's log.
 
 The per-trial timeout is a SIGALRM timer (a block of S seeds gets S times the budget),
 so it interrupts Python code at its next bytecode; a single native call that never
@@ -24,8 +24,8 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -46,7 +46,7 @@ class TrialTimeout(Exception):
 
 
 class _Output:
-    """What a captured call wrote to stdout and stderr: its last `LOG_TAIL_BYTES`."""
+    """What a call wrote to stdout and stderr: the tail of each (`LOG_TAIL_BYTES` in all)."""
 
     tail = ""
 
@@ -57,41 +57,51 @@ def _flush_std_streams() -> None:
             stream.flush()
 
 
+def _file_end(fd: int) -> tuple[tuple[int, int], int] | None:
+    """(file identity, size) of what `fd` writes to, if it is a regular file."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return ((info.st_dev, info.st_ino), info.st_size) if stat.S_ISREG(info.st_mode) else None
+
+
 @contextmanager
 def captured_output() -> Iterator[_Output]:
+    """Collect what the call writes to stdout and stderr where they are files (a Ray
+    worker's are its log files): read back from where each file ended before the call.
+    Nothing is redirected, so a worker's log keeps all of it even if the call kills the
+    process; where they are a terminal or a pipe, nothing is collected."""
     output = _Output()
-    if threading.current_thread() is not threading.main_thread():
-        yield output  # fds are the process's: only the main thread may swap them
-        return
     _flush_std_streams()
+    starts = {fd: end for fd in (1, 2) if (end := _file_end(fd)) is not None}
     try:
-        saved = (os.dup(1), os.dup(2))
-    except OSError:  # no stdout/stderr to capture
         yield output
-        return
-    with tempfile.TemporaryFile() as sink:
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield output
-        finally:
-            _flush_std_streams()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            size = sink.seek(0, os.SEEK_END)
-            sink.seek(max(0, size - LOG_TAIL_BYTES))
-            output.tail = sink.read().decode("utf-8", "replace")
-            _replay(sink)
+    finally:
+        _flush_std_streams()
+        identities = {identity for identity, _ in starts.values()}
+        per_file = LOG_TAIL_BYTES // max(len(identities), 1)
+        tails, seen = [], set()
+        for fd, (identity, start) in starts.items():
+            if identity in seen:  # stdout and stderr into one file: read it once
+                continue
+            seen.add(identity)
+            name = ("stdout and stderr" if len(starts) == 2 and len(identities) == 1
+                    else "stdout" if fd == 1 else "stderr")
+            if text := _read_since(fd, start, per_file):
+                tails.append(f"[{name}]\n{text.rstrip()}")
+        output.tail = "\n".join(tails)
 
 
-def _replay(sink: Any) -> None:
-    """The captured output, written to the real stderr (the worker's log) as it was."""
-    sink.seek(0)
-    with contextlib.suppress(OSError):  # nowhere to show it: the log keeps its tail
-        while chunk := sink.read(1 << 20):
-            os.write(2, chunk)
+def _read_since(fd: int, start: int, limit: int) -> str:
+    """The last `limit` bytes written to `fd`'s file past `start` (Linux: its /proc link)."""
+    try:
+        with open(f"/proc/self/fd/{fd}", "rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(start, end - limit))
+            return fh.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def trial_log(traceback_text: str, output: str) -> str:

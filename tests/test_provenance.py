@@ -171,12 +171,13 @@ def test_parts_written_before_the_hardware_columns_still_read(failed_run, tmp_pa
     assert "## Provenance" in summary and "Warning" not in summary
 
 
-def test_captured_output_keeps_a_bounded_tail_and_replays_all(capfd) -> None:
+def test_captured_output_keeps_a_bounded_tail_and_redirects_nothing(capfd) -> None:
+    """stdout and stderr are files here (pytest's), as in a Ray worker (its log files)."""
     with captured_output() as output:
         os.write(1, b"a" * (3 * LOG_TAIL_BYTES))
         os.write(2, b"the end\n")
-    assert len(output.tail.encode()) == LOG_TAIL_BYTES and output.tail.endswith("the end\n")
+    assert output.tail == f"[stdout]\n{'a' * (LOG_TAIL_BYTES // 2)}\n[stderr]\nthe end"
     shown = capfd.readouterr()
-    assert len(shown.err) == 3 * LOG_TAIL_BYTES + len("the end\n")  # nothing lost to the user
+    assert len(shown.out) == 3 * LOG_TAIL_BYTES and shown.err == "the end\n"  # all shown
     log = trial_log("x" * (2 * LOG_TAIL_BYTES), output.tail)
     assert len(log.encode()) < 2 * LOG_TAIL_BYTES + 200
