@@ -1,4 +1,4 @@
-"""`sgsweep` command line: run, tune, report, validate.
+"""`sgsweep` command line: run, tune, report, validate, status, logs.
 
 User mistakes (bad spec, missing directory, busy directory) print one line starting with
 `error:` and exit with code 2; nothing is written before the spec has been validated. So
@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("-o", "--output", type=Path, default=None,
                         help="file to write (default: standard output)")
 
+    logs = sub.add_parser("logs", help="a failed trial's traceback and output tail")
+    logs.add_argument("out", type=Path, help="results directory")
+    logs.add_argument("trial_id", nargs="?", default=None, help="the trial's id")
+    logs.add_argument("--failed", action="store_true",
+                      help="the logs of every trial whose latest attempt failed")
+
     report = sub.add_parser("report", help="tables and figures for a results directory")
     report.add_argument("out", type=Path, help="results directory")
     report.add_argument("--tracking-uri", default=None,
@@ -175,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted(args, exc)
     try:
         commands = {"run": cmd_run, "tune": cmd_tune, "validate": cmd_validate,
-                    "report": cmd_report, "status": cmd_status, "mlflow-sync": cmd_sync,
+                    "report": cmd_report, "status": cmd_status, "logs": cmd_logs,
+                    "mlflow-sync": cmd_sync,
                     "ui": cmd_ui, "dashboard": cmd_dashboard, "schema": cmd_schema}
         return commands[args.command](args)
     except (SpecError, UserError, RunError) as exc:
@@ -317,11 +324,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     _require_results(args.out)
     statuses, damaged = sweep_status(args.out)
-    print(format_status(statuses))
+    print(format_status(statuses, args.out))
     if is_tuning_directory(args.out):
         print(study_status(args.out))
     if damaged:  # the healthy parts are reported above; the damaged ones named here
         raise DamagedResults(damaged)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from orchestrator.status import failed_logs, trial_log
+
+    if (args.trial_id is None) == (not args.failed):
+        raise UserError("logs: give one TRIAL_ID or --failed")
+    _require_results(args.out)
+    if args.trial_id is not None:
+        print(trial_log(args.out, args.trial_id), end="")
+        return 0
+    logs = failed_logs(args.out)
+    if not logs:
+        print(f"{args.out}: no failed trials")
+    for i, (_, text) in enumerate(logs):
+        print(("\n" if i else "") + text, end="")
     return 0
 
 

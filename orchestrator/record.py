@@ -3,6 +3,9 @@
 Layout under the output directory:
     trials/part-*.parquet    one row per trial attempt (see TRIAL_COLUMNS + one column per param)
     metrics/part-*.parquet   long form: trial_id, step, metric, value
+    invocations/part-<id>.parquet  one row per invocation: its provenance (see
+                             orchestrator/provenance.py), joined to trials by `invocation`
+    logs/<trial_id>.log      a failed trial's traceback and output tail (its latest failure)
 Each completed chunk of trials becomes one part file in each dataset. A part is written
 under a hidden temporary name and renamed into place, so readers never see a torn file
 (pyarrow ignores names starting with '.'). The metrics part is renamed first and shares
@@ -19,6 +22,7 @@ to DIR/quarantine/ (never deleting them), so their trials count as not run and r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import types
@@ -40,6 +44,8 @@ from orchestrator.records import TrialRecord
 from orchestrator.spec import MAX_NAME, NAME_PATTERN
 from tasks import Task
 
+log = logging.getLogger(__name__)
+
 TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("trial_id", pa.string()),
     ("sweep", pa.string()),
@@ -55,6 +61,11 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("device", pa.string()),
     ("tags", pa.string()),
     ("config", pa.string()),
+]
+# Trial columns added later: parts written before them are still whole (read as null).
+HARDWARE_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("gpu", pa.string()),  # the GPU's name; empty on CPU
+    ("cpu_capability", pa.string()),  # torch's CPU kernel level where the trial ran
 ]
 METRICS_SCHEMA = pa.schema([
     ("trial_id", pa.string()),
@@ -105,7 +116,7 @@ def param_type(hint: Any) -> pa.DataType:
 def trials_schema(task: Task) -> pa.Schema:
     hints = typing.get_type_hints(task.config_type)
     params = [(name, param_type(hints[name])) for name in task.config_fields()]
-    return pa.schema(TRIAL_COLUMNS + params)
+    return pa.schema(TRIAL_COLUMNS + HARDWARE_COLUMNS + params)
 
 
 class ResultStore:
@@ -113,6 +124,8 @@ class ResultStore:
         self.root = Path(root)
         self.trials_dir = self.root / "trials"
         self.metrics_dir = self.root / "metrics"
+        self.invocations_dir = self.root / "invocations"
+        self.logs_dir = self.root / "logs"
 
     def prepare(self) -> None:
         for folder in (self.trials_dir, self.metrics_dir):
@@ -136,7 +149,7 @@ class ResultStore:
                 "config_id": r.config_id, "seed": r.seed, "status": r.status, "error": r.error,
                 "duration_s": r.duration_s, "finished_at": int(r.finished_at * 1000),
                 "invocation": invocation, "node": r.node, "device": r.device,
-                "tags": tags_json,
+                "gpu": r.gpu, "cpu_capability": r.cpu_capability, "tags": tags_json,
                 "config": json.dumps(config, sort_keys=True),
             }
             for f in schema:
@@ -156,8 +169,55 @@ class ResultStore:
             metric_rows["metric"].extend(r.metrics.names)
             metric_rows["value"].extend(r.metrics.values)
         metrics = pa.table(metric_rows, schema=METRICS_SCHEMA)
+        self._write_logs(records, invocation)  # before its row: a failed row has its log
         self._write_pair(name, trials, metrics)
+        for r in records:  # an earlier failure's log no longer describes the trial
+            if r.status == "ok":
+                safefiles.remove(self.root, self.log_path(r.trial_id))
         return name
+
+    # -- failed trials' logs -------------------------------------------------------------
+    def log_path(self, trial_id: str) -> Path:
+        return self.logs_dir / f"{trial_id}.log"
+
+    def _write_logs(self, records: list[TrialRecord], invocation: str) -> None:
+        for r in (r for r in records if r.status != "ok"):
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r.finished_at))
+            where = f"{r.node or '?'} ({r.device}{', ' + r.gpu if r.gpu else ''})"
+            body = r.log or ("no traceback or output captured (a trial lost with its "
+                             "worker, or one whose metrics were not finite, has none)\n")
+            text = (f"trial {r.trial_id} (config {r.config_id}, seed {r.seed}) failed at "
+                    f"{when} on {where}, invocation {invocation}\nerror: {r.error}\n\n{body}")
+            safefiles.write_bytes(self.root, self.log_path(r.trial_id),
+                                  text.encode("utf-8", "replace"))
+
+    # -- invocations ---------------------------------------------------------------------
+    def write_invocation(self, row: dict[str, Any]) -> Path:
+        """One invocation's provenance row (orchestrator.provenance.collect) as its own part."""
+        from orchestrator.provenance import FIELDS
+
+        kinds = {"str": pa.string(), "bool": pa.bool_(), "int": pa.int64(),
+                 "time": pa.timestamp("ms", tz="UTC")}
+        schema = pa.schema([(name, kinds[kind]) for name, kind in FIELDS])
+        values = {**row, "started_at": int(row["started_at"] * 1000)}
+        table = pa.table({name: [values[name]] for name in schema.names}, schema=schema)
+        path = self.invocations_dir / f"part-{row['invocation']}.parquet"
+        _atomic_write(table, self.root, path)
+        return path
+
+    def read_invocations(self) -> list[dict[str, Any]]:
+        """Every invocation's provenance row (started_at in seconds since the epoch); a
+        damaged part is named in a logged warning and left out."""
+        rows = []
+        for part in sorted(self.invocations_dir.glob("part-*.parquet")):
+            try:
+                rows += pq.read_table(part).to_pylist()
+            except (pa.ArrowException, OSError) as exc:
+                log.warning("%s: unreadable invocation record (%s); left out",
+                            part, _first_line(exc))
+        for row in rows:
+            row["started_at"] = row["started_at"].timestamp() if row["started_at"] else 0.0
+        return rows
 
     def _write_pair(self, name: str, trials: pa.Table, metrics: pa.Table) -> None:
         """The metrics part first, then its trials part (which records both row counts)."""
@@ -208,8 +268,8 @@ class ResultStore:
             stale = {tid for tid, _ in rows if latest[tid][1] != name}
             if all(latest[tid][1] != name for tid, _ in rows):
                 # The trials part first: a metrics part left alone is an interrupted write.
-                (self.trials_dir / name).unlink()
-                (self.metrics_dir / name).unlink(missing_ok=True)
+                safefiles.remove(self.root, self.trials_dir / name)
+                safefiles.remove(self.root, self.metrics_dir / name)
                 dropped += len(rows)
                 continue
             if not stale:
@@ -301,7 +361,7 @@ class ResultStore:
         return read_parts(self.metrics_dir, columns)
 
     def _remove_interrupted_writes(self) -> None:
-        for folder in (self.trials_dir, self.metrics_dir):
+        for folder in (self.trials_dir, self.metrics_dir, self.invocations_dir, self.logs_dir):
             for tmp in folder.glob(f"{safefiles.TMP_PREFIX}*"):
                 safefiles.remove(self.root, tmp)
         trial_parts = {p.name for p in self.trials_dir.glob("part-*.parquet")}

@@ -38,8 +38,12 @@ class TrialOutcome:
 
 @dataclass(frozen=True)
 class TrialRecord(TrialOutcome):
-    """An attempt as the executor returns it: its metric history and where it ran."""
+    """An attempt as the executor returns it: its metric history and where it ran; for a
+    failed attempt, its log (traceback and output tail) that the driver keeps in DIR/logs/."""
 
     metrics: MetricLog = field(default_factory=_no_metrics)
     node: str = ""
     device: str = "cpu"
+    gpu: str = ""  # the GPU's name; empty on CPU
+    cpu_capability: str = ""  # torch's CPU kernel level on the worker (bit-identity)
+    log: str = ""

@@ -4,14 +4,17 @@ files to the tracker's latest run of the sweep."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
-from orchestrator import safefiles
+from orchestrator import provenance, safefiles
 from orchestrator.record import ResultStore
 from orchestrator.status import spec_trial_ids
 from orchestrator.tracking import open_tracker, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
 
 
 def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -41,6 +44,7 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
         return None
     root = out_dir / "report"
     planned = spec_trial_ids(out_dir)
+    invocations = ResultStore(out_dir).read_invocations()
     tracker = None  # opened once, for the first sweep with files to attach
     for sweep, sweep_trials in trials.groupby("sweep"):
         if planned.get(str(sweep)) is not None:  # with trials another sweep recorded first
@@ -50,8 +54,10 @@ def write_report(out_dir: str | Path, tracking_uri: str | None = None) -> Path |
         sweep_metrics = metrics[metrics.trial_id.isin(sweep_trials.trial_id)]
         params = sorted(json.loads(sweep_trials.config.iloc[0]))
         with safefiles.staged_folder(out_dir, folder) as staging:
-            files = [folder / path.name for path in reports.write(
-                str(task), sweep_trials, sweep_metrics, params, staging)]
+            written = reports.write(str(task), sweep_trials, sweep_metrics, params, staging)
+            write_header(staging / "summary.md", f"Report: sweep {sweep}", invocations,
+                         sweep_trials, str(sweep))
+            files = [folder / path.name for path in written]
         if files:
             tracker = tracker or open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
             tracker.attach(str(sweep), out_dir, files)
@@ -69,9 +75,29 @@ def write_tune_report(out_dir: Path, tracking_uri: str | None = None) -> Path:
     folder = out_dir / "report" / study
     trials, metrics = load_results(out_dir)
     with safefiles.staged_folder(out_dir, folder) as staging:
-        files = [folder / path.name for path in tune.report(
-            optuna_study, info, best_trial(optuna_study), staging, trials, metrics)]
+        written = tune.report(optuna_study, info, best_trial(optuna_study), staging, trials,
+                              metrics)
+        if not trials.empty:
+            header = staging / "provenance.md"
+            write_header(header, f"Provenance: study {study}",
+                         ResultStore(out_dir).read_invocations(), trials, study)
+            written.append(header)
+        files = [folder / path.name for path in written]
     if files:
         tracker = open_tracker(resolve_tracking_uri(out_dir, tracking_uri), out_dir)
         tracker.attach(study, out_dir, files, role="study")
     return folder
+
+
+def write_header(path: Path, title: str, invocations: list[dict], trials: pd.DataFrame,
+                 sweep: str) -> None:
+    """Put the report's header at the top of its Markdown file `path`: where the results
+    came from (code, packages, hardware), and a warning (also logged) for each way its
+    trials mix code versions or CPU capabilities."""
+    warnings = provenance.mixed_warnings(invocations, trials, sweep)
+    for line in warnings:
+        log.warning("warning: %s", line)
+    lines = [f"# {title}", "", *provenance.header_lines(invocations, trials), ""]
+    lines += [f"> **Warning:** {line}" for line in warnings] + ([""] if warnings else [])
+    body = path.read_text() if path.is_file() else ""
+    path.write_text("\n".join(lines) + ("\n## Summary\n\n" + body if body else ""))

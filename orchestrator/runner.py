@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator import plan, schedule, signals, sync
+from orchestrator import plan, provenance, schedule, signals, sync
 from orchestrator.engine import EngineOptions, os_error_line, results_folder
 from orchestrator.errors import RunError
 from orchestrator.progress import Progress
@@ -91,6 +91,7 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
         progress = Progress(num_pending, live=options.live, enabled=options.show_progress)
         first_errors: list[str] = []
         live: Invocation = NoTracker().start(None, None, {})
+        origin: dict[str, Any] = {}  # this invocation's provenance, once it has trials to run
 
         def start_tracker() -> Invocation:
             # After Ray is up: the tracker's start-up (imports, opening the store, repairs)
@@ -103,7 +104,8 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                     params={"task": spec.task, "num_trials": spec.num_trials,
                             "num_pending": num_pending, "num_configs": len(spec.configs),
                             "seeds": list(spec.seeds), "description": spec.description},
-                    artifacts=[options.spec_path] if options.spec_path else []),
+                    artifacts=[options.spec_path] if options.spec_path else [],
+                    tags=provenance.mlflow_tags(origin) if origin else {}),
                 view, {b.config_id: {t.trial_id for t in b.trials} for b in pending},
                 options.progress)
 
@@ -124,6 +126,8 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
                 f"{spec.name}: {num_pending} trials to run ({skipped} already recorded), "
                 f"{len(pending)} configs; {ray_start}")
             try:
+                origin = provenance.collect(invocation, "run", spec.name)
+                store.write_invocation(origin)
                 with schedule.session(options.address, options.num_cpus, options.num_gpus):
                     if not signals.requested():
                         live = start_tracker()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import plan
+from orchestrator.errors import RunError
 from orchestrator.record import Damage, DamagedResults, ResultStore
 from orchestrator.spec import SpecError, load_spec
 
@@ -64,7 +65,8 @@ def sweep_status(out_dir: str | Path) -> tuple[list[SweepStatus], list[Damage]]:
     return statuses, damaged
 
 
-def format_status(statuses: list[SweepStatus]) -> str:
+def format_status(statuses: list[SweepStatus], out_dir: str | Path | None = None) -> str:
+    """The status lines; with `out_dir`, where failed trials' logs are when there are some."""
     lines = []
     for s in statuses:
         pending = "?" if s.pending is None else str(s.pending)
@@ -73,6 +75,9 @@ def format_status(statuses: list[SweepStatus]) -> str:
                      f"(of {total})")
         for count, error in s.errors:
             lines.append(f"  {count} x {error}")
+    if out_dir is not None and any(s.failed for s in statuses):
+        lines.append(f"tracebacks and output of the failed trials: `sgsweep logs {out_dir} "
+                     f"--failed` (files in {Path(out_dir) / 'logs'})")
     return "\n".join(lines)
 
 
@@ -87,3 +92,36 @@ def spec_trial_ids(out_dir: Path) -> dict[str, set[str] | None]:
         except SpecError:
             planned[copy.stem] = None
     return planned
+
+
+def failed_logs(out_dir: str | Path) -> list[tuple[str, str]]:
+    """(trial id, log text) of every trial whose latest attempt failed, in trial id order;
+    a failure without a log file (e.g. from before logs were kept) gets its error line."""
+    store = ResultStore(out_dir)
+    latest = store.latest(["trial_id", "status", "error"])
+    failed = latest[latest.status != "ok"].sort_values("trial_id")
+    return [(row.trial_id, trial_log_text(store, row.trial_id, row.error))
+            for row in failed.itertuples()]
+
+
+def trial_log(out_dir: str | Path, trial_id: str) -> str:
+    """`sgsweep logs DIR TRIAL_ID`: the trial's log; `RunError` (one line) for an id DIR
+    does not hold, or a trial whose latest attempt succeeded."""
+    store = ResultStore(out_dir)
+    latest = store.latest(["trial_id", "status", "error"])
+    row = latest[latest.trial_id == trial_id]
+    if row.empty:
+        raise RunError(f"{out_dir}: no trial {trial_id!r} recorded (`sgsweep status "
+                       f"{out_dir}` counts them; failed ones: `sgsweep logs {out_dir} --failed`)")
+    if row.status.iloc[0] == "ok":
+        raise RunError(f"trial {trial_id}: its latest attempt succeeded; logs are kept for "
+                       "failed trials only")
+    return trial_log_text(store, trial_id, row.error.iloc[0])
+
+
+def trial_log_text(store: ResultStore, trial_id: str, error: str | None) -> str:
+    path = store.log_path(trial_id)
+    if path.is_file():
+        return path.read_text(encoding="utf-8", errors="replace")
+    return (f"trial {trial_id} failed: {error}\n(no log file {path}: its failure was "
+            "recorded before sgsweep kept logs)\n")

@@ -15,6 +15,7 @@ import yaml
 
 from analysis.expert import lambda_quadratic, optimal_lambda
 from orchestrator.cli import main
+from orchestrator.record import ResultStore
 from orchestrator.report import write_report
 from orchestrator.runner import RunError, RunOptions, run_sweep
 from orchestrator.spec import SpecError, load_spec, parse_spec
@@ -205,10 +206,16 @@ def test_e1_study_reaches_the_closed_form_optimum(ray_cluster, tmp_path: Path) -
     assert len(children) == 14
     assert {r.data.tags["optuna.state"] for r in children} == {"COMPLETE"}
     assert parent.data.metrics["best_value"] == pytest.approx(summary.best_value)
+    # Provenance: one invocation row that every trial row joins, and the study run's tags.
+    (origin,) = ResultStore(out).read_invocations()
+    assert origin["command"] == "tune" and set(trials.invocation) == {origin["invocation"]}
+    assert parent.data.tags["sgsweep.code_version"] == origin["code_version"]
+    assert parent.data.tags["sgsweep.cpu_capability"] == origin["cpu_capability"]
 
     # The report: figures, and the closed form computed from the study's own records.
     folder = write_report(out, tracking_uri="")
-    for name in ("history.png", "importances.png", "slice.png", "trials.csv"):
+    for name in ("history.png", "importances.png", "slice.png", "trials.csv",
+                 "provenance.md"):
         assert (folder / name).stat().st_size > 0
     closed = json.loads((folder / "closed_form.json").read_text())
     assert closed["lam_opt"] == pytest.approx(lam_opt, rel=1e-9)
@@ -230,6 +237,7 @@ def test_e1_study_reaches_the_closed_form_optimum(ray_cluster, tmp_path: Path) -
     narrower = parse_tune_spec(_with(search={"lam": {"low": 0.2, "high": 0.4}}, n_trials=16))
     grown = tune(narrower, quiet(out))
     assert grown.ran == 2 and grown.complete == 16
+    assert len(ResultStore(out).read_invocations()) == 2  # the re-run that ran nothing: none
     study, _ = load_study(out)
     assert all(0.2 <= t.params["lam"] <= 0.4 for t in study.trials[14:])
     with pytest.raises(RunError, match="was run with seeds .* its trials would not be "

@@ -71,6 +71,7 @@ class InvocationInfo:
     out_dir: Path
     params: dict[str, Any] = field(default_factory=dict)
     artifacts: Sequence[Path] = ()
+    tags: dict[str, str] = field(default_factory=dict)  # provenance (orchestrator.provenance)
 
 
 @dataclass

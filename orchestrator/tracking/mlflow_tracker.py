@@ -681,7 +681,7 @@ class MlflowInvocation(Invocation):
         mirror.load()
         if self.pending:
             self.parent_run_id = mirror.create_parent(
-                info.invocation, _invocation_name(info.sweep), {LEVEL: view.level},
+                info.invocation, _invocation_name(info.sweep), {LEVEL: view.level, **info.tags},
                 {**info.params, "tracking_level": view.level})
             log_files(client, self.parent_run_id, info.artifacts,
                       info.out_dir if self.tracker.own_store else None)
@@ -764,10 +764,12 @@ class MlflowStudy(Study):
             if runs:
                 self.parent_id = runs[0].info.run_id
                 self.client.update_run(self.parent_id, status="RUNNING")
+                if info.tags:  # the study run shows its latest invocation's provenance
+                    _log(self.client, self.parent_id, tags=info.tags)
             else:
                 run = self.client.create_run(self.exp_id, run_name=f"study {info.sweep}", tags={
                     ROLE: "study", SWEEP: info.sweep, "sgsweep.task": info.task,
-                    "sgsweep.out_dir": str(info.out_dir.resolve())})
+                    "sgsweep.out_dir": str(info.out_dir.resolve()), **info.tags})
                 self.parent_id = run.info.run_id
                 _log(self.client, self.parent_id, params=info.params)
             log_files(self.client, self.parent_id, info.artifacts,

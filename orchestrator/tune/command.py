@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import schedule, signals
+from orchestrator import provenance, schedule, signals
 from orchestrator.engine import EngineOptions, results_folder, spec_copy
 from orchestrator.tracking import resolve_tracking_uri
 from orchestrator.tune.best import write_best
@@ -95,7 +96,12 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
                              "earlier stop marked failed; their parameters run again first")
         remaining = n_trials - len(finished_trials(study))
         tracking_uri = resolve_tracking_uri(out_dir, options.tracking_uri)
-        tracker = (start_study(tracking_uri, spec, out_dir, artifacts)
+        invocation = uuid.uuid4().hex[:12]
+        origin = provenance.collect(invocation, "tune", spec.name) if remaining > 0 else {}
+        if origin:
+            store.write_invocation(origin)
+        tracker = (start_study(tracking_uri, spec, out_dir, artifacts,
+                               provenance.mlflow_tags(origin) if origin else {})
                    if tracking_uri and (remaining > 0 or settled.told) else None)
         if tracker is not None:
             for number in settled.told:
@@ -109,7 +115,7 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
                 with schedule.session(options.address, options.num_cpus, options.num_gpus):
                     if not signals.requested():  # e.g. a SIGTERM while Ray started
                         ran = optimise(spec, study, store, recorded, tracker, options,
-                                       remaining)
+                                       remaining, invocation)
                 signals.check()
             except schedule.StartError:
                 if tracker is not None:

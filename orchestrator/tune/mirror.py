@@ -21,15 +21,17 @@ from orchestrator.tune.study import best_trial, load_study, state_counts
 from orchestrator.tune_spec import TuneSpec
 
 
-def start_study(uri: str | None, spec: TuneSpec, out_dir: Path, artifacts: list[Path]) -> Study:
-    """The tracker's view of the study: one run per study, one per Optuna trial."""
+def start_study(uri: str | None, spec: TuneSpec, out_dir: Path, artifacts: list[Path],
+                tags: dict[str, str] | None = None) -> Study:
+    """The tracker's view of the study: one run per study, one per Optuna trial; `tags`:
+    this invocation's provenance."""
     search = {d.name: str(d.distribution()) for d in spec.search}
     params = {"task": spec.task, "objective": json.dumps(vars(spec.objective)),
               "search": json.dumps(search), "seeds": json.dumps(list(spec.seeds)),
               "sampler": spec.sampler, "pruner": spec.pruner, "rung_size": spec.rung_size}
     return open_tracker(uri, out_dir).start_study(InvocationInfo(
         sweep=spec.name, task=spec.task, invocation="", out_dir=out_dir,
-        params={k: str(v) for k, v in params.items()}, artifacts=artifacts))
+        params={k: str(v) for k, v in params.items()}, artifacts=artifacts, tags=tags or {}))
 
 
 def sync_study(out_dir: Path, tracking_uri: str) -> tuple[int, int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +52,12 @@ class _Running:
 
 
 def optimise(spec: TuneSpec, study, store: ResultStore, recorded: StudyRecords,
-             tracker: Study | None, options: EngineOptions, remaining: int) -> int:
+             tracker: Study | None, options: EngineOptions, remaining: int,
+             invocation: str) -> int:
     """Keep up to `parallelism` trials in flight until `remaining` trials have finished, or
-    a stop is requested (the caller raises it). Returns the trials finished."""
-    loop = StudyLoop(spec, study, store, recorded, tracker, options, remaining)
+    a stop is requested (the caller raises it). Returns the trials finished. Their rows
+    carry `invocation` (whose provenance the caller recorded)."""
+    loop = StudyLoop(spec, study, store, recorded, tracker, options, remaining, invocation)
     try:
         loop.top_up()
         for done in loop.pool.rounds(poll_s=1.0):
@@ -75,7 +76,8 @@ class StudyLoop:
     Parquet and then Optuna are told (`finish`)."""
 
     def __init__(self, spec: TuneSpec, study, store: ResultStore, recorded: StudyRecords,
-                 tracker: Study | None, options: EngineOptions, remaining: int) -> None:
+                 tracker: Study | None, options: EngineOptions, remaining: int,
+                 invocation: str) -> None:
         self.spec, self.study, self.store, self.recorded = spec, study, store, recorded
         self.tracker, self.options, self.remaining = tracker, options, remaining
         self.task = get_task(spec.task)
@@ -89,7 +91,7 @@ class StudyLoop:
         self.pool: schedule.ChunkPool[_Running] = schedule.ChunkPool(
             spec.task, spec.sweep.resources, options.max_retries, spec.sweep.timeout_s,
             options.progress)
-        self.invocation = uuid.uuid4().hex[:12]
+        self.invocation = invocation
         self.distributions = spec.distributions()
         self.grid = GridQueue(study, spec) if spec.sampler == "grid" else None
         self.rungs = spec.rungs
