@@ -148,7 +148,7 @@ def test_mixed_cpu_capabilities_are_warned_about(failed_run, tmp_path) -> None:
     values = [other] + [here] * (table.num_rows - 1)
     table = table.set_column(table.schema.get_field_index("cpu_capability"), "cpu_capability",
                              pa.array(values, pa.string()))
-    _atomic_write(table, part)
+    _atomic_write(table, out, part)
     summary = (write_report(out, tracking_uri="") / "probe" / "summary.md").read_text()
     assert (f"> **Warning:** sweep probe: its trials ran on CPUs of 2 torch capabilities "
             f"({', '.join(sorted([here, other]))}); seeded results are bit-identical per "
@@ -160,7 +160,7 @@ def test_parts_written_before_the_hardware_columns_still_read(failed_run, tmp_pa
     shutil.copytree(failed_run, out)
     old = sorted((out / "trials").glob("part-*.parquet"))[0]
     table = pq.read_table(old)
-    _atomic_write(table.drop_columns([name for name, _ in HARDWARE_COLUMNS]), old)
+    _atomic_write(table.drop_columns([name for name, _ in HARDWARE_COLUMNS]), out, old)
     store = ResultStore(out)
     assert store.damage(deep=True) == []
     latest = store.latest()
