@@ -13,6 +13,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator import plan, provenance, schedule, signals, sync
@@ -54,6 +55,33 @@ class RunSummary:
     first_errors: list[str]
 
 
+def refuse_another_sweep_of_this_name(out_dir: Path, spec: SweepSpec,
+                                      blocks: list[plan.Block]) -> None:
+    """`RunError` if DIR holds results of another sweep file under `spec.name` that this
+    one does not plan: its copy in DIR/specs/ would be replaced, and status and report
+    would no longer show those trials. A sweep that grew (more seeds, more grid values)
+    plans all of them and goes on."""
+    from orchestrator.status import spec_trial_ids
+
+    before = spec_trial_ids(out_dir).get(spec.name)
+    if not before:
+        return
+    if (out_dir / "tune.json").exists():
+        raise RunError(f"{out_dir}: holds the Optuna study {spec.name!r} (`sgsweep tune`); "
+                       "run this sweep into another --out, or give it another name")
+    planned = {t.trial_id for b in blocks for t in b.trials}
+    try:
+        recorded = set(ResultStore(out_dir).recorded())
+    except Exception:  # noqa: BLE001 - damaged parts: named and set aside by the heal after this
+        return
+    hidden = (before - planned) & recorded
+    if hidden:
+        raise RunError(
+            f"{out_dir}: sweep {spec.name!r} is already here from another sweep file "
+            f"({len(hidden):,} of its recorded trials are not in this one, and would no longer "
+            f"be reported); give this sweep another name, or choose another --out")
+
+
 def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     """Run every trial of `spec` not yet recorded in `options.out_dir`.
 
@@ -65,8 +93,9 @@ def run_sweep(spec: SweepSpec, options: RunOptions) -> RunSummary:
     started = time.perf_counter()
     schedule.preflight(spec.source, spec.resources, options.address, options.num_cpus,
                        options.num_gpus, options.progress)  # before DIR is touched
-    with results_folder(out_dir, spec.name, options.spec_path, options.progress) as store:
-        blocks = plan.expand(spec)
+    blocks = plan.expand(spec)
+    with results_folder(out_dir, spec.name, options.spec_path, options.progress,
+                        lambda: refuse_another_sweep_of_this_name(out_dir, spec, blocks)) as store:
         configs = {b.config_id: b.config for b in blocks}
         recorded = store.latest(["trial_id", "status", "error"])
         failed = recorded.status.eq("failed")

@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from orchestrator import plan
+from orchestrator.errors import RunError
 from orchestrator.report import load_results, write_report
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import parse_spec
@@ -184,3 +185,32 @@ def test_a_sweep_that_shares_configs_with_an_earlier_one_counts_and_reports_them
     write_report(out, tracking_uri="")
     summary = (out / "report" / "second" / "summary.csv").read_text()
     assert "\na,2," in summary and "\nb,2," in summary, summary
+
+
+def test_another_sweep_under_a_name_already_in_dir_is_refused_a_grown_one_runs(
+        ray_cluster, tmp_path: Path) -> None:
+    """Reusing a sweep's name for a different sweep would replace DIR/specs/NAME.yaml and
+    hide the earlier results from status and report: refused in one line. The same sweep
+    grown (more seeds) plans every earlier trial and runs on."""
+    import yaml
+
+    from orchestrator.spec import load_spec
+    from orchestrator.status import sweep_status
+
+    out = tmp_path / "out"
+
+    def run(labels: list[str], seeds: int):
+        path = tmp_path / f"x-{'-'.join(labels)}-{seeds}.yaml"
+        path.write_text(yaml.safe_dump({"name": "x", "task": "probe", "seeds": seeds,
+                                        "variants": [{"label": x} for x in labels]}))
+        return run_sweep(load_spec(path), RunOptions(out_dir=out, address="auto",
+                                                     spec_path=path, progress=lambda _: None))
+
+    run(["a"], 2)
+    copy = (out / "specs" / "x.yaml").read_bytes()
+    with pytest.raises(RunError, match=r"sweep 'x' is already here from another sweep file "
+                                       r"\(2 of its recorded trials are not in this one"):
+        run(["b"], 2)
+    assert (out / "specs" / "x.yaml").read_bytes() == copy
+    run(["a"], 3)  # grown: the earlier two trials are planned, one more runs
+    assert [(s.sweep, s.ok, s.total) for s in sweep_status(out)[0]] == [("x", 3, 3)]
