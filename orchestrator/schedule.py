@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -176,6 +177,7 @@ def _start_embedded(num_cpus: int, kwargs: dict[str, Any], attempts: int = 2) ->
             with signals.shielded_children():
                 ray.init(address="local", num_cpus=num_cpus, **kwargs)
             _embedded_before = before
+            _watch_embedded(before)
             return
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -602,6 +604,78 @@ def shutdown() -> None:
         return
     ray.shutdown()
     _embedded_before = None
+    _release_watcher()
+
+
+# A driver killed with -9 takes its embedded GCS and raylet with it, but the raylet's agents
+# (dashboard agent, runtime-env agent) idle on for a minute or more: they try to tell the
+# dead GCS that their raylet died, with Ray's fixed 60 s timeout. A small watcher process,
+# in a session of its own, holds the read end of a pipe from the driver: EOF without the
+# word "done" (the driver died) makes it stop the embedded Ray's processes it was given.
+WATCHER = """
+import os, signal, sys, time
+targets = [tuple(map(int, t.split(":"))) for t in sys.argv[1:]]
+said = sys.stdin.read()
+if said.strip() == "done":
+    sys.exit(0)
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+alive = lambda: [p for p, t in targets if started(p) == t]
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pid in alive():
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 3
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+_watcher: subprocess.Popen | None = None
+
+
+def _watch_embedded(before: dict[int, tuple[int, int, str]]) -> None:
+    """Start the watcher (Linux) over what the embedded Ray's start added under this
+    driver: its GCS, raylet and agents, each named by pid and start time."""
+    global _watcher
+    if not Path("/proc").is_dir():
+        return
+    me = os.getpid()
+    now = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in now.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = set(), [me]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                todo.append(child)
+    targets = [f"{pid}:{born}" for pid in sorted(tree - set(before))
+               if (born := _started_at(pid)) >= 0]
+    if not targets:
+        return
+    with contextlib.suppress(OSError):
+        _watcher = subprocess.Popen(  # noqa: S603 - our own interpreter and code
+            [sys.executable, "-c", WATCHER, *targets], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _release_watcher() -> None:
+    """The embedded Ray stopped as it should: the watcher has nothing to do."""
+    global _watcher
+    if _watcher is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        _watcher.stdin.write(b"done\n")
+        _watcher.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        _watcher.wait(timeout=10)
+    _watcher = None
 
 
 _embedded_before: dict[int, tuple[int, int, str]] | None = None  # processes before its start

@@ -519,3 +519,40 @@ def test_gpu_resources_reach_ray_and_the_trial_sees_cuda(tmp_path) -> None:
     assert (trials.device == "cuda").all() and (trials.status == "ok").all()
     metrics = ds.dataset(out / "metrics").to_table().to_pandas()
     assert (metrics.query("metric == 'on_cuda'").value == 1.0).all()
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_driver_leaves_no_ray_agent_behind(tmp_path) -> None:
+    """A driver killed with -9 (no PID namespace here, as on a login node): its GCS and
+    raylet die with it, and sgsweep's watcher stops the raylet's agents, which Ray would
+    leave idling for a minute or more (they wait 60 s on the dead GCS)."""
+    spec = probe_spec(tmp_path, work_ms=300, steps=5, seeds=200)
+    out = tmp_path / "out"
+    driver = Driver([SGSWEEP, "run", str(spec), "--out", str(out), "--no-report",
+                     "--tracking-uri", "none", "--num-cpus", "2", "--block-size", "1"],
+                    isolated_env())
+
+    def ray_processes() -> list[int]:
+        children = subprocess.run(["pgrep", "-P", str(driver.process.pid)],
+                                  capture_output=True, text=True).stdout.split()
+        grand = [g for c in children for g in subprocess.run(
+            ["pgrep", "-P", c], capture_output=True, text=True).stdout.split()]
+        return [int(p) for p in children + grand]
+
+    driver.wait_until(lambda: len(list((out / "trials").glob("part-*.parquet"))) >= 2,
+                      "the first trials", within_s=600)
+    def command_of(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+
+    agents = [p for p in ray_processes() if command_of(p).startswith(b"ray::")]
+    assert agents, "no Ray agent or worker found under the driver"
+    tree = ray_processes()
+    driver.process.kill()
+    driver.process.wait(timeout=60)
+    deadline = time.monotonic() + 45  # well under the agents' own 60 s
+    while any(Path(f"/proc/{p}").exists() for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in tree if Path(f"/proc/{p}").exists()]
