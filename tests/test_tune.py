@@ -446,3 +446,18 @@ def test_a_storage_password_is_never_echoed(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--storage postgresql://bob:***@127.0.0.1:1/study" in err
     assert "s3cr3t-pw" not in err
+
+
+def test_a_study_into_a_folder_of_sweep_results_is_refused(ray_cluster, tmp_path) -> None:
+    """A tune into DIR holding `sgsweep run` results would write its own spec copy and
+    report there, hiding the sweep's: refused in one line, nothing written."""
+    out = tmp_path / "out"
+    sweep = tmp_path / "probe.yaml"
+    sweep.write_text("name: probe\ntask: probe\nseeds: 2\n")
+    run_sweep(load_spec(sweep), RunOptions(out_dir=out, address="auto", spec_path=sweep,
+                                           tracking_uri="", progress=lambda _: None))
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(RunError, match=r"holds the results of sweep 'probe' \(`sgsweep run`\); "
+                                       r"a study goes in a folder of its own"):
+        tune(parse_tune_spec(E1), quiet(out, tracking_uri=""))
+    assert sorted(p.name for p in out.rglob("*")) == before

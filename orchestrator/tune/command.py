@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator import provenance, schedule, signals
 from orchestrator.engine import EngineOptions, results_folder, spec_copy
+from orchestrator.errors import RunError
 from orchestrator.tracking import resolve_tracking_uri
 from orchestrator.tune.best import write_best
 from orchestrator.tune.mirror import log_trial, start_study
@@ -22,6 +23,7 @@ from orchestrator.tune.study import (
     JOURNAL,
     best_trial,
     finished_trials,
+    is_tuning_directory,
     open_storage,
     open_study,
     repair_journal,
@@ -74,6 +76,10 @@ def tune(spec: TuneSpec, options: TuneOptions) -> TuneSummary:
 
     def check() -> None:  # DIR holds this study, or none (before anything is written)
         nonlocal storage_url
+        sweeps = sorted(p.stem for p in (out_dir / "specs").glob("*.yaml"))
+        if sweeps and not is_tuning_directory(out_dir):  # a study would hide their results
+            raise RunError(f"{out_dir}: holds the results of sweep {sweeps[0]!r} (`sgsweep "
+                           "run`); a study goes in a folder of its own: choose another --out")
         storage_url = stored_url(out_dir, spec, options.storage)
 
     # Damaged parts go aside (their Optuna trials stay told).
