@@ -213,17 +213,23 @@ def stop_started_since(before: dict[int, tuple[int, int, str]], grace_s: float =
     me, session = os.getpid(), os.getsid(0)
     own = re.compile(rf"session_[0-9_-]+_{me}\b")
     now = _processes()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in now.items():
-        children.setdefault(ppid, []).append(pid)
-    started, todo = set(), [me]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in started:
-                started.add(child)
-                todo.append(child)
+    started = _descendants(me, now)
     started |= {pid for pid, (_, sid, argv) in now.items() if sid == session and own.search(argv)}
     _stop({pid for pid in started - {me} if pid not in before}, grace_s)
+
+
+def _descendants(root: int, table: dict[int, tuple[int, int, str]]) -> set[int]:
+    """Every process below `root` in `table` (`_processes()`): children, theirs, and so on."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _stop(pids: set[int], grace_s: float) -> None:
@@ -644,17 +650,7 @@ def _watch_embedded(before: dict[int, tuple[int, int, str]]) -> None:
     global _watcher
     if not Path("/proc").is_dir():
         return
-    me = os.getpid()
-    now = _processes()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in now.items():
-        children.setdefault(ppid, []).append(pid)
-    tree, todo = set(), [me]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in tree:
-                tree.add(child)
-                todo.append(child)
+    tree = _descendants(os.getpid(), _processes())
     targets = [f"{pid}:{born}" for pid in sorted(tree - set(before))
                if (born := _started_at(pid)) >= 0]
     if not targets:
