@@ -20,7 +20,7 @@ from orchestrator import plan, provenance, schedule, signals, sync
 from orchestrator.engine import EngineOptions, os_error_line, results_folder
 from orchestrator.errors import RunError
 from orchestrator.progress import Progress
-from orchestrator.record import ResultStore
+from orchestrator.record import DamagedResults, ResultStore
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import (
     Invocation,
@@ -72,7 +72,7 @@ def refuse_another_sweep_of_this_name(out_dir: Path, spec: SweepSpec,
     planned = {t.trial_id for b in blocks for t in b.trials}
     try:
         recorded = set(ResultStore(out_dir).recorded())
-    except Exception:  # noqa: BLE001 - damaged parts: named and set aside by the heal after this
+    except DamagedResults:  # named and set aside by the heal that follows this check
         return
     hidden = (before - planned) & recorded
     if hidden:
