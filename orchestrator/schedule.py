@@ -25,6 +25,10 @@ from orchestrator import signals
 from orchestrator.errors import RunError
 from orchestrator.execute import describe_error, run_blocks
 from orchestrator.plan import Block
+from orchestrator.processes import descendants as _descendants
+from orchestrator.processes import processes as _processes
+from orchestrator.processes import started_at as _started_at
+from orchestrator.processes import stop as _stop
 from orchestrator.records import TrialRecord
 from orchestrator.spec import Resources, unsatisfiable
 
@@ -189,21 +193,6 @@ def _start_embedded(num_cpus: int, kwargs: dict[str, Any], attempts: int = 2) ->
                   file=sys.stderr)
 
 
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """Every process on this host: pid -> (parent pid, session id, command line); Linux's
-    /proc, empty elsewhere (there a failed start may leave processes behind)."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            argv = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        table[int(stat.parent.name)] = (int(fields[1]), int(fields[3]), argv)
-    return table
-
-
 def stop_started_since(before: dict[int, tuple[int, int, str]], grace_s: float = 10.0) -> None:
     """Stop what a failed `ray.init` started: `ray.shutdown` knows no node then, and its GCS,
     raylet and agents would run on (a retry would start a second set beside them). Only
@@ -216,41 +205,6 @@ def stop_started_since(before: dict[int, tuple[int, int, str]], grace_s: float =
     started = _descendants(me, now)
     started |= {pid for pid, (_, sid, argv) in now.items() if sid == session and own.search(argv)}
     _stop({pid for pid in started - {me} if pid not in before}, grace_s)
-
-
-def _descendants(root: int, table: dict[int, tuple[int, int, str]]) -> set[int]:
-    """Every process below `root` in `table` (`_processes()`): children, theirs, and so on."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _stop(pids: set[int], grace_s: float) -> None:
-    """SIGTERM, then SIGKILL to what still runs after `grace_s`."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace_s
-        while pids and time.monotonic() < deadline:
-            pids = {pid for pid in pids if _running(pid)}
-            time.sleep(0.1)
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a child of ours that Ray's Popen has not reaped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -615,32 +569,9 @@ def shutdown() -> None:
 
 # A driver killed with -9 takes its embedded GCS and raylet with it, but the raylet's agents
 # (dashboard agent, runtime-env agent) idle on for a minute or more: they try to tell the
-# dead GCS that their raylet died, with Ray's fixed 60 s timeout. A small watcher process,
-# in a session of its own, holds the read end of a pipe from the driver: EOF without the
-# word "done" (the driver died) makes it stop the embedded Ray's processes it was given.
-WATCHER = """
-import os, signal, sys, time
-targets = [tuple(map(int, t.split(":"))) for t in sys.argv[1:]]
-said = sys.stdin.read()
-if said.strip() == "done":
-    sys.exit(0)
-def started(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-alive = lambda: [p for p, t in targets if started(p) == t]
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    for pid in alive():
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-    deadline = time.monotonic() + 3
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-"""
+# dead GCS that their raylet died, with Ray's fixed 60 s timeout. A small watcher process
+# (`python -m orchestrator.processes`, in a session of its own) holds the read end of a pipe
+# from the driver: EOF without the word "done" (the driver died) makes it stop them.
 _watcher: subprocess.Popen | None = None
 
 
@@ -657,7 +588,7 @@ def _watch_embedded(before: dict[int, tuple[int, int, str]]) -> None:
         return
     with contextlib.suppress(OSError):
         _watcher = subprocess.Popen(  # noqa: S603 - our own interpreter and code
-            [sys.executable, "-c", WATCHER, *targets], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "orchestrator.processes", *targets], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -708,11 +639,3 @@ def stop_workers_of(session_dir: Path, grace_s: float = 5.0) -> None:
         if argv.startswith(b"ray::") and _started_at(int(pid)) >= born:
             workers.add(int(pid))
     _stop(workers, grace_s)
-
-
-def _started_at(pid: int) -> int:
-    """When `pid` started, in clock ticks since boot (-1 if it is gone)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return -1

@@ -142,7 +142,9 @@ def test_a_failed_ray_start_stops_what_it_started_and_nothing_else() -> None:
     are stopped: this driver's new descendants, and processes of its session that name its
     Ray session (an agent re-parented to init). Older processes and other sessions' are
     left alone."""
-    from orchestrator.schedule import _processes, _running, stop_started_since
+    from orchestrator.processes import processes as _processes
+    from orchestrator.processes import running as _running
+    from orchestrator.schedule import stop_started_since
 
     me, mark = os.getpid(), uuid.uuid4().hex
     older = subprocess.Popen(["sleep", "300"])
