@@ -154,3 +154,15 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def assert_plain_rerun_completes(command: list[str], out: Path, total: int,
+                                 recorded: int) -> None:
+    """A plain re-run of `command` (isolated, as the interrupted one) runs exactly the
+    trials not yet recorded, and leaves each of the `total` trials recorded once, ok."""
+    again = subprocess.run(isolated(command), env=isolated_env(), capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{total - recorded} ok, 0 failed, {recorded} already recorded" in again.stdout
+    trials = trials_of(out)
+    assert len(trials) == total and trials.trial_id.is_unique and (trials.status == "ok").all()

@@ -25,8 +25,8 @@ from tests.helpers import (
     ISOLATED,
     SGSWEEP,
     Driver,
+    assert_plain_rerun_completes,
     isolated,
-    isolated_env,
     parts,
     probe_spec,
     runs_by_role,
@@ -106,12 +106,7 @@ def test_a_killed_raylet_stops_the_run_in_one_line_and_a_plain_rerun_finishes_it
     assert not zero_row_parts(out)
     assert [r.info.status for r in runs_by_role(out, "probe")["invocation"]] == ["FAILED"]
 
-    again = subprocess.run(isolated(command), env=isolated_env(), capture_output=True,
-                           text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"{120 - len(partial)} ok, 0 failed, {len(partial)} already recorded" in again.stdout
-    trials = trials_of(out)
-    assert len(trials) == 120 and trials.trial_id.is_unique and (trials.status == "ok").all()
+    assert_plain_rerun_completes(command, out, total=120, recorded=len(partial))
     assert not zero_row_parts(out)
     assert_exact_mirror(out, default_tracking_uri(out), seed_runs="none")
 

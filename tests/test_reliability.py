@@ -30,6 +30,7 @@ from tests.helpers import (
     SGSWEEP,
     Driver,
     assert_clean_stop,
+    assert_plain_rerun_completes,
     free_port,
     isolated,
     isolated_env,
@@ -230,12 +231,7 @@ def test_kill_9_of_driver_and_its_ray_then_resume_records_each_trial_once(tmp_pa
     kill_9_after_parts(command, out, parts=3, within_s=600)
     partial = trials_of(out)
     assert 0 < len(partial) < 160
-    resumed = subprocess.run(isolated(command), env=isolated_env(), capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"{160 - len(partial)} ok, 0 failed, {len(partial)} already recorded" in resumed.stdout
-    trials = trials_of(out)
-    assert len(trials) == 160 and trials.trial_id.is_unique and (trials.status == "ok").all()
+    assert_plain_rerun_completes(command, out, total=160, recorded=len(partial))
     metrics = ds.dataset(out / "metrics").to_table().to_pandas()
     # Each probe trial logs 3 `value` steps plus one `on_cuda` flag.
     assert (metrics.groupby("trial_id").size() == 4).all() and metrics.trial_id.nunique() == 160
