@@ -89,6 +89,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def command_of(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def nodes_seen(out: Path) -> set[str]:
     try:
         return set(ds.dataset(out / "trials").to_table(columns=["node"]).column("node")
@@ -125,9 +132,14 @@ def main() -> None:
             break
         time.sleep(0.3)
     # Kill the second node as a lost machine dies: its raylet and every process under it
-    # (workers outlive a raylet killed alone and finish the tasks they hold).
+    # (workers outlive a raylet killed alone and finish the tasks they hold), once one of
+    # its workers holds a chunk (under load the node may otherwise be idle at the kill).
     raylet = subprocess.run(["pgrep", "-f", f"node_manager_port={second_nm}"],
                             capture_output=True, text=True).stdout.split()
+    while time.monotonic() < deadline and driver.poll() is None and raylet and not any(
+            command_of(child).startswith(b"ray::_run_chunk")
+            for child in descendants(int(raylet[0]))):
+        time.sleep(0.1)
     node = [int(pid) for pid in raylet]
     node += [child for pid in node for child in descendants(pid)]
     for pid in node:
